@@ -1,0 +1,229 @@
+"""A model's ``config.yaml``: validation, version policy, and completion from the artifact.
+
+``config.yaml`` sits in the model folder, beside the integer version folders, and applies to every
+version. All of it is optional: without it, or without ``inputs``/``outputs``, the config is completed
+from what the backend reads in the artifact (names, datatypes, shapes and the batch dimension), as
+Triton does without a strict config. Field meanings follow Triton's model configuration:
+``max_batch_size > 0`` means the first dimension of every input and output is the batch, left out of
+``dims`` and shown as -1 in metadata; ``0`` means the model takes no batch dimension.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from backends import Backend, TensorSpec
+from backends.onnxruntime import OnnxRuntimeOptions
+from gateway.datatypes import V2_TO_NUMPY, v2_datatype
+
+CONFIG_FILE = "config.yaml"
+
+Datatype = Literal[
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
+
+class ModelConfigError(Exception):
+    """config.yaml is not valid YAML, breaks the schema, or does not match the artifact."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorConfig(_Strict):
+    """One input or output: name, v2 datatype and dims (without the batch dim; -1: variable)."""
+
+    name: str = Field(min_length=1)
+    datatype: Datatype
+    dims: list[int] = Field(description="Dims without the batch dimension; -1 for a variable size.")
+
+    @model_validator(mode="after")
+    def _check_dims(self) -> TensorConfig:
+        if any(dim < -1 for dim in self.dims):
+            raise ValueError(f"dims {self.dims}: each dim is -1 (variable) or a size >= 0")
+        return self
+
+
+class LatestPolicy(_Strict):
+    """Serve the ``num_versions`` highest versions."""
+
+    num_versions: int = Field(default=1, ge=1)
+
+
+class AllPolicy(_Strict):
+    """Serve every version."""
+
+
+class SpecificPolicy(_Strict):
+    """Serve the listed versions."""
+
+    versions: list[int] = Field(min_length=1)
+
+
+class VersionPolicy(_Strict):
+    """Which version folders are served; exactly one of ``latest``, ``all``, ``specific`` (Triton's)."""
+
+    latest: LatestPolicy | None = None
+    all: AllPolicy | None = None
+    specific: SpecificPolicy | None = None
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> VersionPolicy:
+        chosen = [name for name in ("latest", "all", "specific") if getattr(self, name) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give exactly one of latest, all, specific (got {', '.join(chosen)})")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among ``available``, in ascending order."""
+        ordered = sorted(available)
+        if self.all is not None:
+            return ordered
+        if self.specific is not None:
+            return [version for version in ordered if version in self.specific.versions]
+        num_versions = self.latest.num_versions if self.latest is not None else 1
+        return ordered[-num_versions:]
+
+
+class ModelConfig(_Strict):
+    """The schema of config.yaml. Fields left out are completed from the artifact at load."""
+
+    backend: Literal["onnxruntime"] | None = Field(
+        default=None, description="Backend serving the model; by default chosen from the artifact."
+    )
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=0,
+        description="Largest batch (first dim) a request may carry; 0: the model has no batch "
+        "dimension. By default: the server's default_max_batch_size when every input and output "
+        "has a variable first dim, else 0.",
+    )
+    inputs: list[TensorConfig] = Field(default_factory=list)
+    outputs: list[TensorConfig] = Field(default_factory=list)
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    instance_count: int = Field(default=1, ge=1, description="Backend instances running side by side.")
+    onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
+
+    def backend_options(self, backend_name: str) -> BaseModel:
+        """The options section of ``backend_name`` (e.g. the ``onnxruntime:`` section)."""
+        sections: dict[str, BaseModel] = {"onnxruntime": self.onnxruntime}
+        return sections[backend_name]
+
+
+def read_model_config(model_path: Path) -> ModelConfig:
+    """Read ``<model_path>/config.yaml``; a missing file gives the all-default config.
+
+    Raises:
+        ModelConfigError: invalid YAML or schema; the message names each bad field and why.
+    """
+    config_file = model_path / CONFIG_FILE
+    if not config_file.exists():
+        return ModelConfig()
+    try:
+        raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ModelConfigError(f"{CONFIG_FILE} is not valid YAML: {error}") from None
+    try:
+        return ModelConfig.model_validate(raw if raw is not None else {})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc']) or '(top level)'}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        raise ModelConfigError(f"{CONFIG_FILE} is invalid: {problems}") from None
+
+
+def complete_config(
+    config: ModelConfig, backend_name: str, backend: Backend, default_max_batch_size: int
+) -> ModelConfig:
+    """Fill in what config.yaml left out from the loaded backend, and check what it gave.
+
+    Args:
+        config: the model's config as read.
+        backend_name: the backend that loaded the version (a key of ``backends.BACKEND_NAMES``).
+        backend: one loaded instance of the version; its specs are the truth about the artifact.
+        default_max_batch_size: max_batch_size for a batchable model whose config gives none.
+
+    Returns:
+        A config whose ``backend``, ``max_batch_size``, ``inputs`` and ``outputs`` are all set;
+        ``outputs`` keeps only the outputs config.yaml listed, when it listed any.
+
+    Raises:
+        ModelConfigError: config.yaml disagrees with the artifact (unknown or missing tensor names,
+            datatypes, dims, or a batch dimension the model does not have).
+    """
+    batchable = all(spec.shape[:1] == (-1,) for spec in [*backend.inputs, *backend.outputs])
+    max_batch_size = config.max_batch_size
+    if max_batch_size is None:
+        max_batch_size = default_max_batch_size if batchable else 0
+    elif max_batch_size > 0 and not batchable:
+        fixed = next(spec for spec in [*backend.inputs, *backend.outputs] if spec.shape[:1] != (-1,))
+        raise ModelConfigError(
+            f"max_batch_size {max_batch_size} needs a variable first dim on every input and output, "
+            f"but '{fixed.name}' has shape {list(fixed.shape)}; set max_batch_size: 0"
+        )
+    inputs = _complete_tensors("inputs", config.inputs, backend.inputs, max_batch_size, require_all=True)
+    outputs = _complete_tensors("outputs", config.outputs, backend.outputs, max_batch_size, require_all=False)
+    return config.model_copy(
+        update={
+            "backend": backend_name,
+            "max_batch_size": max_batch_size,
+            "inputs": inputs,
+            "outputs": outputs,
+        }
+    )
+
+
+def full_shape(tensor: TensorConfig, max_batch_size: int) -> list[int]:
+    """The tensor's shape as clients see it: ``[-1, *dims]`` for a batching model, else ``dims``."""
+    return [-1, *tensor.dims] if max_batch_size > 0 else list(tensor.dims)
+
+
+def _complete_tensors(
+    field: str,
+    configured: list[TensorConfig],
+    specs: list[TensorSpec],
+    max_batch_size: int,
+    *,
+    require_all: bool,
+) -> list[TensorConfig]:
+    by_name = {spec.name: spec for spec in specs}
+    if not configured:
+        return [
+            TensorConfig(
+                name=spec.name,
+                datatype=v2_datatype(spec.dtype),  # type: ignore[arg-type]
+                dims=list(spec.shape[1:] if max_batch_size > 0 else spec.shape),
+            )
+            for spec in specs
+        ]
+    unknown = [tensor.name for tensor in configured if tensor.name not in by_name]
+    if unknown:
+        raise ModelConfigError(
+            f"{field}: {', '.join(unknown)} not in the model, which has {', '.join(by_name)}"
+        )
+    missing = [name for name in by_name if name not in {tensor.name for tensor in configured}]
+    if require_all and missing:
+        raise ModelConfigError(f"{field}: the model also needs {', '.join(missing)}; list every input")
+    for tensor in configured:
+        spec = by_name[tensor.name]
+        if V2_TO_NUMPY[tensor.datatype] != spec.dtype:
+            raise ModelConfigError(
+                f"{field}.{tensor.name}: datatype {tensor.datatype} but the model has {v2_datatype(spec.dtype)}"
+            )
+        model_dims = spec.shape[1:] if max_batch_size > 0 else spec.shape
+        compatible = len(tensor.dims) == len(model_dims) and all(
+            model_dim in (-1, dim) for dim, model_dim in zip(tensor.dims, model_dims, strict=True)
+        )
+        if not compatible:
+            raise ModelConfigError(
+                f"{field}.{tensor.name}: dims {tensor.dims} do not fit the model's {list(model_dims)}"
+                + (" (batch dim excluded)" if max_batch_size > 0 else "")
+            )
+    return list(configured)

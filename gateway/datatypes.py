@@ -1,0 +1,256 @@
+"""Tensor datatypes of the KServe v2 protocol and the codecs both transports share.
+
+One table maps the v2 datatype names (KServe v2 protocol, "Tensor Data Types") to numpy dtypes and
+back. The functions here turn wire values into numpy arrays and back, checking counts and ranges;
+REST (JSON ``data`` lists) and gRPC (typed ``contents`` and ``raw_*_contents``) call the same ones.
+
+BYTES tensors are numpy ``object`` arrays whose elements are ``bytes``. Their raw form is the
+Triton/KServe length-prefixed layout: for each element, a 4-byte little-endian unsigned length
+followed by that many bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import InvalidArgumentError
+
+BYTES = "BYTES"
+
+#: v2 datatype name -> numpy dtype. BYTES maps to ``object`` (elements are ``bytes``).
+V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    BYTES: np.dtype(np.object_),
+}
+
+#: numpy dtype -> v2 datatype name; numpy's str and bytes dtypes are BYTES too.
+NUMPY_TO_V2: dict[np.dtype[Any], str] = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+
+_BYTES_LENGTH = struct.Struct("<I")
+
+# Which numpy kinds (as inferred from wire values) each dtype kind accepts without losing meaning.
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype for a v2 datatype name, e.g. ``"FP32"`` -> ``float32``.
+
+    Raises:
+        InvalidArgumentError: the name is not a v2 datatype.
+    """
+    try:
+        return V2_TO_NUMPY[datatype]
+    except KeyError:
+        raise InvalidArgumentError(
+            f"unknown datatype '{datatype}'; expected one of {', '.join(V2_TO_NUMPY)}"
+        ) from None
+
+
+def v2_datatype(dtype: np.dtype[Any]) -> str:
+    """The v2 datatype name for a numpy dtype, e.g. ``int64`` -> ``"INT64"``; str and bytes -> BYTES.
+
+    Raises:
+        ValueError: numpy dtype with no v2 equivalent (complex, datetime, ...).
+    """
+    if dtype.kind in "SUO":
+        return BYTES
+    try:
+        return NUMPY_TO_V2[dtype.newbyteorder("=")]
+    except KeyError:
+        raise ValueError(f"numpy dtype {dtype} has no KServe v2 datatype") from None
+
+
+def element_count(shape: Sequence[int], tensor_name: str) -> int:
+    """Number of elements of a tensor of ``shape``; every dim must be a non-negative integer.
+
+    Raises:
+        InvalidArgumentError: a dim is negative or not an integer.
+    """
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise InvalidArgumentError(
+                f"input '{tensor_name}': shape {list(shape)} must hold non-negative integers"
+            )
+    return math.prod(shape)
+
+
+def array_from_values(values: Any, datatype: str, shape: Sequence[int], tensor_name: str) -> np.ndarray:
+    """Build a tensor from wire values (JSON ``data``, flat or nested, or gRPC typed contents).
+
+    Args:
+        values: a flat or nested sequence of numbers, bools, or (for BYTES) str/bytes.
+        datatype: the v2 datatype the client declared.
+        shape: the shape the client declared; the values must hold exactly prod(shape) elements.
+        tensor_name: used in error messages.
+
+    Returns:
+        An array of ``shape`` and the dtype of ``datatype`` (BYTES: object array of bytes).
+
+    Raises:
+        InvalidArgumentError: wrong count, ragged nesting, values of the wrong kind (e.g. a float
+            for INT32, a string for FP32) or out of the datatype's range.
+    """
+    dtype = numpy_dtype(datatype)
+    count = element_count(shape, tensor_name)
+    if datatype == BYTES:
+        array = _bytes_array(values, tensor_name)
+    else:
+        array = _numeric_array(values, dtype, datatype, tensor_name)
+    if array.size != count:
+        raise InvalidArgumentError(
+            f"input '{tensor_name}': shape {list(shape)} of {datatype} needs {count} elements, data holds {array.size}"
+        )
+    return array.reshape(shape)
+
+
+def array_from_raw(buffer: bytes | memoryview, datatype: str, shape: Sequence[int], tensor_name: str) -> np.ndarray:
+    """Build a tensor from its raw little-endian bytes (gRPC ``raw_input_contents``).
+
+    The array shares memory with ``buffer`` (read-only) where the datatype allows; BYTES is parsed
+    from the length-prefixed layout.
+
+    Raises:
+        InvalidArgumentError: the byte length does not match ``shape`` and ``datatype``, or the
+            BYTES layout is truncated.
+    """
+    dtype = numpy_dtype(datatype)
+    count = element_count(shape, tensor_name)
+    if datatype == BYTES:
+        array = _parse_length_prefixed(memoryview(buffer), count, tensor_name)
+        return array.reshape(shape)
+    expected = count * dtype.itemsize
+    if len(buffer) != expected:
+        raise InvalidArgumentError(
+            f"input '{tensor_name}': shape {list(shape)} of {datatype} needs {expected} bytes, "
+            f"raw contents hold {len(buffer)}"
+        )
+    return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def array_to_raw(array: np.ndarray) -> bytes:
+    """Raw little-endian bytes of a tensor in C order (BYTES: length-prefixed elements)."""
+    if array.dtype.kind in "SUO":
+        parts: list[bytes] = []
+        for item in array.ravel():
+            data = _as_bytes(item)
+            parts.append(_BYTES_LENGTH.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def as_bytes_elements(array: np.ndarray) -> np.ndarray:
+    """A BYTES tensor as an object array of ``bytes`` (str elements are UTF-8 encoded)."""
+    if array.dtype == np.object_ and all(isinstance(item, bytes) for item in array.flat):
+        return array
+    return np.array([_as_bytes(item) for item in array.flat], dtype=np.object_).reshape(array.shape)
+
+
+def _as_bytes(item: Any) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, np.bytes_ | np.str_):
+        return _as_bytes(item.item())
+    return str(item).encode("utf-8")
+
+
+def _bytes_array(values: Any, tensor_name: str) -> np.ndarray:
+    flat: list[bytes] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, str | bytes):
+            flat.append(value.encode("utf-8") if isinstance(value, str) else value)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+        else:
+            raise InvalidArgumentError(
+                f"input '{tensor_name}': BYTES data must hold strings, got {type(value).__name__}"
+            )
+
+    visit(values)
+    array = np.empty(len(flat), dtype=np.object_)
+    array[:] = flat
+    return array
+
+
+def _parse_length_prefixed(buffer: memoryview, count: int, tensor_name: str) -> np.ndarray:
+    array = np.empty(count, dtype=np.object_)
+    offset = 0
+    for index in range(count):
+        if offset + 4 > len(buffer):
+            raise InvalidArgumentError(
+                f"input '{tensor_name}': BYTES raw contents end after {index} of {count} elements"
+            )
+        (length,) = _BYTES_LENGTH.unpack_from(buffer, offset)
+        offset += 4
+        if offset + length > len(buffer):
+            raise InvalidArgumentError(
+                f"input '{tensor_name}': BYTES element {index} claims {length} bytes, "
+                f"only {len(buffer) - offset} remain"
+            )
+        array[index] = bytes(buffer[offset : offset + length])
+        offset += length
+    if offset != len(buffer):
+        raise InvalidArgumentError(
+            f"input '{tensor_name}': BYTES raw contents hold {len(buffer) - offset} bytes past "
+            f"the {count} elements of the shape"
+        )
+    return array
+
+
+def _numeric_array(values: Any, dtype: np.dtype[Any], datatype: str, tensor_name: str) -> np.ndarray:
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        raise InvalidArgumentError(f"input '{tensor_name}': data is ragged (nested lists of unequal length)") from None
+    if dtype.kind in "iu" and array.dtype.kind == "f":
+        # numpy infers float64 for ints that span the int64 and uint64 ranges; keep them exact.
+        exact = np.asarray(values, dtype=np.object_)
+        if all(isinstance(item, int) and not isinstance(item, bool) for item in exact.flat):
+            array = exact
+    elif array.size and array.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        raise InvalidArgumentError(
+            f"input '{tensor_name}': data holds {_kind_name(array.dtype)} values, which do not fit datatype {datatype}"
+        )
+    if dtype.kind in "iu" and array.size:
+        if array.dtype.kind == "f":
+            raise InvalidArgumentError(
+                f"input '{tensor_name}': data holds floating-point values, which do not fit datatype {datatype}"
+            )
+        _check_integer_range(array, dtype, datatype, tensor_name)
+    return array.astype(dtype, copy=False)
+
+
+def _check_integer_range(array: np.ndarray, dtype: np.dtype[Any], datatype: str, tensor_name: str) -> None:
+    info = np.iinfo(dtype)
+    low, high = int(array.min()), int(array.max())
+    if low < info.min or high > info.max:
+        raise InvalidArgumentError(
+            f"input '{tensor_name}': values from {low} to {high} do not fit datatype {datatype} "
+            f"[{info.min}, {info.max}]"
+        )
+
+
+def _kind_name(dtype: np.dtype[Any]) -> str:
+    return {"b": "boolean", "i": "integer", "u": "integer", "f": "floating-point", "U": "string"}.get(
+        dtype.kind, str(dtype)
+    )

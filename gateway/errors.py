@@ -1,0 +1,71 @@
+"""One error hierarchy for the gateway, and the one table that maps it to HTTP and gRPC status.
+
+Code raises these errors and never returns error values. The REST adapter turns them into
+``{"error": message}`` with :func:`http_status`, the gRPC adapter aborts with :func:`grpc_status`;
+neither transport keeps a mapping of its own (KServe's two hand-kept mappings drifted apart).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import grpc
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client.
+
+    The message is shown to the client as it is, so it should say what was wrong and what was
+    expected (which input, which shape, which model).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgumentError(GatewayError):
+    """The request is malformed or does not match the model (400 / INVALID_ARGUMENT)."""
+
+
+class NotFoundError(GatewayError):
+    """The model, version or route does not exist, or the model is not loaded (404 / NOT_FOUND)."""
+
+
+class UnavailableError(GatewayError):
+    """The model exists but is not ready: loading, or its load failed (503 / UNAVAILABLE)."""
+
+
+class FailedPreconditionError(GatewayError):
+    """The operation is not allowed in the server's current mode (400 / FAILED_PRECONDITION)."""
+
+
+class InternalError(GatewayError):
+    """The backend failed while running a valid request (500 / INTERNAL)."""
+
+
+# The one mapping from error class to (HTTP status, gRPC status code).
+_STATUS: dict[type[GatewayError], tuple[HTTPStatus, grpc.StatusCode]] = {
+    InvalidArgumentError: (HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT),
+    NotFoundError: (HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND),
+    UnavailableError: (HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
+    FailedPreconditionError: (HTTPStatus.BAD_REQUEST, grpc.StatusCode.FAILED_PRECONDITION),
+    InternalError: (HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL),
+}
+
+
+def _lookup(error: GatewayError) -> tuple[HTTPStatus, grpc.StatusCode]:
+    for cls in type(error).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return _STATUS[InternalError]
+
+
+def http_status(error: GatewayError) -> int:
+    """The HTTP status code for ``error`` (e.g. 400 for :class:`InvalidArgumentError`)."""
+    return int(_lookup(error)[0])
+
+
+def grpc_status(error: GatewayError) -> grpc.StatusCode:
+    """The gRPC status code for ``error`` (e.g. INVALID_ARGUMENT for :class:`InvalidArgumentError`)."""
+    return _lookup(error)[1]

@@ -1,0 +1,277 @@
+"""KServe v2 gRPC API: a thin grpc.aio adapter over the data plane, plus ``grpc.health.v1``.
+
+Service ``inference.GRPCInferenceService`` as in KServe's grpc_predict_v2.proto, with the repository
+RPCs of Triton's superset (``protos/grpc_predict_v2.proto``). Inputs come as typed ``contents`` or as
+``raw_input_contents``; a request with raw inputs gets ``raw_output_contents`` back, as Triton does.
+Errors are aborted with the status code from :mod:`gateway.errors`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeAlias, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from gateway.dataplane import (
+    DataPlane,
+    InferRequest,
+    InferResponse,
+    InferTensor,
+    RequestedOutput,
+    TensorMetadata,
+)
+from gateway.datatypes import BYTES, array_from_raw, array_from_values, array_to_raw, numpy_dtype
+from gateway.errors import GatewayError, InvalidArgumentError, grpc_status
+from protos import grpc_predict_v2_pb2 as pb
+from protos import grpc_predict_v2_pb2_grpc as pb_grpc
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+#: Which InferTensorContents field carries each datatype (FP16 has none: it travels raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    BYTES: "bytes_contents",
+}
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+_Method = Callable[[Any, _Request, Context], Awaitable[_Response]]
+
+
+class HealthStatus(Protocol):
+    """The part of grpc_health's asyncio HealthServicer the server uses (grpc-stubs lack ``health.aio``)."""
+
+    async def set(self, service: str, status: int) -> None:
+        """Set the serving status of ``service`` ("" for the whole server)."""
+
+
+def _abort_on_error(method: _Method[_Request, _Response]) -> _Method[_Request, _Response]:
+    """Turn a :class:`GatewayError` raised by an RPC into a gRPC status with its message."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: _Request, context: Context) -> _Response:
+        try:
+            return await method(self, request, context)
+        except GatewayError as error:
+            await context.abort(grpc_status(error), error.message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def decode_parameters(parameters: Any) -> dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as a plain dict of bool/int/float/str values."""
+    decoded: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        decoded[key] = getattr(parameter, choice) if choice else None
+    return decoded
+
+
+def encode_parameters(values: dict[str, Any], target: Any) -> None:
+    """Write a dict of bool/int/float/str values into a ``map<string, InferParameter>``."""
+    for key, value in values.items():
+        parameter = target[key]
+        if isinstance(value, bool):
+            parameter.bool_param = value
+        elif isinstance(value, int):
+            parameter.int64_param = value
+        elif isinstance(value, float):
+            parameter.double_param = value
+        else:
+            parameter.string_param = str(value)
+
+
+def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
+    """Decode a ModelInferRequest into the data plane's request.
+
+    Raises:
+        InvalidArgumentError: raw contents that do not pair up with the inputs, FP16 sent as typed
+            contents, or data that does not fit the declared datatype and shape.
+    """
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise InvalidArgumentError(
+            f"raw_input_contents holds {len(raw_contents)} entries for {len(request.inputs)} inputs"
+        )
+    inputs: list[InferTensor] = []
+    for index, tensor in enumerate(request.inputs):
+        shape = list(tensor.shape)
+        if raw_contents:
+            data = array_from_raw(raw_contents[index], tensor.datatype, shape, tensor.name)
+        else:
+            field = CONTENTS_FIELD.get(tensor.datatype)
+            if field is None:
+                numpy_dtype(tensor.datatype)  # raises for an unknown datatype
+                raise InvalidArgumentError(
+                    f"input '{tensor.name}': {tensor.datatype} has no typed contents field; "
+                    "send it in raw_input_contents"
+                )
+            data = array_from_values(list(getattr(tensor.contents, field)), tensor.datatype, shape, tensor.name)
+        inputs.append(InferTensor(tensor.name, tensor.datatype, shape, data, decode_parameters(tensor.parameters)))
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version or None,
+        id=request.id or None,
+        parameters=decode_parameters(request.parameters),
+        inputs=inputs,
+        outputs=[RequestedOutput(o.name, decode_parameters(o.parameters)) for o in request.outputs],
+    )
+
+
+def encode_infer_response(response: InferResponse, raw: bool) -> pb.ModelInferResponse:
+    """Encode a data plane response; ``raw`` writes ``raw_output_contents`` instead of typed contents.
+
+    Typed contents cannot carry FP16, so a response with an FP16 output is written raw.
+    """
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id or ""
+    )
+    encode_parameters(response.parameters, message.parameters)
+    raw = raw or any(tensor.datatype not in CONTENTS_FIELD for tensor in response.outputs)
+    for tensor in response.outputs:
+        output = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if raw:
+            message.raw_output_contents.append(array_to_raw(tensor.data))
+        else:
+            getattr(output.contents, CONTENTS_FIELD[tensor.datatype]).extend(tensor.data.ravel().tolist())
+    return message
+
+
+def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """``inference.GRPCInferenceService`` over a :class:`DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    @_abort_on_error
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        """KServe v2 ServerLive."""
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    @_abort_on_error
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        """KServe v2 ServerReady."""
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    @_abort_on_error
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        """KServe v2 ModelReady; NOT_FOUND for an unknown model."""
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version or None))
+
+    @_abort_on_error
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        """KServe v2 ServerMetadata."""
+        metadata = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=metadata.name, version=metadata.version, extensions=metadata.extensions
+        )
+
+    @_abort_on_error
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        """KServe v2 ModelMetadata."""
+        metadata = self.dataplane.model_metadata(request.name, request.version or None)
+        return pb.ModelMetadataResponse(
+            name=metadata.name,
+            versions=metadata.versions,
+            platform=metadata.platform,
+            inputs=[_tensor_metadata(t) for t in metadata.inputs],
+            outputs=[_tensor_metadata(t) for t in metadata.outputs],
+        )
+
+    @_abort_on_error
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        """KServe v2 ModelInfer; raw inputs get raw outputs."""
+        response = await self.dataplane.infer(decode_infer_request(request))
+        return encode_infer_response(response, raw=bool(request.raw_input_contents))
+
+    @_abort_on_error
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        """Triton's RepositoryIndex."""
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state.value, reason=e.reason
+                )
+                for e in self.dataplane.repository_index(ready_only=request.ready)
+            ]
+        )
+
+    @_abort_on_error
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        """Triton's RepositoryModelLoad (explicit mode only)."""
+        await self.dataplane.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_abort_on_error
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        """Triton's RepositoryModelUnload (explicit mode only)."""
+        await self.dataplane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def create_grpc_server(
+    dataplane: DataPlane, address: str, max_message_bytes: int
+) -> tuple[grpc.aio.Server, HealthStatus]:
+    """A grpc.aio server bound to ``address`` (host:port) with the inference and health services.
+
+    The health servicer starts NOT_SERVING; the caller sets SERVING once the server is ready.
+
+    Raises:
+        RuntimeError: the address cannot be bound.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if server.add_insecure_port(address) == 0:
+        raise RuntimeError(f"cannot bind the gRPC server to {address}")
+    return server, health_servicer
+
+
+async def set_serving(health_servicer: HealthStatus, serving: bool) -> None:
+    """Set grpc.health.v1 status of the server ("") and of the inference service."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, status)

@@ -1,0 +1,369 @@
+"""The model repository: which models and versions are served, and their load states.
+
+Layout: ``<root>/<model>/config.yaml`` (optional) and integer version folders
+``<root>/<model>/<version>/`` holding the artifact. The repository loads, reloads and unloads
+models as the model control mode asks (Triton's none / poll / explicit), and answers which
+loaded version serves a request.
+
+A load never takes the server down: a model or version that fails is recorded as UNAVAILABLE with
+the reason, other models keep serving, and a version that fails to reload keeps its previous
+files serving. A new or changed version is loaded fully before it replaces the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from backends import ModelLoadError, create_backend, detect_backend
+from gateway.config import ModelConfig, ModelConfigError, complete_config, full_shape, read_model_config
+from gateway.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from gateway.scheduler import InstancePool
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+
+# (relative path, size in bytes, modification time in ns) of every file under a folder.
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+class ModelState(StrEnum):
+    """Load state of a model version as the repository index reports it (Triton's names)."""
+
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+
+
+@dataclass(frozen=True, slots=True)
+class InputSignature:
+    """What a request must send for one input: v2 datatype and shape (-1: any size)."""
+
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedVersion:
+    """One version that is loaded and serving.
+
+    Attributes:
+        config: the completed config (inputs, outputs and max_batch_size all set).
+        inputs: per input name, the datatype and full shape a request must match.
+        output_datatypes: per output name, its v2 datatype.
+        pool: the version's backend instances.
+        fingerprint: the files the version was loaded from, to tell when they change.
+    """
+
+    name: str
+    version: int
+    platform: str
+    config: ModelConfig
+    inputs: dict[str, InputSignature]
+    output_datatypes: dict[str, str]
+    pool: InstancePool
+    fingerprint: Fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One row of the repository index (KServe/Triton repository extension)."""
+
+    name: str
+    version: str
+    state: ModelState
+    reason: str
+
+
+@dataclass
+class _ModelRecord:
+    versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    # Failure reasons by version; None holds a failure of the whole model (e.g. a bad config.yaml).
+    failures: dict[int | None, str] = field(default_factory=dict)
+    loading: bool = False
+    loaded: bool = False
+    fingerprint: Fingerprint | None = None
+
+
+@dataclass
+class _LoadOutcome:
+    versions: dict[int, LoadedVersion]
+    failures: dict[int | None, str]
+
+
+class ModelRepository:
+    """The models under ``root`` and their loaded versions.
+
+    Args:
+        root: the repository folder.
+        default_max_batch_size: max_batch_size for batchable models whose config sets none.
+    """
+
+    def __init__(self, root: Path, default_max_batch_size: int) -> None:
+        self.root = root
+        self.default_max_batch_size = default_max_batch_size
+        self._records: dict[str, _ModelRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def model_names(self) -> list[str]:
+        """Names of the model folders on disk, sorted; folders with invalid names are skipped."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in self.root.iterdir()
+            if entry.is_dir() and not entry.is_symlink() and _valid_name(entry.name)
+        )
+
+    async def load_all(self) -> None:
+        """Load every model on disk; failures are recorded, never raised."""
+        for name in self.model_names():
+            await self._load_quietly(name)
+
+    async def poll(self) -> None:
+        """Bring the loaded state in line with the disk: load new or changed models, unload removed ones."""
+        on_disk = self.model_names()
+        for name in on_disk:
+            record = self._records.get(name)
+            fingerprint = await asyncio.to_thread(_fingerprint, self.root / name)
+            if record is None or not record.loaded or fingerprint != record.fingerprint:
+                await self._load_quietly(name)
+        for name in [name for name in self._records if name not in on_disk]:
+            logger.info("model %s was removed from the repository; unloading it", name)
+            del self._records[name]
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) every version of ``name`` its version policy selects.
+
+        Versions whose files and config did not change keep their loaded instances; a changed
+        version is loaded beside the old one and replaces it only once ready.
+
+        Raises:
+            NotFoundError: no folder ``name`` in the repository (or an invalid name).
+            UnavailableError: the config or some selected version failed to load; the reasons are
+                in the message and in the index, and versions that loaded keep serving.
+        """
+        path = self._model_path(name)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            record = self._records.setdefault(name, _ModelRecord())
+            record.loading = True
+            try:
+                fingerprint = await asyncio.to_thread(_fingerprint, path)
+                outcome = await asyncio.to_thread(self._load_versions, name, path, record.versions)
+            finally:
+                record.loading = False
+            record.versions = outcome.versions
+            record.failures = outcome.failures
+            record.loaded = True
+            record.fingerprint = fingerprint
+        for version, reason in outcome.failures.items():
+            logger.warning("model %s%s failed to load: %s", name, _version_suffix(version), reason)
+        if outcome.versions:
+            logger.info("model %s serving versions %s", name, sorted(outcome.versions))
+        if outcome.failures:
+            raise UnavailableError(
+                f"model '{name}' failed to load: "
+                + "; ".join(f"{_version_label(version)}: {reason}" for version, reason in outcome.failures.items())
+            )
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of ``name``; calls already running finish on their instances.
+
+        Raises:
+            NotFoundError: the model is not loaded.
+        """
+        record = self._records.get(name)
+        if record is None or not record.loaded:
+            raise NotFoundError(f"model '{name}' is not loaded")
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            record.versions = {}
+            record.failures = {}
+            record.loaded = False
+            record.fingerprint = None
+        logger.info("model %s unloaded", name)
+
+    def get(self, name: str, version: str | None = None) -> LoadedVersion:
+        """The loaded version that serves a request: ``version``, or the highest ready one.
+
+        Raises:
+            InvalidArgumentError: ``version`` is not an integer.
+            NotFoundError: unknown or unloaded model, or a version the model does not serve.
+            UnavailableError: the model or version is loading or failed to load.
+        """
+        record = self._records.get(name)
+        if record is None or not (record.loaded or record.loading):
+            raise NotFoundError(self._missing_model_message(name))
+        if version is None or version == "":
+            if record.versions:
+                return record.versions[max(record.versions)]
+            raise UnavailableError(f"model '{name}' is not ready: {self._unready_reason(record)}")
+        number = _parse_version(version)
+        loaded = record.versions.get(number)
+        if loaded is not None:
+            return loaded
+        if number in record.failures:
+            raise UnavailableError(f"model '{name}' version {number} is not ready: {record.failures[number]}")
+        if record.loading:
+            raise UnavailableError(f"model '{name}' is loading")
+        served = ", ".join(str(v) for v in sorted(record.versions)) or "none"
+        raise NotFoundError(f"model '{name}' has no version {number} (versions served: {served})")
+
+    def ready_versions(self, name: str) -> list[int]:
+        """The versions of ``name`` that are loaded and serving, ascending."""
+        record = self._records.get(name)
+        return sorted(record.versions) if record is not None else []
+
+    def index(self) -> list[IndexEntry]:
+        """Every model on disk or loaded, with each version's state and, when not ready, the reason."""
+        entries: list[IndexEntry] = []
+        for name in sorted(set(self.model_names()) | set(self._records)):
+            record = self._records.get(name)
+            if record is None or not (record.loaded or record.loading):
+                entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, "not loaded"))
+                continue
+            if record.loading:
+                entries.append(IndexEntry(name, "", ModelState.LOADING, ""))
+            for version in sorted(set(record.versions) | {v for v in record.failures if v is not None}):
+                reason = record.failures.get(version, "")
+                if version in record.versions:
+                    if reason:
+                        reason = f"reload failed, previous files still serving: {reason}"
+                    entries.append(IndexEntry(name, str(version), ModelState.READY, reason))
+                else:
+                    entries.append(IndexEntry(name, str(version), ModelState.UNAVAILABLE, reason))
+            if None in record.failures:
+                entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, record.failures[None]))
+        return entries
+
+    async def _load_quietly(self, name: str) -> None:
+        with contextlib.suppress(NotFoundError, UnavailableError):  # recorded in the index, and logged
+            await self.load(name)
+
+    def _model_path(self, name: str) -> Path:
+        path = self.root / name
+        if not _valid_name(name) or not path.is_dir() or path.is_symlink():
+            raise NotFoundError(f"no model '{name}' in the repository")
+        return path
+
+    def _missing_model_message(self, name: str) -> str:
+        if _valid_name(name) and (self.root / name).is_dir():
+            return f"model '{name}' is not loaded"
+        return f"unknown model '{name}'"
+
+    @staticmethod
+    def _unready_reason(record: _ModelRecord) -> str:
+        if record.loading:
+            return "loading"
+        reasons = [f"{_version_label(version)}: {reason}" for version, reason in record.failures.items()]
+        return "; ".join(reasons) or "no version is loaded"
+
+    def _load_versions(self, name: str, path: Path, current: dict[int, LoadedVersion]) -> _LoadOutcome:
+        """Runs in a worker thread: read the config and load each selected version."""
+        try:
+            config = read_model_config(path)
+        except ModelConfigError as error:
+            return _LoadOutcome(versions=dict(current), failures={None: str(error)})
+        available = _version_folders(path)
+        if not available:
+            return _LoadOutcome(versions={}, failures={None: "no version folders (1/, 2/, ...)"})
+        selected = config.version_policy.select(available)
+        if not selected:
+            return _LoadOutcome(
+                versions={}, failures={None: f"the version policy selects none of versions {available}"}
+            )
+        config_fingerprint = _file_fingerprint(path / "config.yaml")
+        versions: dict[int, LoadedVersion] = {}
+        failures: dict[int | None, str] = {}
+        for version in selected:
+            version_path = path / str(version)
+            fingerprint = config_fingerprint + _fingerprint(version_path)
+            previous = current.get(version)
+            if previous is not None and previous.fingerprint == fingerprint:
+                versions[version] = previous
+                continue
+            try:
+                versions[version] = self._load_version(name, version, version_path, config, fingerprint)
+            except (ModelLoadError, ModelConfigError) as error:
+                failures[version] = str(error)
+            except Exception as error:  # a runtime's unexpected failure must not take the server down
+                logger.exception("unexpected error loading %s version %s", name, version)
+                failures[version] = f"unexpected error: {error!r}"
+            if version in failures and previous is not None:
+                versions[version] = previous
+        return _LoadOutcome(versions=versions, failures=failures)
+
+    def _load_version(
+        self, name: str, version: int, path: Path, config: ModelConfig, fingerprint: Fingerprint
+    ) -> LoadedVersion:
+        backend_name = config.backend or detect_backend(path)
+        options = config.backend_options(backend_name)
+        instances = [create_backend(backend_name, path, options) for _ in range(config.instance_count)]
+        completed = complete_config(config, backend_name, instances[0], self.default_max_batch_size)
+        max_batch_size = completed.max_batch_size or 0
+        return LoadedVersion(
+            name=name,
+            version=version,
+            platform=instances[0].platform,
+            config=completed,
+            inputs={
+                tensor.name: InputSignature(tensor.datatype, tuple(full_shape(tensor, max_batch_size)))
+                for tensor in completed.inputs
+            },
+            output_datatypes={tensor.name: tensor.datatype for tensor in completed.outputs},
+            pool=InstancePool(instances),
+            fingerprint=fingerprint,
+        )
+
+
+def _valid_name(name: str) -> bool:
+    return bool(MODEL_NAME_PATTERN.fullmatch(name)) and name not in {".", ".."}
+
+
+def _parse_version(version: str) -> int:
+    if not version.isdigit():
+        raise InvalidArgumentError(f"model version '{version}' is not a non-negative integer")
+    return int(version)
+
+
+def _version_folders(path: Path) -> list[int]:
+    return sorted(
+        int(entry.name)
+        for entry in path.iterdir()
+        if entry.is_dir() and entry.name.isdigit() and entry.name == str(int(entry.name))
+    )
+
+
+def _version_label(version: int | None) -> str:
+    return "config" if version is None else f"version {version}"
+
+
+def _version_suffix(version: int | None) -> str:
+    return "" if version is None else f" version {version}"
+
+
+def _file_fingerprint(path: Path) -> Fingerprint:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return ()
+    return ((path.name, stat.st_size, stat.st_mtime_ns),)
+
+
+def _fingerprint(folder: Path) -> Fingerprint:
+    entries: list[tuple[str, int, int]] = []
+    for directory, _, files in os.walk(folder):
+        for file_name in files:
+            file_path = Path(directory, file_name)
+            try:
+                stat = file_path.lstat()
+            except FileNotFoundError:
+                continue
+            entries.append((str(file_path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))

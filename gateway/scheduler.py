@@ -1,0 +1,42 @@
+"""Scheduling of inference calls onto a model version's backend instances.
+
+Every call runs in a worker thread, off the event loop (ONNX Runtime releases the GIL while it
+computes), so a slow model never stalls the server. Each instance runs one call at a time; with
+``instance_count`` instances a version runs that many calls side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from backends import Backend
+
+
+class InstancePool:
+    """The loaded instances of one model version, handed out one call at a time.
+
+    Args:
+        instances: one or more loaded instances of the same version.
+    """
+
+    def __init__(self, instances: Sequence[Backend]) -> None:
+        if not instances:
+            raise ValueError("an instance pool needs at least one instance")
+        self.instances = list(instances)
+        self._idle: asyncio.Queue[Backend] = asyncio.Queue()
+        for instance in self.instances:
+            self._idle.put_nowait(instance)
+
+    async def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Wait for an idle instance, then run one call on it in a worker thread.
+
+        Shapes and dtypes are as for :meth:`backends.Backend.run`, whose errors pass through.
+        """
+        instance = await self._idle.get()
+        try:
+            return await asyncio.to_thread(instance.run, inputs, output_names)
+        finally:
+            self._idle.put_nowait(instance)

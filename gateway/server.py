@@ -1,0 +1,88 @@
+"""One gateway process: REST (uvicorn) and gRPC (grpc.aio) on one event loop, over one data plane.
+
+Both servers listen before the models load, so liveness answers at once and readiness turns true
+when the start-up load is done. SIGINT or SIGTERM stops both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from gateway.dataplane import DataPlane
+from gateway.grpc_service import create_grpc_server, set_serving
+from gateway.repository import ModelRepository
+from gateway.rest import create_app
+from gateway.settings import GatewaySettings, ModelControlMode
+
+logger = logging.getLogger(__name__)
+
+#: Seconds that calls in flight get to finish when the server stops.
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Serve the model repository named in ``settings`` until SIGINT or SIGTERM.
+
+    Raises:
+        RuntimeError: a port cannot be bound.
+    """
+    repository = ModelRepository(settings.model_repository, settings.default_max_batch_size)
+    dataplane = DataPlane(repository, settings.model_control_mode)
+    grpc_server, health_servicer = create_grpc_server(
+        dataplane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes
+    )
+    http_server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(dataplane),
+            host=settings.host,
+            port=settings.http_port,
+            log_level=settings.log_level,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+    )
+    await grpc_server.start()
+    http_task = asyncio.create_task(http_server.serve())
+    poll_task: asyncio.Task[None] | None = None
+    try:
+        logger.info(
+            "serving %s on http://%s:%d and grpc %s:%d (model control mode %s)",
+            settings.model_repository,
+            settings.host,
+            settings.http_port,
+            settings.host,
+            settings.grpc_port,
+            settings.model_control_mode,
+        )
+        if settings.model_control_mode is not ModelControlMode.EXPLICIT:
+            await repository.load_all()
+        dataplane.is_ready = True
+        await set_serving(health_servicer, True)
+        logger.info("server ready")
+        if settings.model_control_mode is ModelControlMode.POLL:
+            poll_task = asyncio.create_task(_poll_forever(repository, settings.repository_poll_seconds))
+        await http_task
+    finally:
+        dataplane.is_ready = False
+        await set_serving(health_servicer, False)
+        if poll_task is not None:
+            poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll_task
+        http_server.should_exit = True
+        await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
+        logger.info("server stopped")
+
+
+async def _poll_forever(repository: ModelRepository, interval_seconds: float) -> None:
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await repository.poll()
+        except Exception:  # a scan that fails (e.g. a folder removed mid-scan) is retried next time
+            logger.exception("repository poll failed")

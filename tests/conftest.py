@@ -1,0 +1,180 @@
+"""Shared fixtures: real gateway processes on free loopback ports, and real models.
+
+The server always runs in its own process: our generated ``inference`` protobuf module and
+tritonclient's register the same message names, so they cannot share one interpreter. Tests use
+tritonclient's generated stubs as their raw gRPC stubs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: v2 datatype -> ONNX element type, for the identity models.
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class GatewayProcess:
+    """A ``gateway serve`` process on free loopback ports; stopped with SIGTERM by its own PID."""
+
+    def __init__(self, repository: Path, log_path: Path, *extra_args: str) -> None:
+        self.repository = repository
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
+        self.grpc_address = f"127.0.0.1:{self.grpc_port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--model-repository",
+                str(repository),
+                "--http-port",
+                str(self.http_port),
+                "--grpc-port",
+                str(self.grpc_port),
+                *extra_args,
+            ],
+            cwd=REPO_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.http = httpx.Client(base_url=self.http_url, timeout=30)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if self.http.get("/v2/health/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"gateway not ready after {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def start_gateway(repository: Path, log_path: Path, *extra_args: str) -> GatewayProcess:
+    gateway = GatewayProcess(repository, log_path, *extra_args)
+    try:
+        gateway.wait_ready()
+    except Exception:
+        gateway.stop()
+        raise
+    return gateway
+
+
+def write_identity_model(path: Path, datatype: str) -> None:
+    """An ONNX model ``output = Identity(input)`` of one datatype, shape [batch, -1]."""
+    element_type = ONNX_TYPES[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        f"identity_{datatype.lower()}",
+        [helper.make_tensor_value_info("input", element_type, ["batch", "width"])],
+        [helper.make_tensor_value_info("output", element_type, ["batch", "width"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+
+
+@pytest.fixture(scope="session")
+def digits_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository holding the example digits classifier, trained and exported once per session."""
+    from examples.digits import build_example_repository
+
+    root = tmp_path_factory.mktemp("digits-source")
+    build_example_repository(root)
+    return root / "digits"
+
+
+@pytest.fixture(scope="session")
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from examples.digits import load_digits_split
+
+    return load_digits_split()
+
+
+@pytest.fixture(scope="session")
+def serving_repository(tmp_path_factory: pytest.TempPathFactory, digits_source: Path) -> Path:
+    """The repository of the shared server: good, config-less, broken and corrupt models."""
+    root = tmp_path_factory.mktemp("repository")
+    shutil.copytree(digits_source, root / "digits")
+    # The same graph with no config.yaml at all: completed from the ONNX graph.
+    (root / "digits_noconfig" / "1").mkdir(parents=True)
+    shutil.copy(digits_source / "1" / "model.onnx", root / "digits_noconfig" / "1" / "model.onnx")
+    # A config.yaml with a misspelt field and a bad value.
+    shutil.copytree(root / "digits_noconfig", root / "broken_config")
+    (root / "broken_config" / "config.yaml").write_text("max_batch_size: -3\ninstance_cnt: 2\n")
+    # A model.onnx that is not ONNX.
+    (root / "corrupt" / "1").mkdir(parents=True)
+    (root / "corrupt" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
+    for datatype in ONNX_TYPES:
+        write_identity_model(root / f"identity_{datatype.lower()}" / "1" / "model.onnx", datatype)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gateway(serving_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway serving :func:`serving_repository` in model control mode none."""
+    server = start_gateway(serving_repository, tmp_path_factory.mktemp("logs") / "gateway.log")
+    yield server
+    server.stop()
