@@ -120,9 +120,7 @@ class OnnxRuntimeBackend(Backend):
         )
         providers = select_providers(options.execution_providers, ort.get_available_providers())
         try:
-            self._session = ort.InferenceSession(
-                str(model_file), sess_options=session_options, providers=providers
-            )
+            self._session = ort.InferenceSession(str(model_file), sess_options=session_options, providers=providers)
         except Exception as error:  # ORT raises its own exception types for every load failure
             raise ModelLoadError(f"ONNX Runtime cannot load {model_file.name}: {error}") from error
         self.providers: list[str] = list(self._session.get_providers())

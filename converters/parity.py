@@ -165,8 +165,7 @@ def compare_outputs(
             missing = sorted(set(names) - set(cand_batch))
             extra = sorted(set(cand_batch) - set(names))
             raise ValueError(
-                f"batch {index}: candidate output names differ from reference: "
-                f"missing {missing}, unexpected {extra}"
+                f"batch {index}: candidate output names differ from reference: missing {missing}, unexpected {extra}"
             )
         for name in names:
             ref = _as_numeric(ref_batch[name], name=name, side="reference")

@@ -41,9 +41,7 @@ def _quiet_exporter() -> Iterator[None]:
         lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning
-            )
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
             yield
     finally:
         for lg, level in zip(loggers, previous_levels, strict=True):
@@ -124,9 +122,7 @@ def _check_graph(
                 + ". The module probably fixes the batch size (e.g. a reshape to a constant, or a "
                 "scalar output); make dim 0 of every input and output the batch dimension."
             )
-    external = [
-        init.name for init in model.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL
-    ]
+    external = [init.name for init in model.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL]
     if external:
         raise ValueError(f"exported model stores weights in external data: {external[:5]}")
 
@@ -182,9 +178,7 @@ def export_torch_to_onnx(
 
     path = Path(path)
     if len(input_names) != len(example_inputs):
-        raise ValueError(
-            f"got {len(input_names)} input names for {len(example_inputs)} example inputs: {input_names}"
-        )
+        raise ValueError(f"got {len(input_names)} input names for {len(example_inputs)} example inputs: {input_names}")
     for kind, names in (("input", input_names), ("output", output_names)):
         if not names or any(not name for name in names):
             raise ValueError(f"{kind}_names must be non-empty strings, got {names}")

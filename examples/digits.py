@@ -84,9 +84,7 @@ def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     )
 
 
-def train_classifier(
-    x_train: np.ndarray, y_train: np.ndarray, *, seed: int = 0, epochs: int = 300
-) -> torch.nn.Module:
+def train_classifier(x_train: np.ndarray, y_train: np.ndarray, *, seed: int = 0, epochs: int = 300) -> torch.nn.Module:
     """Train an MLP ``Linear(64, 64) -> ReLU -> Linear(64, 10)`` on the digits features.
 
     Full-batch Adam (lr 0.01) on cross-entropy, seeded with ``seed`` inside a forked torch RNG (the

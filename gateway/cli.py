@@ -45,9 +45,7 @@ def serve(
     repository_poll_seconds: Annotated[
         float | None, _option("repository_poll_seconds", "--repository-poll-seconds")
     ] = None,
-    default_max_batch_size: Annotated[
-        int | None, _option("default_max_batch_size", "--default-max-batch-size")
-    ] = None,
+    default_max_batch_size: Annotated[int | None, _option("default_max_batch_size", "--default-max-batch-size")] = None,
     log_level: Annotated[str | None, _option("log_level", "--log-level")] = None,
 ) -> None:
     """Serve every model in the model repository over REST and gRPC (one process).
@@ -59,9 +57,7 @@ def serve(
         settings = GatewaySettings(**given)
     except ValidationError as error:
         raise typer.BadParameter(str(error)) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from gateway.server import serve as run_server
 
     asyncio.run(run_server(settings))

@@ -205,9 +205,7 @@ def _complete_tensors(
         ]
     unknown = [tensor.name for tensor in configured if tensor.name not in by_name]
     if unknown:
-        raise ModelConfigError(
-            f"{field}: {', '.join(unknown)} not in the model, which has {', '.join(by_name)}"
-        )
+        raise ModelConfigError(f"{field}: {', '.join(unknown)} not in the model, which has {', '.join(by_name)}")
     missing = [name for name in by_name if name not in {tensor.name for tensor in configured}]
     if require_all and missing:
         raise ModelConfigError(f"{field}: the model also needs {', '.join(missing)}; list every input")

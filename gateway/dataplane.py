@@ -158,12 +158,8 @@ class DataPlane:
             name=name,
             versions=[str(v) for v in self.repository.ready_versions(name)],
             platform=loaded.platform,
-            inputs=[
-                TensorMetadata(t.name, t.datatype, full_shape(t, max_batch_size)) for t in loaded.config.inputs
-            ],
-            outputs=[
-                TensorMetadata(t.name, t.datatype, full_shape(t, max_batch_size)) for t in loaded.config.outputs
-            ],
+            inputs=[TensorMetadata(t.name, t.datatype, full_shape(t, max_batch_size)) for t in loaded.config.inputs],
+            outputs=[TensorMetadata(t.name, t.datatype, full_shape(t, max_batch_size)) for t in loaded.config.outputs],
         )
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -247,8 +243,7 @@ def _check_inputs(loaded: LoadedVersion, inputs: list[InferTensor]) -> dict[str,
             raise InvalidArgumentError(f"input '{tensor.name}' is given more than once")
         if tensor.datatype != signature.datatype:
             raise InvalidArgumentError(
-                f"input '{tensor.name}': datatype {tensor.datatype} does not match the model's "
-                f"{signature.datatype}"
+                f"input '{tensor.name}': datatype {tensor.datatype} does not match the model's {signature.datatype}"
             )
         shape = tuple(tensor.shape)
         if len(shape) != len(signature.shape) or any(
@@ -262,8 +257,7 @@ def _check_inputs(loaded: LoadedVersion, inputs: list[InferTensor]) -> dict[str,
         if max_batch_size > 0:
             if shape[0] > max_batch_size:
                 raise InvalidArgumentError(
-                    f"input '{tensor.name}': batch size {shape[0]} exceeds the model's "
-                    f"max_batch_size {max_batch_size}"
+                    f"input '{tensor.name}': batch size {shape[0]} exceeds the model's max_batch_size {max_batch_size}"
                 )
             batch_sizes.add(shape[0])
         feeds[tensor.name] = tensor.data
@@ -282,8 +276,7 @@ def _check_outputs(loaded: LoadedVersion, requested: list[RequestedOutput]) -> l
     for output in requested:
         if output.name not in loaded.output_datatypes:
             raise InvalidArgumentError(
-                f"unknown output '{output.name}' for model '{loaded.name}'; "
-                f"it has {', '.join(loaded.output_datatypes)}"
+                f"unknown output '{output.name}' for model '{loaded.name}'; it has {', '.join(loaded.output_datatypes)}"
             )
         if output.name not in names:
             names.append(output.name)

@@ -57,9 +57,7 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
     try:
         return V2_TO_NUMPY[datatype]
     except KeyError:
-        raise InvalidArgumentError(
-            f"unknown datatype '{datatype}'; expected one of {', '.join(V2_TO_NUMPY)}"
-        ) from None
+        raise InvalidArgumentError(f"unknown datatype '{datatype}'; expected one of {', '.join(V2_TO_NUMPY)}") from None
 
 
 def v2_datatype(dtype: np.dtype[Any]) -> str:
@@ -84,9 +82,7 @@ def element_count(shape: Sequence[int], tensor_name: str) -> int:
     """
     for dim in shape:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
-            raise InvalidArgumentError(
-                f"input '{tensor_name}': shape {list(shape)} must hold non-negative integers"
-            )
+            raise InvalidArgumentError(f"input '{tensor_name}': shape {list(shape)} must hold non-negative integers")
     return math.prod(shape)
 
 

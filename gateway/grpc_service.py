@@ -163,40 +163,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self.dataplane = dataplane
 
     @_abort_on_error
-    async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: Context
-    ) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         """KServe v2 ServerLive."""
         return pb.ServerLiveResponse(live=self.dataplane.live())
 
     @_abort_on_error
-    async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: Context
-    ) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
         """KServe v2 ServerReady."""
         return pb.ServerReadyResponse(ready=self.dataplane.ready())
 
     @_abort_on_error
-    async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: Context
-    ) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         """KServe v2 ModelReady; NOT_FOUND for an unknown model."""
         return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version or None))
 
     @_abort_on_error
-    async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: Context
-    ) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
         """KServe v2 ServerMetadata."""
         metadata = self.dataplane.server_metadata()
-        return pb.ServerMetadataResponse(
-            name=metadata.name, version=metadata.version, extensions=metadata.extensions
-        )
+        return pb.ServerMetadataResponse(name=metadata.name, version=metadata.version, extensions=metadata.extensions)
 
     @_abort_on_error
-    async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: Context
-    ) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
         """KServe v2 ModelMetadata."""
         metadata = self.dataplane.model_metadata(request.name, request.version or None)
         return pb.ModelMetadataResponse(
@@ -208,17 +196,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
 
     @_abort_on_error
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: Context
-    ) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         """KServe v2 ModelInfer; raw inputs get raw outputs."""
         response = await self.dataplane.infer(decode_infer_request(request))
         return encode_infer_response(response, raw=bool(request.raw_input_contents))
 
     @_abort_on_error
-    async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: Context
-    ) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
         """Triton's RepositoryIndex."""
         return pb.RepositoryIndexResponse(
             models=[

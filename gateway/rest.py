@@ -81,9 +81,7 @@ def _parse(model: type[BodyModel], raw: bytes, *, empty_ok: bool = False) -> Bod
         where = ".".join(str(part) for part in problem["loc"])
         if problem["type"] == "json_invalid":
             raise InvalidArgumentError(f"malformed JSON: {problem['msg']}") from None
-        raise InvalidArgumentError(
-            f"invalid request body at '{where or '(top level)'}': {problem['msg']}"
-        ) from None
+        raise InvalidArgumentError(f"invalid request body at '{where or '(top level)'}': {problem['msg']}") from None
 
 
 def decode_infer_request(raw: bytes, model_name: str, model_version: str | None) -> InferRequest:
@@ -160,6 +158,7 @@ def create_app(dataplane: DataPlane) -> FastAPI:
 
 def _v2_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter(prefix="/v2")
+
     @router.get("/health/live")
     async def server_live() -> Response:
         return _json({"live": dataplane.live()})
@@ -205,10 +204,7 @@ def _v2_router(dataplane: DataPlane) -> APIRouter:
         body = _parse(RestIndexRequest, await request.body(), empty_ok=True)
         entries = dataplane.repository_index(ready_only=body.ready)
         return _json(
-            [
-                {"name": e.name, "version": e.version, "state": e.state.value, "reason": e.reason}
-                for e in entries
-            ]
+            [{"name": e.name, "version": e.version, "state": e.state.value, "reason": e.reason} for e in entries]
         )
 
     @router.post("/repository/models/{model_name}/load")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -24,6 +26,18 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
+class _HttpServer(uvicorn.Server):
+    """uvicorn's server without its own signal handling: :func:`serve` owns SIGINT and SIGTERM.
+
+    (uvicorn re-raises a captured signal once it has stopped, which would kill the process before
+    the gRPC server is stopped.)
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(settings: GatewaySettings) -> None:
     """Serve the model repository named in ``settings`` until SIGINT or SIGTERM.
 
@@ -35,7 +49,7 @@ async def serve(settings: GatewaySettings) -> None:
     grpc_server, health_servicer = create_grpc_server(
         dataplane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes
     )
-    http_server = uvicorn.Server(
+    http_server = _HttpServer(
         uvicorn.Config(
             create_app(dataplane),
             host=settings.host,
@@ -48,6 +62,9 @@ async def serve(settings: GatewaySettings) -> None:
     )
     await grpc_server.start()
     http_task = asyncio.create_task(http_server.serve())
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, _request_exit, http_server, signal_number)
     poll_task: asyncio.Task[None] | None = None
     try:
         logger.info(
@@ -77,6 +94,11 @@ async def serve(settings: GatewaySettings) -> None:
         http_server.should_exit = True
         await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         logger.info("server stopped")
+
+
+def _request_exit(http_server: uvicorn.Server, signal_number: int) -> None:
+    logger.info("received %s; stopping", signal.Signals(signal_number).name)
+    http_server.should_exit = True
 
 
 async def _poll_forever(repository: ModelRepository, interval_seconds: float) -> None:

@@ -95,7 +95,8 @@ class GatewayProcess:
         raise TimeoutError(f"gateway not ready after {timeout}s:\n{self.logs()}")
 
     def logs(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:

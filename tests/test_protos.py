@@ -119,9 +119,7 @@ def test_wire_compatible_with_tritonclient() -> None:
                 f"{full_name}.{field.name}: (number, type, label, type_name, oneof) differs"
             )
 
-    their_methods = {
-        f"/{theirs.package}.{svc.name}/{m.name}": m for svc in theirs.service for m in svc.method
-    }
+    their_methods = {f"/{theirs.package}.{svc.name}/{m.name}": m for svc in theirs.service for m in svc.method}
     our_methods = {f"/{ours.package}.{svc.name}/{m.name}": m for svc in ours.service for m in svc.method}
     assert len(our_methods) == 9
     for path, method in our_methods.items():

@@ -107,7 +107,10 @@ def test_digits_predictions_match_in_process_onnxruntime_exactly(
     rest_json, tc_http, tc_grpc, grpc_typed = [], [], [], []
     for batch in batches(x_test):
         shape = list(batch.shape)
-        body = {"id": "digits", "inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": batch.tolist()}]}
+        body = {
+            "id": "digits",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": batch.tolist()}],
+        }
         response = gateway.http.post("/v2/models/digits/infer", json=body)
         assert response.status_code == 200, response.text
         assert response.json()["id"] == "digits"
@@ -130,7 +133,9 @@ def test_digits_predictions_match_in_process_onnxruntime_exactly(
         tensor.contents.fp32_contents.extend(batch.ravel().tolist())
         reply = stub.ModelInfer(request)
         assert reply.id == "typed" and not reply.raw_output_contents
-        grpc_typed.append(np.asarray(reply.outputs[0].contents.fp32_contents, dtype=np.float32).reshape(reply.outputs[0].shape))
+        grpc_typed.append(
+            np.asarray(reply.outputs[0].contents.fp32_contents, dtype=np.float32).reshape(reply.outputs[0].shape)
+        )
 
     for name, results in {"REST JSON": rest_json, "tritonclient HTTP": tc_http, "tritonclient gRPC (raw)": tc_grpc,
                           "gRPC typed contents": grpc_typed}.items():  # fmt: skip
@@ -252,9 +257,7 @@ ERROR_CASES = {
 
 def rest_infer(gateway: GatewayProcess, case: Case) -> Any:
     path = f"/v2/models/{case.model}" + (f"/versions/{case.version}" if case.version else "") + "/infer"
-    body: dict[str, Any] = {
-        "inputs": [{"name": n, "datatype": d, "shape": s, "data": v} for n, d, s, v in case.inputs]
-    }
+    body: dict[str, Any] = {"inputs": [{"name": n, "datatype": d, "shape": s, "data": v} for n, d, s, v in case.inputs]}
     if case.outputs:
         body["outputs"] = [{"name": name} for name in case.outputs]
     return gateway.http.post(path, json=body)
@@ -308,8 +311,14 @@ def test_error_over_grpc(gateway, stub, name, raw):
         (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": ["1", 64], "data": []}]}', "inputs.0.shape.0"),
         (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3]]}]}', "ragged"),
         (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": ["a", "b"]}]}', "string values"),
-        (b'{"inputs": [{"name": "input", "datatype": "INT8", "shape": [1, 1], "data": [300]}]}', "do not fit datatype INT8"),
-        (b'{"inputs": [{"name": "input", "datatype": "INT32", "shape": [1, 1], "data": [1.5]}]}', "floating-point values"),
+        (
+            b'{"inputs": [{"name": "input", "datatype": "INT8", "shape": [1, 1], "data": [300]}]}',
+            "do not fit datatype INT8",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "datatype": "INT32", "shape": [1, 1], "data": [1.5]}]}',
+            "floating-point values",
+        ),
     ],
 )
 def test_malformed_rest_bodies_are_400_with_a_reason(gateway, stub, body, message):
@@ -388,4 +397,3 @@ def test_load_and_unload_need_explicit_mode(gateway, stub):
         stub.RepositoryModelUnload(service_pb2.RepositoryModelUnloadRequest(model_name="digits"))
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert_still_serving(gateway, stub)
-
