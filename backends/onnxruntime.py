@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: serves ``model.onnx`` with an ordered list of execution providers."""
+"""ONNX Runtime backend: serves ``model.onnx`` with an ordered list of execution providers.
+
+ONNX Runtime is a core dependency of the gateway (it serves ONNX without any framework installed),
+so it is imported at module level.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backends.base import Backend, InferenceInputError, ModelLoadError, TensorSpec
@@ -101,7 +107,6 @@ class OnnxRuntimeBackend(Backend):
     platform = "onnxruntime_onnx"
 
     def __init__(self, version_path: Path, options: OnnxRuntimeOptions) -> None:
-        import onnxruntime as ort
 
         model_file = version_path / ARTIFACT
         if not model_file.is_file():
@@ -151,10 +156,8 @@ class OnnxRuntimeBackend(Backend):
                 raise InferenceInputError(f"input '{name}': ONNX string tensors need UTF-8 ({error})") from None
         try:
             results = self._session.run(list(output_names), feeds)
-        except Exception as error:
-            if type(error).__name__ in {"InvalidArgument", "Fail", "InvalidGraph"}:
-                raise InferenceInputError(str(error)) from error
-            raise
+        except (ort_errors.InvalidArgument, ort_errors.Fail) as error:
+            raise InferenceInputError(str(error)) from error
         outputs: dict[str, np.ndarray] = {}
         for name, value in zip(output_names, results, strict=True):
             array = np.asarray(value)

@@ -11,10 +11,10 @@ Triton does without a strict config. Field meanings follow Triton's model config
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backends import Backend, TensorSpec
 from backends.onnxruntime import OnnxRuntimeOptions
@@ -26,6 +26,9 @@ Datatype = Literal[
     "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
     "FP16", "FP32", "FP64", "BYTES",
 ]  # fmt: skip
+
+
+assert set(get_args(Datatype)) == set(V2_TO_NUMPY), "Datatype must list exactly the v2 datatypes"
 
 
 class ModelConfigError(Exception):
@@ -72,6 +75,12 @@ class VersionPolicy(_Strict):
     latest: LatestPolicy | None = None
     all: AllPolicy | None = None
     specific: SpecificPolicy | None = None
+
+    @field_validator("latest", "all", mode="before")
+    @classmethod
+    def _bare_key_means_defaults(cls, value: object) -> object:
+        # `all:` with nothing after it is YAML null; it means "all", as `latest:` means latest 1.
+        return {} if value is None else value
 
     @model_validator(mode="after")
     def _one_policy(self) -> VersionPolicy:
@@ -194,6 +203,10 @@ def _complete_tensors(
     require_all: bool,
 ) -> list[TensorConfig]:
     by_name = {spec.name: spec for spec in specs}
+    names = [tensor.name for tensor in configured]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ModelConfigError(f"{field}: {', '.join(repeated)} listed more than once")
     if not configured:
         return [
             TensorConfig(

@@ -98,9 +98,12 @@ def array_from_values(values: Any, datatype: str, shape: Sequence[int], tensor_n
     Returns:
         An array of ``shape`` and the dtype of ``datatype`` (BYTES: object array of bytes).
 
+    Booleans mixed with numbers are read as 1 and 0, as numpy reads them; floats too large for
+    FP16/FP32 become +-inf (IEEE rounding).
+
     Raises:
         InvalidArgumentError: wrong count, ragged nesting, values of the wrong kind (e.g. a float
-            for INT32, a string for FP32) or out of the datatype's range.
+            for INT32, a string for FP32, a number for BOOL) or integers out of the datatype's range.
     """
     dtype = numpy_dtype(datatype)
     count = element_count(shape, tensor_name)
@@ -169,22 +172,20 @@ def _as_bytes(item: Any) -> bytes:
 
 
 def _bytes_array(values: Any, tensor_name: str) -> np.ndarray:
-    flat: list[bytes] = []
-
-    def visit(value: Any) -> None:
-        if isinstance(value, str | bytes):
-            flat.append(value.encode("utf-8") if isinstance(value, str) else value)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                visit(item)
+    try:
+        items = np.asarray(values, dtype=np.object_)
+    except ValueError:
+        raise InvalidArgumentError(f"input '{tensor_name}': data is ragged (nested lists of unequal length)") from None
+    array = np.empty(items.size, dtype=np.object_)
+    for index, item in enumerate(items.flat):
+        if isinstance(item, str):
+            array[index] = item.encode("utf-8")
+        elif isinstance(item, bytes):
+            array[index] = item
         else:
             raise InvalidArgumentError(
-                f"input '{tensor_name}': BYTES data must hold strings, got {type(value).__name__}"
+                f"input '{tensor_name}': BYTES data must hold strings, got {type(item).__name__}"
             )
-
-    visit(values)
-    array = np.empty(len(flat), dtype=np.object_)
-    array[:] = flat
     return array
 
 

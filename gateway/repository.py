@@ -134,7 +134,7 @@ class ModelRepository:
             record = self._records.get(name)
             fingerprint = await asyncio.to_thread(_fingerprint, self.root / name)
             if record is None or not record.loaded or fingerprint != record.fingerprint:
-                await self._load_quietly(name)
+                await self._load_quietly(name, fingerprint)
         for name in [name for name in self._records if name not in on_disk]:
             logger.info("model %s was removed from the repository; unloading it", name)
             del self._records[name]
@@ -150,12 +150,17 @@ class ModelRepository:
             UnavailableError: the config or some selected version failed to load; the reasons are
                 in the message and in the index, and versions that loaded keep serving.
         """
+        await self._load(name, None)
+
+    async def _load(self, name: str, fingerprint: Fingerprint | None) -> None:
+        """:meth:`load`, with the model folder's fingerprint when the caller has just taken it."""
         path = self._model_path(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             record = self._records.setdefault(name, _ModelRecord())
             record.loading = True
             try:
-                fingerprint = await asyncio.to_thread(_fingerprint, path)
+                if fingerprint is None:
+                    fingerprint = await asyncio.to_thread(_fingerprint, path)
                 outcome = await asyncio.to_thread(self._load_versions, name, path, record.versions)
             finally:
                 record.loading = False
@@ -242,9 +247,9 @@ class ModelRepository:
                 entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, record.failures[None]))
         return entries
 
-    async def _load_quietly(self, name: str) -> None:
+    async def _load_quietly(self, name: str, fingerprint: Fingerprint | None = None) -> None:
         with contextlib.suppress(NotFoundError, UnavailableError):  # recorded in the index, and logged
-            await self.load(name)
+            await self._load(name, fingerprint)
 
     def _model_path(self, name: str) -> Path:
         path = self.root / name
