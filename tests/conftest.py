@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,6 +137,28 @@ def write_identity_model(path: Path, datatype: str) -> None:
     onnx.save(model, path)
 
 
+def write_slow_model(path: Path, layers: int = 160, width: int = 1024) -> None:
+    """An ONNX model that takes a [1, 1] FP32 input and spends about a second or more computing:
+    the input is expanded to [width, width] and goes through ``layers`` MatMul+Tanh layers."""
+    nodes = [helper.make_node("Expand", ["x", "shape"], ["h0"])]
+    for layer in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{layer}", "w"], [f"m{layer}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{layer}"], [f"h{layer + 1}"]))
+    nodes.append(helper.make_node("ReduceMean", [f"h{layers}"], ["y"], keepdims=1))
+    weights = (np.random.default_rng(0).standard_normal((width, width)) / 32).astype(np.float32)
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array([width, width]), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+
+
 @pytest.fixture(scope="session")
 def digits_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository holding the example digits classifier, trained and exported once per session."""
@@ -168,8 +190,13 @@ def serving_repository(tmp_path_factory: pytest.TempPathFactory, digits_source: 
     # A model.onnx that is not ONNX.
     (root / "corrupt" / "1").mkdir(parents=True)
     (root / "corrupt" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
+    # Execution providers in order, CUDA first: falls back to CPU where there is no GPU.
+    shutil.copytree(digits_source, root / "digits_cuda_first")
+    with (root / "digits_cuda_first" / "config.yaml").open("a") as config:
+        config.write("onnxruntime:\n  execution_providers: [CUDA, CPU]\n")
     for datatype in ONNX_TYPES:
         write_identity_model(root / f"identity_{datatype.lower()}" / "1" / "model.onnx", datatype)
+    write_slow_model(root / "slow" / "1" / "model.onnx")
     return root
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -98,7 +101,7 @@ def test_model_without_config_is_completed_from_the_onnx_graph(gateway):
 
 
 def test_digits_predictions_match_in_process_onnxruntime_exactly(
-    gateway, digits_split, stub, triton_http_client, triton_grpc_client
+    gateway, digits_split, stub, triton_http_client, triton_grpc_client, capsys
 ):
     _, x_test, _, y_test = digits_split
     session = ort.InferenceSession(str(gateway.repository / "digits" / "1" / "model.onnx"))
@@ -144,8 +147,37 @@ def test_digits_predictions_match_in_process_onnxruntime_exactly(
         assert np.array_equal(served, expected), f"{name}: logits differ from in-process ONNX Runtime"
         assert np.array_equal(served.argmax(axis=1), expected.argmax(axis=1)), name
         accuracy = float((served.argmax(axis=1) == y_test).mean())
-        print(f"{name}: accuracy {accuracy:.4f} over {len(y_test)} test digits")
+        with capsys.disabled():
+            print(f"\n{name}: accuracy {accuracy:.4f} over {len(y_test)} test digits", end="")
         assert accuracy > 0.9
+
+
+def test_cuda_first_provider_list_falls_back_to_cpu_with_a_warning(gateway):
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA: there is nothing to fall back from")
+    response = gateway.http.post("/v2/models/digits_cuda_first/infer", json=Case().rest_body())
+    assert response.status_code == 200, response.text
+    assert "execution provider CUDAExecutionProvider is not available" in gateway.logs()
+
+
+def test_a_slow_model_does_not_stall_the_server(gateway, stub):
+    """While one call runs for a second or more, health, metadata and other models still answer."""
+    finished: list[str] = []
+
+    def call_slow_model() -> None:
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
+        response = httpx.post(f"{gateway.http_url}/v2/models/slow/infer", json=body, timeout=120)
+        finished.append(f"slow {response.status_code}")
+
+    slow_call = threading.Thread(target=call_slow_model)
+    slow_call.start()
+    time.sleep(0.3)  # let the slow call reach the model
+    assert gateway.http.get("/v2/health/live").status_code == 200
+    assert gateway.http.get("/v2/models/digits").status_code == 200
+    assert_still_serving(gateway, stub)
+    finished.append("others")
+    slow_call.join()
+    assert finished == ["others", "slow 200"]
 
 
 # ----------------------------------------------------------------------------- datatypes
@@ -237,6 +269,14 @@ class Case:
     grpc_code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
     message: str = ""
 
+    def rest_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "inputs": [{"name": n, "datatype": d, "shape": s, "data": v} for n, d, s, v in self.inputs]
+        }
+        if self.outputs:
+            body["outputs"] = [{"name": name} for name in self.outputs]
+        return body
+
 
 ERROR_CASES = {
     "unknown model": Case(model="nope", http_status=404, grpc_code=grpc.StatusCode.NOT_FOUND, message="unknown model 'nope'"),
@@ -257,10 +297,7 @@ ERROR_CASES = {
 
 def rest_infer(gateway: GatewayProcess, case: Case) -> Any:
     path = f"/v2/models/{case.model}" + (f"/versions/{case.version}" if case.version else "") + "/infer"
-    body: dict[str, Any] = {"inputs": [{"name": n, "datatype": d, "shape": s, "data": v} for n, d, s, v in case.inputs]}
-    if case.outputs:
-        body["outputs"] = [{"name": name} for name in case.outputs]
-    return gateway.http.post(path, json=body)
+    return gateway.http.post(path, json=case.rest_body())
 
 
 def grpc_infer(stub: service_pb2_grpc.GRPCInferenceServiceStub, case: Case, raw: bool = True) -> Any:
