@@ -11,6 +11,7 @@ model repository extension (index, load, unload).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from backends import InferenceInputError
-from gateway.config import full_shape
 from gateway.errors import FailedPreconditionError, InternalError, InvalidArgumentError, UnavailableError
 from gateway.repository import IndexEntry, LoadedVersion, ModelRepository, ModelState
 from gateway.settings import ModelControlMode
+
+logger = logging.getLogger(__name__)
 
 SERVER_NAME = "model-gateway"
 #: KServe v2 / Triton extensions this server implements.
@@ -153,13 +155,12 @@ class DataPlane:
             NotFoundError, UnavailableError, InvalidArgumentError: as :meth:`ModelRepository.get`.
         """
         loaded = self.repository.get(name, model_version)
-        max_batch_size = loaded.config.max_batch_size or 0
         return ModelMetadata(
             name=name,
             versions=[str(v) for v in self.repository.ready_versions(name)],
             platform=loaded.platform,
-            inputs=[TensorMetadata(t.name, t.datatype, full_shape(t, max_batch_size)) for t in loaded.config.inputs],
-            outputs=[TensorMetadata(t.name, t.datatype, full_shape(t, max_batch_size)) for t in loaded.config.outputs],
+            inputs=[TensorMetadata(n, s.datatype, list(s.shape)) for n, s in loaded.inputs.items()],
+            outputs=[TensorMetadata(n, s.datatype, list(s.shape)) for n, s in loaded.outputs.items()],
         )
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -180,6 +181,7 @@ class DataPlane:
         except InferenceInputError as error:
             raise InvalidArgumentError(f"model '{loaded.name}' rejected the inputs: {error}") from None
         except Exception as error:
+            logger.exception("model %s version %d failed on a valid request", loaded.name, loaded.version)
             raise InternalError(f"model '{loaded.name}' failed: {error}") from error
         return InferResponse(
             model_name=loaded.name,
@@ -188,7 +190,7 @@ class DataPlane:
             outputs=[
                 InferTensor(
                     name=name,
-                    datatype=loaded.output_datatypes[name],
+                    datatype=loaded.outputs[name].datatype,
                     shape=list(results[name].shape),
                     data=results[name],
                 )
@@ -253,11 +255,11 @@ def _check_inputs(loaded: LoadedVersion, inputs: list[InferTensor]) -> dict[str,
                 f"input '{tensor.name}': shape {list(shape)} does not match the model's "
                 f"{list(signature.shape)} (-1: any size)"
             )
-        max_batch_size = loaded.config.max_batch_size or 0
-        if max_batch_size > 0:
-            if shape[0] > max_batch_size:
+        if loaded.max_batch_size > 0:
+            if shape[0] > loaded.max_batch_size:
                 raise InvalidArgumentError(
-                    f"input '{tensor.name}': batch size {shape[0]} exceeds the model's max_batch_size {max_batch_size}"
+                    f"input '{tensor.name}': batch size {shape[0]} exceeds the model's "
+                    f"max_batch_size {loaded.max_batch_size}"
                 )
             batch_sizes.add(shape[0])
         feeds[tensor.name] = tensor.data
@@ -271,12 +273,12 @@ def _check_inputs(loaded: LoadedVersion, inputs: list[InferTensor]) -> dict[str,
 
 def _check_outputs(loaded: LoadedVersion, requested: list[RequestedOutput]) -> list[str]:
     if not requested:
-        return list(loaded.output_datatypes)
+        return list(loaded.outputs)
     names: list[str] = []
     for output in requested:
-        if output.name not in loaded.output_datatypes:
+        if output.name not in loaded.outputs:
             raise InvalidArgumentError(
-                f"unknown output '{output.name}' for model '{loaded.name}'; it has {', '.join(loaded.output_datatypes)}"
+                f"unknown output '{output.name}' for model '{loaded.name}'; it has {', '.join(loaded.outputs)}"
             )
         if output.name not in names:
             names.append(output.name)

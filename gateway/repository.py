@@ -22,7 +22,14 @@ from enum import StrEnum
 from pathlib import Path
 
 from backends import ModelLoadError, create_backend, detect_backend
-from gateway.config import ModelConfig, ModelConfigError, complete_config, full_shape, read_model_config
+from gateway.config import (
+    ModelConfig,
+    ModelConfigError,
+    TensorConfig,
+    complete_config,
+    full_shape,
+    read_model_config,
+)
 from gateway.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from gateway.scheduler import InstancePool
 
@@ -43,8 +50,8 @@ class ModelState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class InputSignature:
-    """What a request must send for one input: v2 datatype and shape (-1: any size)."""
+class TensorSignature:
+    """An input or output as clients see it: v2 datatype and full shape (-1: any size, batch included)."""
 
     datatype: str
     shape: tuple[int, ...]
@@ -56,8 +63,9 @@ class LoadedVersion:
 
     Attributes:
         config: the completed config (inputs, outputs and max_batch_size all set).
-        inputs: per input name, the datatype and full shape a request must match.
-        output_datatypes: per output name, its v2 datatype.
+        max_batch_size: the completed config's max_batch_size (0: no batch dimension).
+        inputs: per input name, in the model's order, the datatype and full shape a request must match.
+        outputs: per output name, in the model's order, its datatype and full shape.
         pool: the version's backend instances.
         fingerprint: the files the version was loaded from, to tell when they change.
     """
@@ -66,8 +74,9 @@ class LoadedVersion:
     version: int
     platform: str
     config: ModelConfig
-    inputs: dict[str, InputSignature]
-    output_datatypes: dict[str, str]
+    max_batch_size: int
+    inputs: dict[str, TensorSignature]
+    outputs: dict[str, TensorSignature]
     pool: InstancePool
     fingerprint: Fingerprint
 
@@ -205,7 +214,7 @@ class ModelRepository:
         record = self._records.get(name)
         if record is None or not (record.loaded or record.loading):
             raise NotFoundError(self._missing_model_message(name))
-        if version is None or version == "":
+        if version is None:
             if record.versions:
                 return record.versions[max(record.versions)]
             raise UnavailableError(f"model '{name}' is not ready: {self._unready_reason(record)}")
@@ -312,16 +321,18 @@ class ModelRepository:
         instances = [create_backend(backend_name, path, options) for _ in range(config.instance_count)]
         completed = complete_config(config, backend_name, instances[0], self.default_max_batch_size)
         max_batch_size = completed.max_batch_size or 0
+
+        def signatures(tensors: list[TensorConfig]) -> dict[str, TensorSignature]:
+            return {t.name: TensorSignature(t.datatype, tuple(full_shape(t, max_batch_size))) for t in tensors}
+
         return LoadedVersion(
             name=name,
             version=version,
             platform=instances[0].platform,
             config=completed,
-            inputs={
-                tensor.name: InputSignature(tensor.datatype, tuple(full_shape(tensor, max_batch_size)))
-                for tensor in completed.inputs
-            },
-            output_datatypes={tensor.name: tensor.datatype for tensor in completed.outputs},
+            max_batch_size=max_batch_size,
+            inputs=signatures(completed.inputs),
+            outputs=signatures(completed.outputs),
             pool=InstancePool(instances),
             fingerprint=fingerprint,
         )
