@@ -107,7 +107,6 @@ class OnnxRuntimeBackend(Backend):
     platform = "onnxruntime_onnx"
 
     def __init__(self, version_path: Path, options: OnnxRuntimeOptions) -> None:
-
         model_file = version_path / ARTIFACT
         if not model_file.is_file():
             raise ModelLoadError(f"no {ARTIFACT} in {version_path}")
@@ -128,8 +127,7 @@ class OnnxRuntimeBackend(Backend):
             self._session = ort.InferenceSession(str(model_file), sess_options=session_options, providers=providers)
         except Exception as error:  # ORT raises its own exception types for every load failure
             raise ModelLoadError(f"ONNX Runtime cannot load {model_file.name}: {error}") from error
-        self.providers: list[str] = list(self._session.get_providers())
-        logger.info("loaded %s with execution providers %s", model_file, self.providers)
+        logger.info("loaded %s with execution providers %s", model_file, self._session.get_providers())
         self._inputs = [_spec(arg) for arg in self._session.get_inputs()]
         self._outputs = [_spec(arg) for arg in self._session.get_outputs()]
         self._string_inputs = {spec.name for spec in self._inputs if spec.dtype == np.object_}

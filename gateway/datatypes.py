@@ -154,13 +154,6 @@ def array_to_raw(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def as_bytes_elements(array: np.ndarray) -> np.ndarray:
-    """A BYTES tensor as an object array of ``bytes`` (str elements are UTF-8 encoded)."""
-    if array.dtype == np.object_ and all(isinstance(item, bytes) for item in array.flat):
-        return array
-    return np.array([_as_bytes(item) for item in array.flat], dtype=np.object_).reshape(array.shape)
-
-
 def _as_bytes(item: Any) -> bytes:
     if isinstance(item, bytes):
         return item

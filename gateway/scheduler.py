@@ -25,9 +25,8 @@ class InstancePool:
     def __init__(self, instances: Sequence[Backend]) -> None:
         if not instances:
             raise ValueError("an instance pool needs at least one instance")
-        self.instances = list(instances)
         self._idle: asyncio.Queue[Backend] = asyncio.Queue()
-        for instance in self.instances:
+        for instance in instances:
             self._idle.put_nowait(instance)
 
     async def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
