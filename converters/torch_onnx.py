@@ -1,39 +1,68 @@
-"""Export a PyTorch module to a single, self-contained ONNX file with a dynamic batch dimension.
+"""PyTorch sources: an ``nn.Module``, an ExportedProgram (``.pt2``) or a TorchScript file, exported to ONNX.
 
-torch is imported lazily inside :func:`export_torch_to_onnx`, so this module imports without torch
-installed (only ``onnx`` is needed at import time).
+- A module (from an entry point or the Python API) is exported with the torch.onnx dynamo exporter,
+  its dynamic dims declared as named ``torch.export.Dim`` so the graph's symbols carry the labels.
+- An ExportedProgram already fixes which dims are dynamic; its symbols are renamed to labels (dim 0
+  ``batch``, others from ``--dynamic-axes`` or ``<input>_<axis>``).
+- TorchScript cannot go through torch.export; it is exported with torch.onnx's TorchScript-based
+  exporter, with the dynamic axes of the input specs given by ``--input-spec``.
+
+torch is imported lazily, so this module imports without torch installed (only ``onnx`` is needed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
+
+from converters.model import (
+    BATCH_LABEL,
+    ConversionError,
+    DynamicAxes,
+    InputSpec,
+    SourceModel,
+    default_output_names,
+    graph_dims,
+    parameter_names,
+    rename_dim_params,
+    save_onnx,
+    specs_from_examples,
+)
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["export_torch_to_onnx"]
+__all__ = [
+    "ExportedProgramSource",
+    "TorchModuleSource",
+    "TorchScriptSource",
+    "export_torch_to_onnx",
+    "load_torch_file",
+]
 
 # The dynamo exporter's op registry logs one WARNING per torchvision op when torchvision is not
 # installed ("torchvision is not installed. Skipping torchvision::nms", ...). That is noise for us.
 _NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration",)
 
+#: Suffixes of files saved with ``torch.jit.save``.
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence known, harmless chatter of the torch.onnx dynamo exporter for the duration of the block.
+    """Silence known, harmless chatter of the torch.onnx exporters for the duration of the block.
 
-    Lowers the registry logger to ERROR and ignores the pytree ``LeafSpec`` FutureWarning that torch
-    itself triggers while exporting. Other warnings and errors still come through. Note that
-    ``warnings.catch_warnings`` is process-global state (not thread-safe), like every use of it.
+    Lowers the registry logger to ERROR and ignores torch's own Future/Deprecation/User warnings
+    raised while exporting. Errors still come through. ``warnings.catch_warnings`` is process-global
+    state (not thread-safe), like every use of it.
     """
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     previous_levels = [lg.level for lg in loggers]
@@ -41,6 +70,8 @@ def _quiet_exporter() -> Iterator[None]:
         lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning, UserWarning):
+                warnings.filterwarnings("ignore", category=category, module=r"torch\..*")
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
             yield
     finally:
@@ -48,83 +79,59 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _dynamic_shape_conflict(error: BaseException) -> str | None:
-    """Return the message of the ``ValueError`` torch.export chains when a dynamic dim got specialized.
-
-    torch.export raises ``ValueError("Found the following conflicts between user-specified ranges and
-    inferred ranges ...")`` when the traced module pins a dim declared ``Dim.DYNAMIC`` (e.g. a reshape
-    to a constant batch size); the ONNX exporter wraps it in an ``OnnxExporterError``. Returns None if
-    the chain holds no such error.
-    """
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a ``__cause__`` chain."""
     seen: set[int] = set()
-    current: BaseException | None = error.__cause__
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ValueError) and "Dim.DYNAMIC" in str(current):
-            return str(current)
-        current = current.__cause__
-    return None
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        seen.add(id(error))
+        error = error.__cause__
+    return error
 
 
-def _describe_shape(value: onnx.ValueInfoProto) -> str:
-    """Render a graph value's shape as ``[batch, 64]`` (``?`` for unknown dims, ``<unknown>`` if none)."""
-    tensor_type = value.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return "<unknown>"
-    dims = []
-    for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_param"):
-            dims.append(dim.dim_param)
-        elif dim.HasField("dim_value"):
-            dims.append(str(dim.dim_value))
-        else:
-            dims.append("?")
-    return "[" + ", ".join(dims) + "]"
+def _conversion_error(error: BaseException, what: str) -> ConversionError:
+    """A :class:`ConversionError` naming the root cause of a failed export and what to try next."""
+    cause = _root_cause(error)
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return ConversionError(
+        f"cannot export {what} to ONNX: {type(cause).__name__}: {first_line}. "
+        "If an operator has no ONNX translation, try a newer torch/onnxscript, rewrite that part of "
+        "the model with supported operators, or serve it natively (--format native)."
+    )
 
 
-def _static_batch_values(values: Sequence[onnx.ValueInfoProto]) -> list[str]:
-    """Return ``"name [shape]"`` for every value whose first dim is not symbolic (no ``dim_param``)."""
-    bad = []
-    for value in values:
-        tensor_type = value.type.tensor_type
-        has_symbolic_batch = (
-            tensor_type.HasField("shape")
-            and len(tensor_type.shape.dim) > 0
-            and tensor_type.shape.dim[0].HasField("dim_param")
-        )
-        if not has_symbolic_batch:
-            bad.append(f"{value.name} {_describe_shape(value)}")
-    return bad
-
-
-def _check_graph(
-    model: onnx.ModelProto, *, input_names: list[str], output_names: list[str], batch_dynamic: bool
-) -> None:
-    """Check the exported graph's names, batch dims and that all weights are stored inline.
+def _check_graph(model: onnx.ModelProto, specs: Sequence[InputSpec], output_names: Sequence[str]) -> None:
+    """Check the exported graph's input and output names, and that every dynamic dim is symbolic.
 
     Raises:
-        ValueError: if the graph's inputs/outputs are not exactly ``input_names``/``output_names``,
-            if ``batch_dynamic`` and some input or output lacks a symbolic first dim, or if some
-            initializer refers to external data.
+        ConversionError: names differ from those requested, or a dim declared dynamic was fixed
+            by the model (e.g. a reshape to a constant batch size).
     """
     graph_inputs = [value.name for value in model.graph.input]
     graph_outputs = [value.name for value in model.graph.output]
-    if graph_inputs != input_names:
-        raise ValueError(f"exported graph has inputs {graph_inputs}, expected {input_names}")
-    if graph_outputs != output_names:
-        raise ValueError(f"exported graph has outputs {graph_outputs}, expected {output_names}")
-    if batch_dynamic:
-        static = _static_batch_values([*model.graph.input, *model.graph.output])
-        if static:
-            raise ValueError(
-                "exported graph has no symbolic batch dimension (dim 0) on: "
-                + "; ".join(static)
-                + ". The module probably fixes the batch size (e.g. a reshape to a constant, or a "
-                "scalar output); make dim 0 of every input and output the batch dimension."
+    if graph_inputs != [spec.name for spec in specs]:
+        raise ConversionError(f"exported graph has inputs {graph_inputs}, expected {[s.name for s in specs]}")
+    if graph_outputs != list(output_names):
+        raise ConversionError(f"exported graph has outputs {graph_outputs}, expected {list(output_names)}")
+    for spec, value in zip(specs, model.graph.input, strict=True):
+        dims = graph_dims(value)
+        fixed = [
+            axis for axis, label in spec.dynamic_axes().items() if axis < len(dims) and isinstance(dims[axis], int)
+        ]
+        if fixed:
+            raise ConversionError(
+                f"input {spec.name!r}: axes {fixed} are declared dynamic but the exported graph fixes them "
+                f"({dims}); the model probably reshapes to a constant size there"
             )
-    external = [init.name for init in model.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        raise ValueError(f"exported model stores weights in external data: {external[:5]}")
+
+
+def _dynamic_shapes(specs: Sequence[InputSpec]) -> tuple[dict[int, Any], ...]:
+    """One ``{axis: torch.export.Dim(label)}`` per input; inputs sharing a label share the Dim."""
+    from torch.export import Dim
+
+    dims: dict[str, Any] = {}
+    return tuple(
+        {axis: dims.setdefault(label, Dim(label)) for axis, label in spec.dynamic_axes().items()} for spec in specs
+    )
 
 
 def export_torch_to_onnx(
@@ -132,66 +139,32 @@ def export_torch_to_onnx(
     example_inputs: tuple[torch.Tensor, ...],
     path: Path,
     *,
-    input_names: list[str],
-    output_names: list[str],
-    batch_dynamic: bool = True,
+    input_specs: Sequence[InputSpec],
+    output_names: Sequence[str],
 ) -> Path:
     """Export ``module`` with the torch.onnx dynamo exporter into one self-contained ONNX file.
 
-    The module is traced in eval mode (its previous training/eval mode is restored afterwards) with
-    ``torch.onnx.export(..., dynamo=True)``. With ``batch_dynamic`` each input's dim 0 is declared
-    ``torch.export.Dim.DYNAMIC``: export fails if the module pins that dim to a constant, and inputs
-    whose batch dims the module ties together (e.g. ``x + y``) share one symbol. All weights are
-    embedded in the file (no ``<file>.data`` sidecar; hence models over ONNX's 2 GiB protobuf limit
-    are not supported). The file is written to a temporary folder next to ``path`` and moved into
-    place with ``os.replace``, so readers never see a partial file; a stale ``<path>.data`` sidecar
-    from an earlier external-data export is removed. No report or debug files are written anywhere.
+    The module is traced in eval mode (its training mode is restored afterwards). Each labelled dim
+    of ``input_specs`` becomes a ``torch.export.Dim`` of that name, so the graph's symbolic dims are
+    the labels (``batch``, ``sequence``) and inputs with the same label share one symbol. The file
+    is written atomically (:func:`converters.model.save_onnx`).
 
     Args:
         module: the model; its ``forward`` takes the tensors of ``example_inputs`` positionally.
-        example_inputs: one example tensor per model input, each with the batch as dim 0 (any batch
-            size, 1 included), e.g. ``(torch.zeros(2, 64, dtype=torch.float32),)``. Dtypes and the
-            non-batch dims are fixed in the exported graph.
-        path: destination ``.onnx`` file; its parent folder is created if missing, and an existing
-            file is replaced.
-        input_names: graph input names, one per example input, in order.
-        output_names: graph output names, one per tensor the module returns, in order.
-        batch_dynamic: declare dim 0 of every input dynamic and verify that dim 0 of every graph
-            input and output is symbolic (an ONNX ``dim_param``). If False, shapes are exported
-            exactly as in ``example_inputs``.
+        example_inputs: one example tensor per input spec; any size along dynamic dims (1 included).
+        path: destination ``.onnx`` file; an existing file is replaced.
+        input_specs: names, dtypes and dims of the inputs, in ``forward``'s order.
+        output_names: one name per tensor the module returns, in order.
 
     Returns:
         ``path``.
 
     Raises:
-        ValueError: if ``input_names`` does not match ``example_inputs`` in number, names are empty or
-            repeated, an example input is not a tensor with at least one dim (when ``batch_dynamic``),
-            the exported graph's input/output names differ from those requested, or (with
-            ``batch_dynamic``) the module pins the batch size (e.g. reshapes to a constant batch)
-            or some graph input or output has a non-symbolic first dim (e.g. a scalar output).
-        torch.onnx.OnnxExporterError: (a RuntimeError) if the module cannot be exported for any
-            other reason, e.g. an operator without an ONNX translation.
-        RuntimeError: if the exporter returns no program.
+        ConversionError: the module cannot be exported (the message names the root cause, e.g. an
+            operator without an ONNX translation, and what to try next), or the graph fixes a
+            dim declared dynamic.
     """
     import torch
-    from torch.export import Dim
-
-    path = Path(path)
-    if len(input_names) != len(example_inputs):
-        raise ValueError(f"got {len(input_names)} input names for {len(example_inputs)} example inputs: {input_names}")
-    for kind, names in (("input", input_names), ("output", output_names)):
-        if not names or any(not name for name in names):
-            raise ValueError(f"{kind}_names must be non-empty strings, got {names}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{kind}_names must be unique, got {names}")
-    for name, tensor in zip(input_names, example_inputs, strict=True):
-        if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"example input {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
-        if batch_dynamic and tensor.dim() == 0:
-            raise ValueError(f"example input {name!r} is a scalar; it has no batch dim 0")
-
-    # One independent dynamic dim per input: torch.export infers equalities the module imposes.
-    dynamic_shapes = tuple({0: Dim.DYNAMIC} for _ in example_inputs) if batch_dynamic else None
 
     was_training = module.training
     module.eval()
@@ -201,52 +174,305 @@ def export_torch_to_onnx(
                 module,
                 example_inputs,
                 dynamo=True,
-                dynamic_shapes=dynamic_shapes,
-                input_names=input_names,
-                output_names=output_names,
+                dynamic_shapes=_dynamic_shapes(input_specs),
+                input_names=[spec.name for spec in input_specs],
+                output_names=list(output_names),
                 external_data=False,
                 optimize=True,
                 verbose=False,  # None (the default) prints "[torch.onnx] ..." progress to stdout
                 report=False,
-                profile=False,
-                dump_exported_program=False,
-                verify=False,
             )
-    except torch.onnx.OnnxExporterError as error:
-        conflict = _dynamic_shape_conflict(error) if batch_dynamic else None
-        if conflict is not None:
-            raise ValueError(
-                f"cannot export {type(module).__name__} with a dynamic batch dimension (dim 0 of every "
-                f"input): {conflict}"
-            ) from error
-        raise
+    except Exception as error:  # the exporter raises many types; all mean "does not convert"
+        raise _conversion_error(error, type(module).__name__) from error
     finally:
         module.train(was_training)
     if program is None:
-        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
+        raise ConversionError("torch.onnx.export(dynamo=True) returned no ONNX program")
+    _check_graph(program.model_proto, input_specs, output_names)
+    return save_onnx(program.model_proto, path)
 
-    _check_graph(
-        program.model_proto,
-        input_names=list(input_names),
-        output_names=list(output_names),
-        batch_dynamic=batch_dynamic,
-    )
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Save into a private folder beside the destination (same filesystem, so os.replace is atomic);
-    # anything else the save might write there is deleted with the folder.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
-        staged = Path(staging) / path.name
-        program.save(staged, external_data=False)
-        # Re-read what was written (without following external data) to be sure it is what we checked.
-        saved = onnx.load(staged, load_external_data=False)
-        _check_graph(
-            saved,
-            input_names=list(input_names),
-            output_names=list(output_names),
-            batch_dynamic=batch_dynamic,
+def _to_tensors(specs: Sequence[InputSpec], inputs: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(inputs[spec.name])) for spec in specs)
+
+
+def _outputs_as_numpy(result: Any) -> list[np.ndarray]:
+    """The tensors a torch model returned (one tensor, or a tuple/list of them) as numpy arrays.
+
+    Raises:
+        ConversionError: the model returned something other than tensors.
+    """
+    import torch
+
+    items = list(result) if isinstance(result, tuple | list) else [result]
+    if not items or not all(isinstance(item, torch.Tensor) for item in items):
+        raise ConversionError(f"the model must return a tensor or a tuple of tensors, got {type(result).__name__}")
+    return [item.detach().cpu().numpy() for item in items]
+
+
+class _TorchSource(SourceModel):
+    """What the three torch sources share: running a callable on named numpy inputs."""
+
+    framework = "torch"
+
+    def __init__(self, input_specs: list[InputSpec], example_inputs: dict[str, np.ndarray] | None) -> None:
+        self.input_specs = input_specs
+        self.example_inputs = example_inputs
+        self._output_names: list[str] = []
+
+    def _call(self, tensors: tuple[torch.Tensor, ...]) -> Any:
+        raise NotImplementedError
+
+    @property
+    def output_names(self) -> list[str]:
+        """``output`` for one output, ``output_0``, ``output_1``... for several."""
+        return self._output_names
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model in torch (inference mode, CPU) on numpy inputs; returns numpy outputs by name."""
+        import torch
+
+        with torch.inference_mode():
+            outputs = _outputs_as_numpy(self._call(_to_tensors(self.input_specs, inputs)))
+        if len(outputs) != len(self._output_names):
+            raise ConversionError(f"the model returned {len(outputs)} outputs, expected {len(self._output_names)}")
+        return dict(zip(self._output_names, outputs, strict=True))
+
+    def _count_outputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        import torch
+
+        with torch.inference_mode():
+            outputs = _outputs_as_numpy(self._call(_to_tensors(self.input_specs, inputs)))
+        self._output_names = default_output_names(len(outputs))
+
+
+class TorchModuleSource(_TorchSource):
+    """An in-memory ``torch.nn.Module`` with example inputs.
+
+    Args:
+        module: the model; ``forward`` takes one tensor per example input, positionally, and
+            returns a tensor or a tuple of tensors.
+        example_inputs: example arrays or tensors, batch first (e.g. ``float32 [2, 64]``).
+        dynamic_axes: extra dynamic axes per input name (dim 0 is always the batch).
+
+    Input names are ``forward``'s parameter names (``input``/``input_<i>`` when they cannot be read).
+
+    Raises:
+        ValueError: the examples do not fit (see :func:`converters.model.specs_from_examples`).
+        ConversionError: the module does not return tensors.
+    """
+
+    def __init__(
+        self, module: torch.nn.Module, example_inputs: Sequence[Any], dynamic_axes: DynamicAxes | None = None
+    ) -> None:
+        arrays = [_as_array(value) for value in example_inputs]
+        names = parameter_names(module.forward, len(arrays))
+        super().__init__(specs_from_examples(names, arrays, dynamic_axes), dict(zip(names, arrays, strict=True)))
+        self.module = module
+        module.eval()
+        self._count_outputs(self.example_inputs or {})
+
+    def _call(self, tensors: tuple[torch.Tensor, ...]) -> Any:
+        return self.module(*tensors)
+
+    def export_onnx(self, path: Path) -> None:
+        """Export with the dynamo exporter; see :func:`export_torch_to_onnx`."""
+        example = _to_tensors(self.input_specs, self.example_inputs or {})
+        export_torch_to_onnx(self.module, example, path, input_specs=self.input_specs, output_names=self.output_names)
+
+
+class ExportedProgramSource(_TorchSource):
+    """A ``torch.export.ExportedProgram`` (from ``torch.export.save``), with the examples it was traced with.
+
+    The program fixes which dims are dynamic. Its symbols become labels: the symbol at dim 0 of an
+    input is ``batch``, a symbol ``dynamic_axes`` names gets that label, any other
+    ``<input>_<axis>`` where it first appears.
+
+    Raises:
+        ValueError: the program has no example inputs, takes keyword inputs, or ``dynamic_axes``
+            declares a dim dynamic that the program fixes.
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram, dynamic_axes: DynamicAxes | None = None) -> None:
+        import torch
+
+        if program.example_inputs is None:
+            raise ValueError("the ExportedProgram carries no example inputs; export it again with torch.export.export")
+        args, kwargs = program.example_inputs
+        if kwargs:
+            raise ValueError(
+                f"the ExportedProgram takes keyword inputs {sorted(kwargs)}; only positional are supported"
+            )
+        names = [str(name) for name in program.graph_signature.user_inputs]
+        placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+        dynamic_axes = dynamic_axes or {}
+        self._symbol_labels: dict[str, str] = {}
+        specs: list[InputSpec] = []
+        for name, example in zip(names, args, strict=True):
+            shape = placeholders[name].meta["val"].shape
+            dims: list[int | str] = []
+            for axis, size in enumerate(shape):
+                if isinstance(size, torch.SymInt):
+                    symbol = str(size)
+                    wanted = dynamic_axes.get(name, {}).get(axis) or (BATCH_LABEL if axis == 0 else f"{name}_{axis}")
+                    dims.append(self._symbol_labels.setdefault(symbol, wanted))
+                else:
+                    if axis in dynamic_axes.get(name, {}):
+                        raise ValueError(
+                            f"input {name!r} axis {axis} is fixed to {int(size)} in the ExportedProgram; "
+                            "export it again with dynamic_shapes declaring that axis dynamic"
+                        )
+                    dims.append(int(size))
+            specs.append(InputSpec(name, _as_array(example).dtype, tuple(dims)))
+        super().__init__(specs, {name: _as_array(value) for name, value in zip(names, args, strict=True)})
+        self.program = program
+        self._module = program.module()
+        self._count_outputs(self.example_inputs or {})
+
+    def _call(self, tensors: tuple[torch.Tensor, ...]) -> Any:
+        return self._module(*tensors)
+
+    def export_onnx(self, path: Path) -> None:
+        """Convert the program with the dynamo exporter and rename its symbols to the labels."""
+        import torch
+
+        try:
+            with _quiet_exporter():
+                onnx_program = torch.onnx.export(
+                    self.program,
+                    dynamo=True,
+                    input_names=[spec.name for spec in self.input_specs],
+                    output_names=self.output_names,
+                    external_data=False,
+                    optimize=True,
+                    verbose=False,
+                    report=False,
+                )
+        except Exception as error:
+            raise _conversion_error(error, "the ExportedProgram") from error
+        if onnx_program is None:
+            raise ConversionError("torch.onnx.export returned no ONNX program")
+        model = onnx_program.model_proto
+        rename_dim_params(model, self._symbol_labels)
+        _check_graph(model, self.input_specs, self.output_names)
+        save_onnx(model, path)
+
+
+class TorchScriptSource(_TorchSource):
+    """A TorchScript module (``torch.jit.save``), described by input specs since it carries no examples.
+
+    Args:
+        module: the loaded ScriptModule.
+        input_specs: one per ``forward`` argument, in order (from ``--input-spec``).
+        example_inputs: arrays matching the specs, used to count the outputs and to export.
+    """
+
+    def __init__(
+        self, module: torch.jit.ScriptModule, input_specs: list[InputSpec], example_inputs: dict[str, np.ndarray]
+    ) -> None:
+        super().__init__(input_specs, example_inputs)
+        self.module = module
+        self._count_outputs(example_inputs)
+
+    @classmethod
+    def from_examples(
+        cls, module: torch.jit.ScriptModule, example_inputs: Sequence[Any], dynamic_axes: DynamicAxes | None = None
+    ) -> TorchScriptSource:
+        """A source described by example inputs (named after ``forward``'s arguments) instead of specs."""
+        arrays = [_as_array(value) for value in example_inputs]
+        schema = getattr(module.forward, "schema", None)  # TorchScript keeps the argument names here
+        names = [argument.name for argument in schema.arguments][1:] if schema is not None else []
+        if len(names) != len(arrays):
+            names = parameter_names(module.forward, len(arrays))
+        return cls(module, specs_from_examples(names, arrays, dynamic_axes), dict(zip(names, arrays, strict=True)))
+
+    def _call(self, tensors: tuple[torch.Tensor, ...]) -> Any:
+        return self.module(*tensors)
+
+    def export_onnx(self, path: Path) -> None:
+        """Export with torch.onnx's TorchScript-based exporter (torch.export cannot trace ScriptModules)."""
+        import io
+
+        import torch
+
+        batch_dynamic = all(spec.dims and spec.dims[0] == BATCH_LABEL for spec in self.input_specs)
+        dynamic_axes: dict[str, dict[int, str]] = {spec.name: spec.dynamic_axes() for spec in self.input_specs}
+        if batch_dynamic:
+            dynamic_axes.update({name: {0: BATCH_LABEL} for name in self.output_names})
+        buffer = io.BytesIO()
+        try:
+            with _quiet_exporter():
+                torch.onnx.export(
+                    self.module,
+                    _to_tensors(self.input_specs, self.example_inputs or {}),
+                    buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
+                    dynamo=False,
+                    input_names=[spec.name for spec in self.input_specs],
+                    output_names=self.output_names,
+                    dynamic_axes=dynamic_axes,
+                )
+        except Exception as error:
+            raise _conversion_error(error, "the TorchScript module") from error
+        model = onnx.load_from_string(buffer.getvalue())
+        _check_graph(model, self.input_specs, self.output_names)
+        save_onnx(model, path)
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """A numpy array from a numpy array, a torch tensor or a nested list."""
+    if hasattr(value, "detach"):
+        return np.asarray(value.detach().cpu().numpy())
+    return np.asarray(value)
+
+
+def is_torchscript_file(path: Path) -> bool:
+    """Whether ``path`` is a zip archive written by ``torch.jit.save`` (it holds a ``code/`` folder)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def load_torch_file(
+    path: Path,
+    *,
+    input_specs: list[InputSpec] | None,
+    example_inputs: dict[str, np.ndarray] | None,
+    dynamic_axes: DynamicAxes | None = None,
+) -> SourceModel:
+    """Load a ``.pt2`` ExportedProgram or a TorchScript file as a source.
+
+    Args:
+        path: the file.
+        input_specs: required for TorchScript (it carries no input shapes); ignored for ``.pt2``.
+        example_inputs: arrays for ``input_specs`` (TorchScript only).
+        dynamic_axes: labels for the dynamic axes of a ``.pt2`` program.
+
+    Raises:
+        ValueError: not a file torch can load safely (e.g. a pickled module or state_dict, which
+            would need unpickling), or a TorchScript file without input specs.
+    """
+    import torch
+
+    if path.suffix == ".pt2":
+        try:
+            program = torch.export.load(path)
+        except Exception as error:
+            raise ValueError(f"{path} is not an ExportedProgram saved with torch.export.save: {error}") from error
+        return ExportedProgramSource(program, dynamic_axes)
+    if not is_torchscript_file(path):
+        raise ValueError(
+            f"{path} is neither an ExportedProgram (.pt2) nor a TorchScript archive. Pickled modules and "
+            "state_dicts are not loaded (unpickling runs arbitrary code): save the model with "
+            "torch.export.save (.pt2) or torch.jit.save, or pass an entry point 'file.py:function'"
         )
-        os.replace(staged, path)
-    stale_sidecar = path.with_name(path.name + ".data")
-    stale_sidecar.unlink(missing_ok=True)
-    return path
+    if not input_specs or example_inputs is None:
+        raise ValueError(f"{path} is TorchScript, which carries no input shapes: give them with --input-spec")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    except Exception as error:
+        raise ValueError(f"{path} cannot be loaded as TorchScript: {error}") from error
+    module.eval()
+    return TorchScriptSource(module, input_specs, example_inputs)

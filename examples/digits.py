@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from converters.model import BATCH_LABEL, InputSpec
 from converters.parity import ParityReport, compare_outputs
 from converters.torch_onnx import export_torch_to_onnx
 
@@ -233,7 +234,7 @@ def _build(repository: Path, model_name: str) -> _BuildResult:
             model,
             (torch.from_numpy(x_test[:2]),),
             Path(staging) / "model.onnx",
-            input_names=[INPUT_NAME],
+            input_specs=[InputSpec(INPUT_NAME, np.dtype(np.float32), (BATCH_LABEL, NUM_FEATURES))],
             output_names=[OUTPUT_NAME],
         )
         parity = _check_onnx_parity(model, staged, x_test)

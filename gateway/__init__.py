@@ -1,1 +1,22 @@
-"""The gateway server and CLI: settings, model repository, scheduler, data plane, REST and gRPC."""
+"""The gateway server and CLI: settings, model repository, scheduler, data plane, REST and gRPC.
+
+``gateway.push(model, example_inputs, name=..., server=...)`` pushes an in-memory model from a
+notebook (see :func:`gateway.push_client.push`); it is imported on first use, so ``import gateway``
+stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.push_client import PushResult
+
+__all__ = ["push"]
+
+
+def push(model: Any, example_inputs: Any, **options: Any) -> PushResult:
+    """Convert, check and upload an in-memory model; the arguments are those of :func:`gateway.push_client.push`."""
+    from gateway.push_client import push as push_model
+
+    return push_model(model, example_inputs, **options)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
+from gateway.logs import LogFormat, configure_logging
 from gateway.settings import ENV_PREFIX, GatewaySettings, ModelControlMode
 
 app = typer.Typer(help="Serve PyTorch, TensorFlow/Keras, JAX and ONNX models over KServe v2 REST and gRPC.")
@@ -18,7 +18,8 @@ app = typer.Typer(help="Serve PyTorch, TensorFlow/Keras, JAX and ONNX models ove
 def _option(field: str, flag: str) -> typer.models.OptionInfo:
     """A CLI option whose help is the settings field's description, with its environment variable."""
     info = GatewaySettings.model_fields[field]
-    default = info.default.value if hasattr(info.default, "value") else info.default
+    default = info.get_default(call_default_factory=True)
+    default = default.value if hasattr(default, "value") else default
     option: typer.models.OptionInfo = typer.Option(
         flag,
         help=f"{info.description} (default: {default})",
@@ -46,7 +47,11 @@ def serve(
         float | None, _option("repository_poll_seconds", "--repository-poll-seconds")
     ] = None,
     default_max_batch_size: Annotated[int | None, _option("default_max_batch_size", "--default-max-batch-size")] = None,
+    admin_token: Annotated[str | None, _option("admin_token", "--admin-token")] = None,
+    admin_token_dir: Annotated[Path | None, _option("admin_token_dir", "--admin-token-dir")] = None,
+    max_upload_bytes: Annotated[int | None, _option("max_upload_bytes", "--max-upload-bytes")] = None,
     log_level: Annotated[str | None, _option("log_level", "--log-level")] = None,
+    log_format: Annotated[LogFormat | None, _option("log_format", "--log-format")] = None,
 ) -> None:
     """Serve every model in the model repository over REST and gRPC (one process).
 
@@ -57,7 +62,96 @@ def serve(
         settings = GatewaySettings(**given)
     except ValidationError as error:
         raise typer.BadParameter(str(error)) from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     from gateway.server import serve as run_server
 
     asyncio.run(run_server(settings))
+
+
+@app.command()
+def push(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="The model: a .onnx, .pt2 (torch.export), TorchScript or .keras file, a SavedModel folder, "
+            "or an entry point 'path/to/file.py:function' / 'package.module:function' returning "
+            "(model, example_inputs)."
+        ),
+    ],
+    name: Annotated[str, typer.Option("--name", help="Model name in the repository.")],
+    version: Annotated[int | None, typer.Option("--version", help="Version to create (default: the next one).")] = None,
+    framework: Annotated[
+        str | None,
+        typer.Option("--framework", help="torch, tensorflow, keras, jax or onnx (default: detected from SOURCE)."),
+    ] = None,
+    input_spec: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-spec",
+            help="NAME:DATATYPE:DIMS of one input, e.g. input:FP32:-1,64 (-1: dynamic); repeat per input. "
+            "Needed for TorchScript, which carries no shapes.",
+        ),
+    ] = None,
+    dynamic_axes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dynamic-axes",
+            help="NAME:AXIS=LABEL,... e.g. input_ids:0=batch,1=sequence; repeat per input. "
+            "Dim 0 is dynamic (batch) by default.",
+        ),
+    ] = None,
+    atol: Annotated[float, typer.Option("--atol", help="Parity: absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option("--rtol", help="Parity: relative tolerance.")] = 1e-3,
+    server: Annotated[
+        str | None, typer.Option("--server", help="Base URL of a running gateway, e.g. http://127.0.0.1:8000.")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar=f"{ENV_PREFIX}ADMIN_TOKEN",
+            help="Admin token of the gateway (default: the token file a server on this machine wrote).",
+            show_default=False,
+        ),
+    ] = None,
+    repository: Annotated[
+        Path | None, typer.Option("--repository", help="Write into this local model repository instead.")
+    ] = None,
+) -> None:
+    """Convert a PyTorch, TensorFlow/Keras, JAX or ONNX model to ONNX, prove parity, and upload it.
+
+    The model is converted on this machine; the parity check runs the original model and ONNX
+    Runtime on the example inputs and 16 random batches, and refuses the push when they differ.
+    """
+    from converters.model import ConversionError
+    from converters.pipeline import example_from_specs
+    from converters.sources import load_source
+    from gateway.push_client import PushError, parse_dynamic_axes, parse_input_spec, push_source, stderr_progress
+
+    progress = stderr_progress()
+    try:
+        axes = parse_dynamic_axes(dynamic_axes or [])
+        specs = [parse_input_spec(value, axes) for value in input_spec or []] or None
+        progress(f"loading {source}")
+        model = load_source(
+            source,
+            framework=framework,
+            input_specs=specs,
+            example_inputs=example_from_specs(specs) if specs else None,
+            dynamic_axes=axes,
+        )
+        result = push_source(
+            model,
+            name=name,
+            version=version,
+            server=server,
+            token=token,
+            repository=repository,
+            atol=atol,
+            rtol=rtol,
+            progress=progress,
+        )
+    except (PushError, ConversionError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.summary())

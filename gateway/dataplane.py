@@ -11,15 +11,28 @@ model repository extension (index, load, unload).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from backends import InferenceInputError
-from gateway.errors import FailedPreconditionError, InternalError, InvalidArgumentError, UnavailableError
+from gateway.admin_token import AdminToken
+from gateway.errors import (
+    FailedPreconditionError,
+    GatewayError,
+    InternalError,
+    InvalidArgumentError,
+    UnavailableError,
+)
+from gateway.intake import check_version_files, receive_package, unpack_package
+from gateway.logs import new_request_id, set_request_id
+from gateway.metrics import SUCCESS, error_status
 from gateway.repository import IndexEntry, LoadedVersion, ModelRepository, ModelState
 from gateway.settings import ModelControlMode
 
@@ -27,9 +40,11 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "model-gateway"
 #: KServe v2 / Triton extensions this server implements.
-EXTENSIONS = ("model_repository", "parameters")
+EXTENSIONS = ("model_repository", "model_upload", "parameters")
 
 Parameters = dict[str, Any]
+#: What a transport's encoder makes of a response (a JSON body, a protobuf message...).
+Encoded = TypeVar("Encoded")
 
 
 @dataclass(slots=True)
@@ -88,13 +103,26 @@ class TensorMetadata:
 
 @dataclass(frozen=True, slots=True)
 class ModelMetadata:
-    """KServe v2 "Model Metadata Response JSON Object"; ``platform`` in Triton's names."""
+    """KServe v2 "Model Metadata Response JSON Object"; ``platform`` in Triton's names.
+
+    ``parameters`` holds ``parity``, the conversion's parity figures, when the version has them.
+    """
 
     name: str
     versions: list[str]
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    """The model version an upload created, and whether it is ready (its version policy may not serve it)."""
+
+    name: str
+    version: int
+    ready: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +140,21 @@ class DataPlane:
     Args:
         repository: the model repository whose loaded versions serve requests.
         control_mode: the model control mode; load and unload requests need ``explicit``.
+        admin_token: the token the management API (upload, load, unload) requires.
+        max_upload_bytes: largest model package accepted, compressed and unpacked alike.
     """
 
-    def __init__(self, repository: ModelRepository, control_mode: ModelControlMode) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        control_mode: ModelControlMode,
+        admin_token: AdminToken,
+        max_upload_bytes: int,
+    ) -> None:
         self.repository = repository
         self.control_mode = control_mode
+        self.admin_token = admin_token
+        self.max_upload_bytes = max_upload_bytes
         self.is_ready = False
         try:
             self._version = version("model-gateway")
@@ -161,23 +199,90 @@ class DataPlane:
             platform=loaded.platform,
             inputs=[TensorMetadata(n, s.datatype, list(s.shape)) for n, s in loaded.inputs.items()],
             outputs=[TensorMetadata(n, s.datatype, list(s.shape)) for n, s in loaded.outputs.items()],
+            parameters={"parity": loaded.parity} if loaded.parity is not None else {},
         )
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Check a request against the model, run it, and return the requested outputs.
+    async def infer(
+        self,
+        protocol: str,
+        model_name: str,
+        model_version: str | None,
+        decode: Callable[[], InferRequest],
+        encode: Callable[[InferResponse], Encoded],
+        request_id: str | None = None,
+    ) -> Encoded:
+        """Answer one inference request: decode it, check it against the model, run it, encode the answer.
+
+        The transport passes its own decoder and encoder, so that the request's metrics (count by
+        status, server-side duration in seconds from decoding to encoded answer, in-flight gauge)
+        and its request id are kept here, once for every protocol. The request id is the v2 ``id``,
+        else ``request_id`` (the transport's ``X-Request-ID``), else a new one; it is set for the
+        logs (:func:`gateway.logs.current_request_id`) before anything can fail.
+
+        Args:
+            protocol: the ``protocol`` label, e.g. ``v2-rest``.
+            model_name, model_version: the model addressed (version None: its highest ready one).
+            decode: turns the wire request into an :class:`InferRequest`.
+            encode: turns the :class:`InferResponse` into the wire answer, which is returned.
+            request_id: the id the transport received beside the body, if any.
 
         Raises:
             NotFoundError: unknown model or version.
             UnavailableError: the model or version is not ready.
-            InvalidArgumentError: a missing, unknown or repeated input; a datatype or shape that
-                does not match the model; a batch over max_batch_size; an unknown output.
+            InvalidArgumentError: a body that does not decode; a missing, unknown or repeated input;
+                a datatype or shape that does not match the model; a batch over max_batch_size; an
+                unknown output.
             InternalError: the backend failed on a request that passed every check.
         """
-        loaded = self.repository.get(request.model_name, request.model_version)
+        started = time.perf_counter()
+        set_request_id(request_id or new_request_id())
+        try:
+            loaded = self.repository.get(model_name, model_version)
+        except GatewayError as error:
+            known = model_name if self.repository.is_known(model_name) else ""
+            # No version was chosen: the label stays empty, so that clients cannot add series at will.
+            self.repository.metrics.count_request(known, "", protocol, error_status(error))
+            logger.info("%s inference for model '%s' refused: %s", protocol, model_name, error.message)
+            raise
+        metrics = loaded.metrics
+        metrics.inflight.inc()
+        status = SUCCESS
+        try:
+            request = decode()
+            if request.id:
+                set_request_id(request.id)
+            return encode(await self._run(loaded, request))
+        except GatewayError as error:
+            status = error_status(error)
+            logger.info("%s inference for model '%s' refused: %s", protocol, model_name, error.message)
+            raise
+        except asyncio.CancelledError:  # the client went away
+            status = "Cancelled"
+            raise
+        except Exception:
+            status = "Internal"
+            raise
+        finally:
+            metrics.inflight.dec()
+            seconds = time.perf_counter() - started
+            metrics.observe_request(protocol, status, seconds)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s inference model %s version %d: %s in %.3f ms",
+                    protocol,
+                    loaded.name,
+                    loaded.version,
+                    status,
+                    seconds * 1e3,
+                )
+
+    async def _run(self, loaded: LoadedVersion, request: InferRequest) -> InferResponse:
+        """Check a decoded request against the loaded version, run it, and collect the requested outputs."""
         feeds = _check_inputs(loaded, request.inputs)
         output_names = _check_outputs(loaded, request.outputs)
         try:
-            results = await loaded.pool.run(feeds, output_names)
+            batch_size = next(iter(feeds.values())).shape[0] if loaded.max_batch_size > 0 and feeds else 1
+            results = await loaded.pool.run(feeds, output_names, batch_size)
         except InferenceInputError as error:
             raise InvalidArgumentError(f"model '{loaded.name}' rejected the inputs: {error}") from None
         except Exception as error:
@@ -203,26 +308,69 @@ class DataPlane:
         entries = self.repository.index()
         return [entry for entry in entries if entry.state is ModelState.READY] if ready_only else entries
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, authorization: str | None) -> None:
         """Load or reload a model (explicit model control mode only).
 
+        Args:
+            authorization: the request's ``Authorization`` header or metadata value.
+
         Raises:
+            UnauthenticatedError: no valid admin token.
             FailedPreconditionError: the server is not in explicit mode.
             NotFoundError: no such model folder.
             UnavailableError: the load failed; the message says why.
         """
+        self.admin_token.check(authorization)
         self._require_explicit_mode("load")
         await self.repository.load(name)
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, authorization: str | None) -> None:
         """Unload a model (explicit model control mode only).
 
         Raises:
+            UnauthenticatedError: no valid admin token.
             FailedPreconditionError: the server is not in explicit mode.
             NotFoundError: the model is not loaded.
         """
+        self.admin_token.check(authorization)
         self._require_explicit_mode("unload")
         await self.repository.unload(name)
+
+    async def upload_version(
+        self, name: str, version: str | None, package: AsyncIterator[bytes], authorization: str | None
+    ) -> UploadResult:
+        """Receive a model package, check it in a staging folder, install it as a new version and load it.
+
+        Our extension beside the repository API, allowed in every model control mode. The package
+        is a tar archive (gzip or not) of one version folder's files (see :mod:`gateway.intake`).
+        Nothing reaches the model's folder until the package unpacked safely, every ``.onnx`` passed
+        ``onnx.checker`` and the files loaded on their own; if anything fails the repository is as
+        it was and the versions already served keep serving.
+
+        Args:
+            name: the model name.
+            version: a positive integer as text, or None for one more than the highest version on disk.
+            package: the request body, in chunks.
+            authorization: the request's ``Authorization`` header value.
+
+        Raises:
+            UnauthenticatedError: no valid admin token (checked before the body is read).
+            InvalidArgumentError: a bad name, version or package (the message says which member or file).
+            PayloadTooLargeError: the package, or what it unpacks to, passes the upload limit.
+            AlreadyExistsError: the version exists already.
+            UnavailableError: the repository cannot be written, or the model failed to load the version.
+        """
+        self.admin_token.check(authorization)
+        number = None if version is None else _parse_new_version(version)
+        async with self.repository.staging_folder() as staging:
+            archive = staging / "package"
+            await receive_package(package, archive, self.max_upload_bytes)
+            version_dir = staging / "version"
+            await asyncio.to_thread(unpack_package, archive, version_dir, self.max_upload_bytes)
+            await asyncio.to_thread(check_version_files, version_dir)
+            installed = await self.repository.install_version(name, number, version_dir)
+        logger.info("model %s version %d uploaded", name, installed)
+        return UploadResult(name, installed, installed in self.repository.ready_versions(name))
 
     def _require_explicit_mode(self, action: str) -> None:
         if self.control_mode is not ModelControlMode.EXPLICIT:
@@ -230,6 +378,12 @@ class DataPlane:
                 f"cannot {action} models in model control mode '{self.control_mode}'; "
                 "start the server with --model-control-mode explicit"
             )
+
+
+def _parse_new_version(version: str) -> int:
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgumentError(f"model version '{version}' is not a positive integer")
+    return int(version)
 
 
 def _check_inputs(loaded: LoadedVersion, inputs: list[InferTensor]) -> dict[str, np.ndarray]:

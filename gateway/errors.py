@@ -40,6 +40,18 @@ class FailedPreconditionError(GatewayError):
     """The operation is not allowed in the server's current mode (400 / FAILED_PRECONDITION)."""
 
 
+class UnauthenticatedError(GatewayError):
+    """The management API was called without a valid bearer token (401 / UNAUTHENTICATED)."""
+
+
+class AlreadyExistsError(GatewayError):
+    """The model version to create exists already (409 / ALREADY_EXISTS)."""
+
+
+class PayloadTooLargeError(GatewayError):
+    """The request or upload is larger than the server's limit (413 / RESOURCE_EXHAUSTED)."""
+
+
 class InternalError(GatewayError):
     """The backend failed while running a valid request (500 / INTERNAL)."""
 
@@ -50,6 +62,9 @@ _STATUS: dict[type[GatewayError], tuple[HTTPStatus, grpc.StatusCode]] = {
     NotFoundError: (HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND),
     UnavailableError: (HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
     FailedPreconditionError: (HTTPStatus.BAD_REQUEST, grpc.StatusCode.FAILED_PRECONDITION),
+    UnauthenticatedError: (HTTPStatus.UNAUTHORIZED, grpc.StatusCode.UNAUTHENTICATED),
+    AlreadyExistsError: (HTTPStatus.CONFLICT, grpc.StatusCode.ALREADY_EXISTS),
+    PayloadTooLargeError: (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED),
     InternalError: (HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL),
 }
 

@@ -25,10 +25,14 @@ from gateway.dataplane import (
 )
 from gateway.datatypes import BYTES, array_from_raw, array_from_values, array_to_raw, numpy_dtype
 from gateway.errors import GatewayError, InvalidArgumentError, grpc_status
+from gateway.logs import current_request_id
 from protos import grpc_predict_v2_pb2 as pb
 from protos import grpc_predict_v2_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+#: The ``protocol`` label of the gRPC service's metrics.
+PROTOCOL = "v2-grpc"
+REQUEST_ID_KEY = "x-request-id"
 
 #: Which InferTensorContents field carries each datatype (FP16 has none: it travels raw only).
 CONTENTS_FIELD = {
@@ -67,6 +71,9 @@ def _abort_on_error(method: _Method[_Request, _Response]) -> _Method[_Request, _
         try:
             return await method(self, request, context)
         except GatewayError as error:
+            request_id = current_request_id()
+            if request_id:
+                context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             await context.abort(grpc_status(error), error.message)
             raise  # unreachable: abort raises
 
@@ -152,6 +159,14 @@ def encode_infer_response(response: InferResponse, raw: bool) -> pb.ModelInferRe
     return message
 
 
+def _metadata_value(context: Context, wanted: str) -> str | None:
+    """The value of metadata key ``wanted`` (lower case, as gRPC sends keys) of a call, or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == wanted:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
 def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
 
@@ -198,8 +213,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     @_abort_on_error
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         """KServe v2 ModelInfer; raw inputs get raw outputs."""
-        response = await self.dataplane.infer(decode_infer_request(request))
-        return encode_infer_response(response, raw=bool(request.raw_input_contents))
+        raw = bool(request.raw_input_contents)
+        response: pb.ModelInferResponse = await self.dataplane.infer(
+            PROTOCOL,
+            request.model_name,
+            request.model_version or None,
+            decode=lambda: decode_infer_request(request),
+            encode=lambda answer: encode_infer_response(answer, raw=raw),
+            request_id=_metadata_value(context, REQUEST_ID_KEY),
+        )
+        await context.send_initial_metadata(((REQUEST_ID_KEY, current_request_id() or ""),))
+        return response
 
     @_abort_on_error
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
@@ -217,16 +241,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        """Triton's RepositoryModelLoad (explicit mode only)."""
-        await self.dataplane.load_model(request.model_name)
+        """Triton's RepositoryModelLoad (explicit mode only; ``authorization: Bearer <admin token>`` metadata)."""
+        await self.dataplane.load_model(request.model_name, _metadata_value(context, "authorization"))
         return pb.RepositoryModelLoadResponse()
 
     @_abort_on_error
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        """Triton's RepositoryModelUnload (explicit mode only)."""
-        await self.dataplane.unload_model(request.model_name)
+        """Triton's RepositoryModelUnload (explicit mode only; ``authorization: Bearer <admin token>`` metadata)."""
+        await self.dataplane.unload_model(request.model_name, _metadata_value(context, "authorization"))
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from backends import ModelLoadError, create_backend, detect_backend
 from gateway.config import (
@@ -30,12 +39,17 @@ from gateway.config import (
     full_shape,
     read_model_config,
 )
-from gateway.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from gateway.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
+from gateway.metrics import Metrics, VersionMetrics
 from gateway.scheduler import InstancePool
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+#: Folder inside the repository where uploads are received and checked (hidden: not a model).
+STAGING_FOLDER = ".staging"
+#: File in a version folder holding the parity figures `gateway push` measured.
+PARITY_FILE = "parity.json"
 
 # (relative path, size in bytes, modification time in ns) of every file under a folder.
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -68,6 +82,8 @@ class LoadedVersion:
         outputs: per output name, in the model's order, its datatype and full shape.
         pool: the version's backend instances.
         fingerprint: the files the version was loaded from, to tell when they change.
+        metrics: the version's metric children.
+        parity: the conversion's parity figures (``parity.json``), or None.
     """
 
     name: str
@@ -79,6 +95,8 @@ class LoadedVersion:
     outputs: dict[str, TensorSignature]
     pool: InstancePool
     fingerprint: Fingerprint
+    metrics: VersionMetrics
+    parity: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +131,15 @@ class ModelRepository:
     Args:
         root: the repository folder.
         default_max_batch_size: max_batch_size for batchable models whose config sets none.
+        metrics: where load times and readiness are published (default: a registry of its own).
     """
 
-    def __init__(self, root: Path, default_max_batch_size: int) -> None:
+    def __init__(self, root: Path, default_max_batch_size: int, metrics: Metrics | None = None) -> None:
         self.root = root
         self.default_max_batch_size = default_max_batch_size
+        self.metrics = metrics if metrics is not None else Metrics()
+        # Per model, the (version, backend) label pairs of gateway_model_ready published so far.
+        self._published_ready: dict[str, set[tuple[str, str]]] = {}
         self._records: dict[str, _ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -128,7 +150,7 @@ class ModelRepository:
         return sorted(
             entry.name
             for entry in self.root.iterdir()
-            if entry.is_dir() and not entry.is_symlink() and _valid_name(entry.name)
+            if entry.is_dir() and not entry.is_symlink() and valid_model_name(entry.name)
         )
 
     async def load_all(self) -> None:
@@ -147,6 +169,7 @@ class ModelRepository:
         for name in [name for name in self._records if name not in on_disk]:
             logger.info("model %s was removed from the repository; unloading it", name)
             del self._records[name]
+            self._publish_ready(name)
 
     async def load(self, name: str) -> None:
         """Load (or reload) every version of ``name`` its version policy selects.
@@ -177,6 +200,7 @@ class ModelRepository:
             record.failures = outcome.failures
             record.loaded = True
             record.fingerprint = fingerprint
+            self._publish_ready(name)
         for version, reason in outcome.failures.items():
             logger.warning("model %s%s failed to load: %s", name, _version_suffix(version), reason)
         if outcome.versions:
@@ -201,7 +225,85 @@ class ModelRepository:
             record.failures = {}
             record.loaded = False
             record.fingerprint = None
+            self._publish_ready(name)
         logger.info("model %s unloaded", name)
+
+    @contextlib.asynccontextmanager
+    async def staging_folder(self) -> AsyncIterator[Path]:
+        """A new, empty folder inside the repository (same filesystem), removed with what is left in it.
+
+        Raises:
+            UnavailableError: the repository cannot be written (e.g. mounted read-only).
+        """
+        staging_root = self.root / STAGING_FOLDER
+        try:
+            staging_root.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(dir=staging_root, prefix="upload-"))
+        except OSError as error:
+            raise UnavailableError(f"the model repository cannot be written: {error}") from None
+        try:
+            yield folder
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    async def install_version(self, name: str, version: int | None, staged: Path) -> int:
+        """Check a staged version folder, move it into the repository atomically, and load the model.
+
+        The staged files are first loaded on their own (one instance, the model's config) and must
+        load; then the folder is renamed to ``<root>/<name>/<version>`` (a new model's whole folder
+        is renamed into place), so the repository holds the old state or the new one, never a part.
+        If the model then fails to load that version, the folder is moved out again and the model is
+        reloaded as it was.
+
+        Args:
+            name: the model name (``[A-Za-z0-9_.-]+``, not starting with a dot).
+            version: the version number, or None for one more than the highest on disk.
+            staged: a folder inside :meth:`staging_folder` holding the version's files.
+
+        Returns:
+            The version number installed.
+
+        Raises:
+            InvalidArgumentError: an invalid model name, or the files do not load (the message says why).
+            AlreadyExistsError: that version exists already.
+            UnavailableError: the model failed to load the new version; the repository is as before.
+        """
+        if not valid_model_name(name):
+            raise InvalidArgumentError(f"invalid model name '{name}': use letters, digits, '_', '.', '-' only")
+        model_path = self.root / name
+        if model_path.is_symlink() or (model_path.exists() and not model_path.is_dir()):
+            raise InvalidArgumentError(f"'{name}' in the repository is not a model folder")
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            await asyncio.to_thread(self._trial_load, name, model_path, staged)
+            is_new_model = not model_path.is_dir()
+            highest = 0 if is_new_model else max(_version_folders(model_path), default=0)
+            number = version if version is not None else highest + 1
+            installed = await asyncio.to_thread(_move_into_place, staged, model_path, number)
+        try:
+            await self._load(name, None)
+        except UnavailableError:
+            reason = self._records[name].failures.get(number)
+            if reason is None:
+                return number  # another version's failure; ours loaded (or the policy does not select it)
+            await asyncio.to_thread(os.rename, installed, staged.with_name(f"rejected-{uuid.uuid4().hex}"))
+            if is_new_model:
+                await asyncio.to_thread(shutil.rmtree, model_path, True)
+                self._records.pop(name, None)
+                self._publish_ready(name)
+            else:
+                await self._load_quietly(name)
+            raise UnavailableError(f"model '{name}' version {number} failed to load: {reason}") from None
+        return number
+
+    def _trial_load(self, name: str, model_path: Path, staged: Path) -> None:
+        """Runs in a worker thread: load one instance of the staged files with the model's config."""
+        try:
+            config = read_model_config(model_path) if model_path.is_dir() else ModelConfig()
+            trial = config.model_copy(update={"instance_count": 1})
+            # A trial load publishes nothing: its metrics go to a registry no one scrapes.
+            self._load_version(name, 0, staged, trial, (), Metrics(CollectorRegistry()).for_version(name, 0))
+        except (ModelLoadError, ModelConfigError) as error:
+            raise InvalidArgumentError(f"the uploaded model does not load: {error}") from None
 
     def get(self, name: str, version: str | None = None) -> LoadedVersion:
         """The loaded version that serves a request: ``version``, or the highest ready one.
@@ -262,12 +364,12 @@ class ModelRepository:
 
     def _model_path(self, name: str) -> Path:
         path = self.root / name
-        if not _valid_name(name) or not path.is_dir() or path.is_symlink():
+        if not valid_model_name(name) or not path.is_dir() or path.is_symlink():
             raise NotFoundError(f"no model '{name}' in the repository")
         return path
 
     def _missing_model_message(self, name: str) -> str:
-        if _valid_name(name) and (self.root / name).is_dir():
+        if valid_model_name(name) and (self.root / name).is_dir():
             return f"model '{name}' is not loaded"
         return f"unknown model '{name}'"
 
@@ -303,7 +405,10 @@ class ModelRepository:
                 versions[version] = previous
                 continue
             try:
-                versions[version] = self._load_version(name, version, version_path, config, fingerprint)
+                started = time.perf_counter()
+                metrics = self.metrics.for_version(name, version)
+                versions[version] = self._load_version(name, version, version_path, config, fingerprint, metrics)
+                self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
             except (ModelLoadError, ModelConfigError) as error:
                 failures[version] = str(error)
             except Exception as error:  # a runtime's unexpected failure must not take the server down
@@ -314,7 +419,13 @@ class ModelRepository:
         return _LoadOutcome(versions=versions, failures=failures)
 
     def _load_version(
-        self, name: str, version: int, path: Path, config: ModelConfig, fingerprint: Fingerprint
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        config: ModelConfig,
+        fingerprint: Fingerprint,
+        metrics: VersionMetrics,
     ) -> LoadedVersion:
         backend_name = config.backend or detect_backend(path)
         options = config.backend_options(backend_name)
@@ -333,13 +444,69 @@ class ModelRepository:
             max_batch_size=max_batch_size,
             inputs=signatures(completed.inputs),
             outputs=signatures(completed.outputs),
-            pool=InstancePool(instances),
+            pool=InstancePool(instances, metrics),
             fingerprint=fingerprint,
+            metrics=metrics,
+            parity=_read_parity(path),
         )
 
+    def _publish_ready(self, name: str) -> None:
+        """Set ``gateway_model_ready`` to 1 for each version of ``name`` serving now, 0 for the others seen."""
+        record = self._records.get(name)
+        current = {
+            (str(version), loaded.config.backend or "")
+            for version, loaded in (record.versions.items() if record is not None else ())
+        }
+        published = self._published_ready.setdefault(name, set())
+        for version_label, backend in published - current:
+            self.metrics.model_ready.labels(name, version_label, backend).set(0)
+        for version_label, backend in current:
+            self.metrics.model_ready.labels(name, version_label, backend).set(1)
+        published |= current
 
-def _valid_name(name: str) -> bool:
-    return bool(MODEL_NAME_PATTERN.fullmatch(name)) and name not in {".", ".."}
+    def is_known(self, name: str) -> bool:
+        """Whether ``name`` is a model of this repository (loaded or not): labels of its metrics may name it."""
+        return name in self._records
+
+
+def valid_model_name(name: str) -> bool:
+    """Whether ``name`` is a model name: ``[A-Za-z0-9_.-]+`` not starting with a dot (hidden folders)."""
+    return bool(MODEL_NAME_PATTERN.fullmatch(name)) and not name.startswith(".")
+
+
+def _read_parity(version_path: Path) -> dict[str, Any] | None:
+    """The parity figures in ``parity.json``, or None when absent or unreadable (a warning is logged)."""
+    parity_file = version_path / PARITY_FILE
+    if not parity_file.exists():
+        return None
+    try:
+        parity = json.loads(parity_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring %s: %s", parity_file, error)
+        return None
+    return parity if isinstance(parity, dict) else None
+
+
+def _move_into_place(staged: Path, model_path: Path, version: int) -> Path:
+    """Rename ``staged`` to ``<model_path>/<version>`` in one step; a new model's folder moves as a whole.
+
+    Raises:
+        AlreadyExistsError: the version (or, for a new model, the model folder) exists already.
+    """
+    target = model_path / str(version)
+    try:
+        if model_path.is_dir():
+            if target.exists():
+                raise AlreadyExistsError(f"model '{model_path.name}' version {version} exists already")
+            os.rename(staged, target)
+        else:
+            new_model = staged.with_name(f"model-{uuid.uuid4().hex}")
+            new_model.mkdir()
+            os.rename(staged, new_model / str(version))
+            os.rename(new_model, model_path)
+    except OSError as error:  # e.g. the folder appeared meanwhile: rename onto a non-empty folder
+        raise AlreadyExistsError(f"model '{model_path.name}' version {version} cannot be created: {error}") from None
+    return target
 
 
 def _parse_version(version: str) -> int:

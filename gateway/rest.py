@@ -3,7 +3,10 @@
 Routes (KServe v2 / Open Inference Protocol, "HTTP/REST"; repository extension as in Triton):
 ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{m}[/versions/{v}]``,
 ``GET .../ready``, ``POST .../infer``, ``POST /v2/repository/index``,
-``POST /v2/repository/models/{m}/load`` and ``.../unload``.
+``POST /v2/repository/models/{m}/load`` and ``.../unload``; and our upload extension,
+``PUT /v2/repository/models/{m}/versions/{v}`` and ``POST /v2/repository/models/{m}/versions`` (next
+version), whose body is a model package (see :mod:`gateway.intake`). The management routes (load,
+unload, upload) need ``Authorization: Bearer <admin token>``.
 
 Bodies are parsed from bytes by pydantic-core into plain lists (``data`` is not validated element by
 element) and turned into numpy by :mod:`gateway.datatypes`; responses are written with orjson.
@@ -12,11 +15,13 @@ Errors become ``{"error": "<message>"}`` with the status from :mod:`gateway.erro
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StrictInt, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,9 +34,15 @@ from gateway.dataplane import (
     TensorMetadata,
 )
 from gateway.datatypes import BYTES, array_from_values
-from gateway.errors import GatewayError, InvalidArgumentError, http_status
+from gateway.errors import GatewayError, InvalidArgumentError, UnauthenticatedError, http_status
+from gateway.logs import current_request_id
+
+logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+#: The ``protocol`` label of the v2 REST routes' metrics.
+PROTOCOL = "v2-rest"
+REQUEST_ID_HEADER = "X-Request-ID"
 BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
 
@@ -67,8 +78,14 @@ class RestIndexRequest(BaseModel):
     ready: bool = False
 
 
-def _json(content: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
+def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON, headers=headers)
+
+
+def _request_id_header() -> dict[str, str] | None:
+    """``X-Request-ID`` with the id of the request being answered, if there is one."""
+    request_id = current_request_id()
+    return {REQUEST_ID_HEADER: request_id} if request_id else None
 
 
 def _parse(model: type[BodyModel], raw: bytes, *, empty_ok: bool = False) -> BodyModel:
@@ -141,13 +158,26 @@ def _tensor_metadata(tensor: TensorMetadata) -> dict[str, Any]:
 
 
 def create_app(dataplane: DataPlane) -> FastAPI:
-    """The FastAPI application serving the v2 REST API over ``dataplane``."""
+    """The FastAPI application serving the v2 REST API and ``/metrics`` (Prometheus text format) over ``dataplane``."""
     app = FastAPI(title="model-gateway", summary="KServe v2 inference over REST", docs_url="/docs")
+    registry = dataplane.repository.metrics.registry
     app.include_router(_v2_router(dataplane))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, error: GatewayError) -> Response:
-        return _json({"error": error.message}, http_status(error))
+        response = _json({"error": error.message}, http_status(error), _request_id_header())
+        if isinstance(error, UnauthenticatedError):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="model-gateway management API"'
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected_error(request: Request, error: Exception) -> Response:
+        logger.exception("unexpected error answering %s %s", request.method, request.url.path)
+        return _json({"error": f"internal error: {type(error).__name__}"}, 500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException) -> Response:
@@ -184,6 +214,7 @@ def _v2_router(dataplane: DataPlane) -> APIRouter:
                 "platform": metadata.platform,
                 "inputs": [_tensor_metadata(t) for t in metadata.inputs],
                 "outputs": [_tensor_metadata(t) for t in metadata.outputs],
+                **({"parameters": metadata.parameters} if metadata.parameters else {}),
             }
         )
 
@@ -196,8 +227,16 @@ def _v2_router(dataplane: DataPlane) -> APIRouter:
     @router.post("/models/{model_name}/infer")
     @router.post("/models/{model_name}/versions/{model_version}/infer")
     async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
-        infer_request = decode_infer_request(await request.body(), model_name, model_version)
-        return _json(encode_infer_response(await dataplane.infer(infer_request)))
+        raw = await request.body()
+        body = await dataplane.infer(
+            PROTOCOL,
+            model_name,
+            model_version,
+            decode=lambda: decode_infer_request(raw, model_name, model_version),
+            encode=encode_infer_response,
+            request_id=request.headers.get(REQUEST_ID_HEADER),
+        )
+        return _json(body, headers=_request_id_header())
 
     @router.post("/repository/index")
     async def repository_index(request: Request) -> Response:
@@ -208,13 +247,21 @@ def _v2_router(dataplane: DataPlane) -> APIRouter:
         )
 
     @router.post("/repository/models/{model_name}/load")
-    async def repository_load(model_name: str) -> Response:
-        await dataplane.load_model(model_name)
+    async def repository_load(request: Request, model_name: str) -> Response:
+        await dataplane.load_model(model_name, request.headers.get("authorization"))
         return _json({})
 
     @router.post("/repository/models/{model_name}/unload")
-    async def repository_unload(model_name: str) -> Response:
-        await dataplane.unload_model(model_name)
+    async def repository_unload(request: Request, model_name: str) -> Response:
+        await dataplane.unload_model(model_name, request.headers.get("authorization"))
         return _json({})
+
+    @router.post("/repository/models/{model_name}/versions")
+    @router.put("/repository/models/{model_name}/versions/{model_version}")
+    async def repository_upload(request: Request, model_name: str, model_version: str | None = None) -> Response:
+        result = await dataplane.upload_version(
+            model_name, model_version, request.stream(), request.headers.get("authorization")
+        )
+        return _json({"name": result.name, "version": str(result.version), "ready": result.ready}, 201)
 
     return router

@@ -11,11 +11,14 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
+from gateway.admin_token import AdminToken, generate_token, remove_token_file, token_file, write_token_file
 from gateway.dataplane import DataPlane
 from gateway.grpc_service import create_grpc_server, set_serving
+from gateway.metrics import Metrics
 from gateway.repository import ModelRepository
 from gateway.rest import create_app
 from gateway.settings import GatewaySettings, ModelControlMode
@@ -44,8 +47,16 @@ async def serve(settings: GatewaySettings) -> None:
     Raises:
         RuntimeError: a port cannot be bound.
     """
-    repository = ModelRepository(settings.model_repository, settings.default_max_batch_size)
-    dataplane = DataPlane(repository, settings.model_control_mode)
+    repository = ModelRepository(settings.model_repository, settings.default_max_batch_size, Metrics())
+    generated_token_file: Path | None = None
+    if settings.admin_token is not None and settings.admin_token.get_secret_value():
+        token = settings.admin_token.get_secret_value()
+    else:
+        token = generate_token()
+        generated_token_file = token_file(settings.admin_token_dir, settings.http_port)
+        write_token_file(generated_token_file, token)
+        logger.info("no --admin-token given: generated one, readable by this user in %s", generated_token_file)
+    dataplane = DataPlane(repository, settings.model_control_mode, AdminToken(token), settings.max_upload_bytes)
     grpc_server, health_servicer = create_grpc_server(
         dataplane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes
     )
@@ -93,6 +104,8 @@ async def serve(settings: GatewaySettings) -> None:
                 await poll_task
         http_server.should_exit = True
         await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
+        if generated_token_file is not None:
+            remove_token_file(generated_token_file, token)
         logger.info("server stopped")
 
 

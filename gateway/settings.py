@@ -5,11 +5,14 @@ Each field's description is the help text ``gateway serve --help`` shows, so it 
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.logs import LogFormat
 
 ENV_PREFIX = "GATEWAY_"
 
@@ -54,4 +57,31 @@ class GatewaySettings(BaseSettings):
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Largest gRPC message accepted or sent, in bytes."
     )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the management API (upload, load, unload) requires. When none is given "
+        "the server makes one and writes it to admin-token-dir, readable by its user only.",
+    )
+    admin_token_dir: Path = Field(
+        default_factory=lambda: default_admin_token_dir(),
+        description="Folder where a generated admin token is written as admin-token-<http port>; "
+        "`gateway push` to a server on this machine reads it from there.",
+    )
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="Largest model package accepted by an upload, in bytes, compressed and unpacked alike.",
+    )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
+    log_format: LogFormat = Field(
+        default=LogFormat.TEXT, description="text, or json: one JSON object per line (with the request id)."
+    )
+
+
+def default_admin_token_dir() -> Path:
+    """``$GATEWAY_ADMIN_TOKEN_DIR``, else ``$XDG_STATE_HOME/model-gateway``, else ``~/.local/state/model-gateway``."""
+    configured = os.environ.get(f"{ENV_PREFIX}ADMIN_TOKEN_DIR")
+    if configured:
+        return Path(configured)
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "model-gateway"

@@ -3,4 +3,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
+
+# tests/test_metrics.py runs a real Prometheus against the gateway: Debian's package provides it.
+if ! command -v prometheus >/dev/null 2>&1; then
+    apt_get=(env DEBIAN_FRONTEND=noninteractive apt-get)
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+        apt_get=(sudo "${apt_get[@]}")
+    fi
+    if ! "${apt_get[@]}" install -y --no-install-recommends prometheus; then
+        "${apt_get[@]}" update
+        "${apt_get[@]}" install -y --no-install-recommends prometheus
+    fi
+fi
+
 exec .venv/bin/python -m pytest "$@"

@@ -24,6 +24,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The admin token every test gateway is started with (unless a test gives its own environment).
+ADMIN_TOKEN = "test-admin-token"
+ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN_TOKEN}"}  # lower case: also valid gRPC metadata
 
 #: v2 datatype -> ONNX element type, for the identity models.
 ONNX_TYPES = {
@@ -52,7 +55,14 @@ def free_port() -> int:
 class GatewayProcess:
     """A ``gateway serve`` process on free loopback ports; stopped with SIGTERM by its own PID."""
 
-    def __init__(self, repository: Path, log_path: Path, *extra_args: str) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        log_path: Path,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        admin_token: str | None = ADMIN_TOKEN,
+    ) -> None:
         self.repository = repository
         self.http_port = free_port()
         self.grpc_port = free_port()
@@ -77,7 +87,7 @@ class GatewayProcess:
             cwd=REPO_ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=_environment(env, admin_token),
         )
         self.http = httpx.Client(base_url=self.http_url, timeout=30)
 
@@ -111,8 +121,23 @@ class GatewayProcess:
         self._log.close()
 
 
-def start_gateway(repository: Path, log_path: Path, *extra_args: str) -> GatewayProcess:
-    gateway = GatewayProcess(repository, log_path, *extra_args)
+def _environment(extra: dict[str, str] | None, admin_token: str | None) -> dict[str, str]:
+    """The test process's environment plus ``extra``, with GATEWAY_ADMIN_TOKEN set to ``admin_token`` or unset."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    environment.pop("GATEWAY_ADMIN_TOKEN", None)
+    if admin_token is not None:
+        environment["GATEWAY_ADMIN_TOKEN"] = admin_token
+    return environment
+
+
+def start_gateway(
+    repository: Path,
+    log_path: Path,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    admin_token: str | None = ADMIN_TOKEN,
+) -> GatewayProcess:
+    gateway = GatewayProcess(repository, log_path, *extra_args, env=env, admin_token=admin_token)
     try:
         gateway.wait_ready()
     except Exception:

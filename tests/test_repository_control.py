@@ -13,7 +13,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import GatewayProcess, start_gateway
+from tests.conftest import ADMIN_HEADERS, GatewayProcess, start_gateway
 
 DIGIT_REQUEST = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.25] * 64}]}
 
@@ -58,29 +58,44 @@ def test_explicit_mode_loads_and_unloads_on_request_over_both_protocols(explicit
     response = gateway.http.post("/v2/models/digits/infer", json=DIGIT_REQUEST)
     assert response.status_code == 404 and "not loaded" in response.json()["error"]
 
-    assert gateway.http.post("/v2/repository/models/digits/load").status_code == 200
+    # The management API needs the admin token; the inference API does not.
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": "Basic dGVzdA=="}):
+        response = gateway.http.post("/v2/repository/models/digits/load", headers=headers)
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+    with grpc.insecure_channel(gateway.grpc_address) as channel:
+        load = channel.unary_unary(
+            "/inference.GRPCInferenceService/RepositoryModelLoad",
+            request_serializer=lambda _: b"\n\x06digits",  # RepositoryModelLoadRequest(model_name="digits")
+            response_deserializer=lambda raw: raw,
+        )
+        with pytest.raises(grpc.RpcError) as rpc_error:
+            load(None, metadata=[("authorization", "Bearer wrong-token")])
+        assert rpc_error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert index_of(gateway)[("digits", "")]["state"] == "UNAVAILABLE"
+
+    assert gateway.http.post("/v2/repository/models/digits/load", headers=ADMIN_HEADERS).status_code == 200
     assert gateway.http.post("/v2/models/digits/infer", json=DIGIT_REQUEST).status_code == 200
     assert index_of(gateway)[("digits", "1")]["state"] == "READY"
 
     grpc_client = triton_grpc.InferenceServerClient(url=gateway.grpc_address)
     with pytest.raises(InferenceServerException) as error:
-        grpc_client.load_model("corrupt")
+        grpc_client.load_model("corrupt", headers=ADMIN_HEADERS)
     assert error.value.status() == "StatusCode.UNAVAILABLE"
     assert "cannot load model.onnx" in error.value.message()
     assert index_of(gateway)[("corrupt", "1")]["state"] == "UNAVAILABLE"
     with pytest.raises(InferenceServerException) as error:
-        grpc_client.load_model("no_such_model")
+        grpc_client.load_model("no_such_model", headers=ADMIN_HEADERS)
     assert error.value.status() == "StatusCode.NOT_FOUND"
 
     http_client = triton_http.InferenceServerClient(url=f"127.0.0.1:{gateway.http_port}")
-    http_client.unload_model("digits")
+    http_client.unload_model("digits", headers=ADMIN_HEADERS)
     assert not http_client.is_model_ready("digits")
     response = gateway.http.post("/v2/models/digits/infer", json=DIGIT_REQUEST)
     assert response.status_code == 404 and "not loaded" in response.json()["error"]
     with pytest.raises(InferenceServerException) as error:
-        grpc_client.unload_model("digits")
+        grpc_client.unload_model("digits", headers=ADMIN_HEADERS)
     assert error.value.status() == "StatusCode.NOT_FOUND"
-    grpc_client.load_model("digits")
+    grpc_client.load_model("digits", headers=ADMIN_HEADERS)
     assert grpc_client.is_model_ready("digits")
     grpc_client.close()
     http_client.close()

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ONNX_TYPES, GatewayProcess
+from tests.conftest import ADMIN_HEADERS, ONNX_TYPES, GatewayProcess
 
 BATCH = 64
 
@@ -428,9 +428,11 @@ def test_index_reports_each_model_state_and_the_reason_of_failures(gateway, stub
 
 
 def test_load_and_unload_need_explicit_mode(gateway, stub):
-    response = gateway.http.post("/v2/repository/models/digits/load")
+    response = gateway.http.post("/v2/repository/models/digits/load", headers=ADMIN_HEADERS)
     assert response.status_code == 400 and "explicit" in response.json()["error"]
     with pytest.raises(grpc.RpcError) as error:
-        stub.RepositoryModelUnload(service_pb2.RepositoryModelUnloadRequest(model_name="digits"))
+        stub.RepositoryModelUnload(
+            service_pb2.RepositoryModelUnloadRequest(model_name="digits"), metadata=list(ADMIN_HEADERS.items())
+        )
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert_still_serving(gateway, stub)

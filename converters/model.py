@@ -1,0 +1,235 @@
+"""What every framework source offers the conversion pipeline, and the input specs it is described by.
+
+A :class:`SourceModel` wraps one model of one framework (a torch module, a Keras model, a
+SavedModel signature, a JAX callable, an ONNX file) together with the named, typed description of
+its inputs. The pipeline (:mod:`converters.pipeline`) asks it to export itself to ONNX and to run
+itself as the reference for the parity check; it never touches the framework directly.
+
+Dimensions are ``int`` when fixed and a ``str`` label when dynamic (``"batch"``, ``"sequence"``):
+inputs whose dims carry the same label must have the same length there, and the exported ONNX graph
+names that dim with the label (an ONNX ``dim_param``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+__all__ = [
+    "BATCH_LABEL",
+    "ConversionError",
+    "Dim",
+    "DynamicAxes",
+    "InputSpec",
+    "SourceModel",
+    "default_output_names",
+    "graph_dims",
+    "parameter_names",
+    "rename_dim_params",
+    "save_onnx",
+    "specs_from_examples",
+]
+
+#: Label of the batch dimension (dim 0 of every input unless told otherwise).
+BATCH_LABEL = "batch"
+
+Dim = int | str
+#: Per input name, dynamic axis -> label, e.g. ``{"input_ids": {0: "batch", 1: "sequence"}}``.
+DynamicAxes = Mapping[str, Mapping[int, str]]
+
+
+class ConversionError(Exception):
+    """The model cannot be exported or converted; the message names the cause (e.g. the operator
+    without an ONNX translation) and what to try next."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """Name, element dtype and dims of one model input.
+
+    Attributes:
+        name: the input's name; also its name in the exported graph and in requests.
+        dtype: numpy element dtype, e.g. ``float32`` or ``int64``.
+        dims: one entry per dimension: an ``int`` for a fixed size, a ``str`` label for a dynamic
+            one (e.g. ``("batch", 64)`` or ``("batch", "sequence")``).
+    """
+
+    name: str
+    dtype: np.dtype[Any]
+    dims: tuple[Dim, ...]
+
+    def dynamic_axes(self) -> dict[int, str]:
+        """The dynamic axes of this input: axis -> label."""
+        return {axis: dim for axis, dim in enumerate(self.dims) if isinstance(dim, str)}
+
+    def describe(self) -> str:
+        """E.g. ``input_ids int64 [batch, sequence]``."""
+        return f"{self.name} {self.dtype} [{', '.join(str(d) for d in self.dims)}]"
+
+
+class SourceModel(ABC):
+    """A framework model ready to convert: its inputs, its outputs, an ONNX export and a reference run.
+
+    Attributes:
+        framework: ``torch``, ``tensorflow``, ``keras``, ``jax`` or ``onnx``.
+        input_specs: the model's inputs, in the order the model takes them.
+        example_inputs: arrays the model was described with (one per input spec, by name), or None
+            when the source carries no examples (e.g. a TorchScript file with ``--input-spec``).
+    """
+
+    framework: str
+    input_specs: list[InputSpec]
+    example_inputs: dict[str, np.ndarray] | None
+
+    @property
+    @abstractmethod
+    def output_names(self) -> list[str]:
+        """Names of the outputs, in order: the names :meth:`run` returns and the exported graph uses."""
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether :meth:`run` can run the original model (False for an ONNX file taken as it is)."""
+        return True
+
+    @abstractmethod
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the original model in its framework (the parity reference).
+
+        Args:
+            inputs: one array per input spec, by name, with the spec's dtype and a shape matching
+                its dims (any size along dynamic dims).
+
+        Returns:
+            One numpy array per output name, in :attr:`output_names` order.
+        """
+
+    @abstractmethod
+    def export_onnx(self, path: Path) -> None:
+        """Write the model as one self-contained ONNX file at ``path``.
+
+        The graph's inputs are named and ordered as :attr:`input_specs`, its outputs as
+        :attr:`output_names`; every dynamic dim of the specs is symbolic in the graph.
+
+        Raises:
+            ConversionError: the model cannot be converted; the message names what failed (e.g.
+                the operator) and what to try next.
+        """
+
+
+def specs_from_examples(
+    names: Sequence[str], arrays: Sequence[np.ndarray], dynamic_axes: DynamicAxes | None = None
+) -> list[InputSpec]:
+    """Describe inputs by example arrays: dim 0 is ``"batch"``, other dims fixed unless ``dynamic_axes`` labels them.
+
+    Args:
+        names: one name per example array.
+        arrays: example arrays, batch first, e.g. ``float32 [2, 64]``.
+        dynamic_axes: per input name, axis -> label; labels given for axis 0 replace ``"batch"``.
+
+    Raises:
+        ValueError: names and arrays differ in number, names repeat, an array is a scalar, or
+            ``dynamic_axes`` names an unknown input or an axis the array does not have.
+    """
+    if len(names) != len(arrays):
+        raise ValueError(f"got {len(names)} input names for {len(arrays)} example inputs: {list(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"input names must be unique, got {list(names)}")
+    dynamic_axes = dynamic_axes or {}
+    unknown = sorted(set(dynamic_axes) - set(names))
+    if unknown:
+        raise ValueError(f"dynamic axes given for unknown inputs {unknown}; the inputs are {list(names)}")
+    specs: list[InputSpec] = []
+    for name, array in zip(names, arrays, strict=True):
+        array = np.asarray(array)
+        if array.ndim == 0:
+            raise ValueError(f"example input {name!r} is a scalar; inputs need a batch dimension (dim 0)")
+        labels = {0: BATCH_LABEL, **dynamic_axes.get(name, {})}
+        bad_axes = sorted(axis for axis in labels if not 0 <= axis < array.ndim)
+        if bad_axes:
+            raise ValueError(f"input {name!r} has {array.ndim} dims; dynamic axes {bad_axes} do not exist")
+        dims = tuple(labels.get(axis, size) for axis, size in enumerate(array.shape))
+        specs.append(InputSpec(name, array.dtype, dims))
+    return specs
+
+
+def parameter_names(function: Callable[..., Any], count: int, *, skip_self: bool = False) -> list[str]:
+    """Names for ``count`` positional inputs of ``function``: its parameter names, else ``input_0``...
+
+    Falls back to ``input_0, input_1, ...`` when the signature cannot be read or has fewer than
+    ``count`` named positional parameters (e.g. ``*args``).
+    """
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    if skip_self and parameters and parameters[0].name == "self":
+        parameters = parameters[1:]
+    positional = [
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) >= count:
+        return positional[:count]
+    return [f"input_{index}" for index in range(count)] if count > 1 else ["input"]
+
+
+def default_output_names(count: int) -> list[str]:
+    """``["output"]`` for one output, ``["output_0", "output_1", ...]`` for several."""
+    return ["output"] if count == 1 else [f"output_{index}" for index in range(count)]
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
+    """Write ``model`` to ``path`` as one self-contained file, atomically.
+
+    The file is written into a private folder beside ``path`` (same filesystem) and moved into place
+    with ``os.replace``, so readers never see a partial file. The parent folder is created if missing.
+
+    Raises:
+        ConversionError: some initializer refers to external data (the file would not be self-contained).
+        OSError: the file cannot be written.
+    """
+    external = [init.name for init in model.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ConversionError(f"the converted model stores weights in external data: {external[:5]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
+        staged = Path(staging) / path.name
+        onnx.save_model(model, staged)
+        os.replace(staged, path)
+    return path
+
+
+def rename_dim_params(model: onnx.ModelProto, labels: Mapping[str, str]) -> None:
+    """Rename symbolic dims (ONNX ``dim_param``) in the graph's inputs, outputs and value infos, in place.
+
+    Args:
+        labels: old symbol -> new label, e.g. ``{"s31": "batch", "s64": "sequence"}``.
+    """
+    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    for value in values:
+        if not value.type.tensor_type.HasField("shape"):
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in labels:
+                dim.dim_param = labels[dim.dim_param]
+
+
+def graph_dims(value: onnx.ValueInfoProto) -> list[Dim]:
+    """The dims of a graph input or output: ``int`` sizes, ``str`` symbols, ``"?"`` where unknown."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return []
+    return [
+        dim.dim_param if dim.HasField("dim_param") else dim.dim_value if dim.HasField("dim_value") else "?"
+        for dim in tensor_type.shape.dim
+    ]

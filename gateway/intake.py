@@ -1,0 +1,135 @@
+"""Model packages: receiving an upload, unpacking it safely, and checking the files of a model version.
+
+A package is a tar archive, gzip-compressed or not, whose members are the files of one version
+folder (``model.onnx`` and ``parity.json`` at its top level, as ``gateway push`` writes them). It is
+received and unpacked in a staging folder inside the repository; nothing reaches the model's folder
+until every check passed (:meth:`gateway.repository.ModelRepository.install_version`).
+
+Unpacking refuses absolute paths, ``..``, links of any kind, devices and FIFOs, and packages whose
+declared sizes add up past the upload limit (checked before anything is written, so a compressed
+bomb cannot fill the disk).
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path, PurePosixPath
+
+import onnx
+
+from gateway.errors import InvalidArgumentError, PayloadTooLargeError
+
+__all__ = ["MAX_PACKAGE_MEMBERS", "check_version_files", "pack_version", "receive_package", "unpack_package"]
+
+#: Most files and folders a package may hold.
+MAX_PACKAGE_MEMBERS = 10_000
+
+
+async def receive_package(chunks: AsyncIterator[bytes], destination: Path, limit_bytes: int) -> int:
+    """Write an upload's body to ``destination``, refusing it as soon as it passes ``limit_bytes``.
+
+    Returns:
+        The number of bytes received.
+
+    Raises:
+        PayloadTooLargeError: the body is larger than ``limit_bytes``.
+        InvalidArgumentError: the body is empty.
+    """
+    received = 0
+    with destination.open("wb") as handle:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > limit_bytes:
+                raise PayloadTooLargeError(f"the package is larger than the upload limit of {limit_bytes} bytes")
+            handle.write(chunk)
+    if received == 0:
+        raise InvalidArgumentError("the upload is empty; send the model package (a tar archive) as the body")
+    return received
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a member may not be unpacked, or None when it may."""
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or member.name.startswith("\\"):
+        return "has an absolute path"
+    if ".." in path.parts:
+        return "has '..' in its path"
+    if member.issym() or member.islnk():
+        return "is a link"
+    if not (member.isfile() or member.isdir()):
+        return "is not a regular file or folder"
+    return None
+
+
+def unpack_package(package: Path, destination: Path, limit_bytes: int) -> None:
+    """Unpack a tar package into the empty folder ``destination`` after checking every member.
+
+    Raises:
+        InvalidArgumentError: not a tar archive, no files, too many members, or a member with an
+            absolute path, ``..``, a link, a device or a FIFO (the message names the member).
+        PayloadTooLargeError: the members' sizes add up past ``limit_bytes``.
+    """
+    try:
+        archive = tarfile.open(package, mode="r:*")  # noqa: SIM115 (closed by the with block below)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise InvalidArgumentError(f"the package is not a tar archive (gzip-compressed or not): {error}") from None
+    with archive:
+        try:
+            members = archive.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as error:
+            raise InvalidArgumentError(f"the package is a damaged tar archive: {error}") from None
+        if len(members) > MAX_PACKAGE_MEMBERS:
+            raise InvalidArgumentError(f"the package holds {len(members)} members; at most {MAX_PACKAGE_MEMBERS}")
+        for member in members:
+            problem = _member_problem(member)
+            if problem is not None:
+                raise InvalidArgumentError(f"package member '{member.name}' {problem}; refused")
+        if sum(member.size for member in members if member.isfile()) > limit_bytes:
+            raise PayloadTooLargeError(f"the package unpacks to more than the upload limit of {limit_bytes} bytes")
+        if not any(member.isfile() for member in members):
+            raise InvalidArgumentError("the package holds no files")
+        destination.mkdir(parents=True, exist_ok=True)
+        try:
+            # The "data" filter checks again (paths inside destination, no special files) as it writes.
+            archive.extractall(destination, members=members, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as error:
+            raise InvalidArgumentError(f"the package cannot be unpacked: {error}") from None
+
+
+def check_version_files(version_dir: Path) -> None:
+    """Check the files of an unpacked version: every ``.onnx`` passes ``onnx.checker``, ``parity.json`` is JSON.
+
+    Raises:
+        InvalidArgumentError: a file that fails its check; the message names it and says why.
+    """
+    for model_file in sorted(version_dir.rglob("*.onnx")):
+        try:
+            onnx.checker.check_model(str(model_file), full_check=True)
+        except Exception as error:  # checker and protobuf raise several types for a bad file
+            relative = model_file.relative_to(version_dir)
+            raise InvalidArgumentError(f"{relative} is not a valid ONNX model: {error}") from None
+    parity_file = version_dir / "parity.json"
+    if parity_file.exists():
+        try:
+            parity = json.loads(parity_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise InvalidArgumentError(f"parity.json is not valid JSON: {error}") from None
+        if not isinstance(parity, dict):
+            raise InvalidArgumentError("parity.json must hold a JSON object")
+
+
+def pack_version(version_dir: Path, package: Path) -> None:
+    """Pack the files of ``version_dir`` into a gzip-compressed tar ``package`` (paths relative to it).
+
+    Only regular files and folders are packed; links are refused.
+
+    Raises:
+        ValueError: the folder holds a link or a special file.
+    """
+    with tarfile.open(package, mode="w:gz") as archive:
+        for path in sorted(version_dir.rglob("*")):
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                raise ValueError(f"{path} is a link or a special file; a package holds regular files only")
+            archive.add(path, arcname=str(path.relative_to(version_dir)), recursive=False)

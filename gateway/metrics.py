@@ -1,0 +1,149 @@
+"""Prometheus metrics of the gateway (prometheus-client), served at ``/metrics`` on the HTTP port.
+
+Every metric has its unit in its name (seconds for time) and is labelled by ``model`` and
+``version``; request metrics also by ``protocol`` (``v2-rest``, ``v2-grpc``, ``tfserving-rest``,
+``torchserve-rest``) and the request counter by ``status`` (``success`` or the error class, e.g.
+``InvalidArgument``). Requests that fail before a version is chosen are counted with ``version=""``,
+and those for a model the repository does not know also with ``model=""``, so that arbitrary names
+cannot grow the number of series.
+
+The hot path never calls ``labels()``: each loaded version gets a :class:`VersionMetrics` whose
+children are looked up once, so a request costs a handful of ``observe``/``inc`` calls (measured
+by ``bench/metrics_overhead.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
+
+__all__ = ["LATENCY_BUCKETS", "SUCCESS", "Metrics", "VersionMetrics", "error_status"]
+
+#: Seconds: 50 us to 30 s, fine enough for sub-millisecond models and wide enough for slow ones.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+#: Batch sizes (items), powers of two up to 1024.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: Seconds a model load may take: 10 ms to 10 min.
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+SUCCESS = "success"
+
+
+class Metrics:
+    """The gateway's metrics in their own registry (no global state; one per server process).
+
+    Args:
+        registry: where to register them (default: a new registry, with the process collector).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_inference_requests",
+            "Inference requests answered, by outcome (success or the error class).",
+            ["model", "version", "protocol", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "gateway_inference_request_duration_seconds",
+            "Server-side time of an inference request, from request decoded to response encoded.",
+            ["model", "version", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_duration = Histogram(
+            "gateway_inference_queue_duration_seconds",
+            "Time a request waited for a free model instance.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.compute_duration = Histogram(
+            "gateway_inference_compute_duration_seconds",
+            "Time the backend spent running a batch.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "gateway_inference_batch_size",
+            "Batch size (first dimension) of each backend run.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "gateway_inference_inflight_requests",
+            "Inference requests being answered now.",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.model_ready = Gauge(
+            "gateway_model_ready",
+            "1 when the model version is loaded and ready for inference, else 0.",
+            ["model", "version", "backend"],
+            registry=registry,
+        )
+        self.load_duration = Histogram(
+            "gateway_model_load_duration_seconds",
+            "Time to load a model version (all its instances).",
+            ["model", "version"],
+            buckets=LOAD_BUCKETS,
+            registry=registry,
+        )
+
+    def for_version(self, model: str, version: int) -> VersionMetrics:
+        """The children of one loaded version, looked up once."""
+        labels = (model, str(version))
+        return VersionMetrics(
+            metrics=self,
+            labels=labels,
+            queue_duration=self.queue_duration.labels(*labels),
+            compute_duration=self.compute_duration.labels(*labels),
+            batch_size=self.batch_size.labels(*labels),
+            inflight=self.inflight.labels(*labels),
+        )
+
+    def count_request(self, model: str, version: str, protocol: str, status: str) -> None:
+        """Count a request that failed before a version was chosen (unknown model, not ready...)."""
+        self.requests.labels(model, version, protocol, status).inc()
+
+
+@dataclass
+class VersionMetrics:
+    """The metric children of one model version, plus per-protocol children created on first use."""
+
+    metrics: Metrics
+    labels: tuple[str, str]
+    queue_duration: Histogram
+    compute_duration: Histogram
+    batch_size: Histogram
+    inflight: Gauge
+    _durations: dict[str, Histogram] = field(default_factory=dict)
+    _counters: dict[tuple[str, str], Counter] = field(default_factory=dict)
+
+    def observe_request(self, protocol: str, status: str, seconds: float) -> None:
+        """Count one answered request and record its server-side duration in seconds."""
+        counter = self._counters.get((protocol, status))
+        if counter is None:
+            counter = self._counters[(protocol, status)] = self.metrics.requests.labels(*self.labels, protocol, status)
+        counter.inc()
+        duration = self._durations.get(protocol)
+        if duration is None:
+            duration = self._durations[protocol] = self.metrics.request_duration.labels(*self.labels, protocol)
+        duration.observe(seconds)
+
+
+def error_status(error: BaseException) -> str:
+    """The ``status`` label of a failed request: the error class without ``Error`` (e.g. ``InvalidArgument``)."""
+    name = type(error).__name__
+    return name.removesuffix("Error") or name
+

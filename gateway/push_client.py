@@ -1,0 +1,400 @@
+"""``gateway push``: convert a model on this machine, prove parity, and upload it (or write it into a repository).
+
+Conversion runs on the client, so the server needs no framework to serve ONNX. The converted
+version folder (``model.onnx``, ``parity.json``) is packed as a gzip-compressed tar and sent to
+``PUT /v2/repository/models/{name}/versions/{version}`` (``POST .../versions`` for the next version)
+with the admin token; with ``--repository`` it is checked and installed into a local model repository
+by the same code the server runs (:meth:`gateway.repository.ModelRepository.install_version`).
+A push whose parity check fails uploads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import onnx
+from onnx import helper
+
+from converters.model import BATCH_LABEL, ConversionError, DynamicAxes, InputSpec, SourceModel, graph_dims
+from converters.parity import ParityReport
+from converters.pipeline import MODEL_FILE, ParityError, convert_to_onnx
+from gateway.admin_token import read_token_file, token_file
+from gateway.datatypes import numpy_dtype, v2_datatype
+from gateway.errors import GatewayError
+from gateway.intake import check_version_files, pack_version
+from gateway.repository import ModelRepository, valid_model_name
+from gateway.settings import ENV_PREFIX, default_admin_token_dir
+
+__all__ = [
+    "PushError",
+    "PushResult",
+    "TensorSummary",
+    "parse_dynamic_axes",
+    "parse_input_spec",
+    "push",
+    "push_source",
+    "stderr_progress",
+]
+
+#: Seconds an upload may take (a large model over a slow link).
+UPLOAD_TIMEOUT_SECONDS = 600.0
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+Progress = Callable[[str], None]
+
+
+class PushError(Exception):
+    """A push that cannot go on; the message says why and what to do. Nothing was uploaded or written."""
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """An input or output of the pushed model: name, v2 datatype and dims (symbol names for dynamic dims)."""
+
+    name: str
+    datatype: str
+    dims: list[int | str]
+
+    def describe(self) -> str:
+        """E.g. ``input_ids INT64 [batch, sequence]``."""
+        return f"{self.name} {self.datatype} [{', '.join(str(d) for d in self.dims)}]"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push created.
+
+    Attributes:
+        name, version: the model version created.
+        ready: whether it is serving (its version policy may not select it).
+        inputs, outputs: the model's tensors as served.
+        parity: the parity figures (None for an ONNX file taken as it is).
+        base_url: the server's URL, or None for a push into a local repository.
+    """
+
+    name: str
+    version: int
+    ready: bool
+    inputs: list[TensorSummary]
+    outputs: list[TensorSummary]
+    parity: ParityReport | None
+    base_url: str | None
+
+    def summary(self) -> str:
+        """The closing text: name, version, inputs, outputs, the parity table and a curl line to try it."""
+        lines = [f"model {self.name} version {self.version} {'is ready' if self.ready else 'was written'}"]
+        lines += ["inputs:"] + [f"  {tensor.describe()}" for tensor in self.inputs]
+        lines += ["outputs:"] + [f"  {tensor.describe()}" for tensor in self.outputs]
+        if self.parity is not None:
+            lines += ["parity (ONNX Runtime against the original model):", self.parity.table()]
+        else:
+            lines.append("parity: not checked (an ONNX file is served as it is)")
+        base_url = self.base_url or "http://127.0.0.1:8000"
+        lines += ["try it:", _curl_line(base_url, self.name, self.version, self.inputs)]
+        return "\n".join(lines)
+
+
+def _curl_line(base_url: str, name: str, version: int, inputs: Sequence[TensorSummary]) -> str:
+    """A curl command sending one all-zero request (every dynamic dim of length 1)."""
+    tensors = []
+    for tensor in inputs:
+        shape = [dim if isinstance(dim, int) and dim > 0 else 1 for dim in tensor.dims]
+        count = 1
+        for dim in shape:
+            count *= dim
+        zero: Any = False if tensor.datatype == "BOOL" else 0
+        tensors.append({"name": tensor.name, "shape": shape, "datatype": tensor.datatype, "data": [zero] * count})
+    body = json.dumps({"inputs": tensors}, separators=(",", ":"))
+    url = f"{base_url.rstrip('/')}/v2/models/{name}/versions/{version}/infer"
+    return f"curl -s {url} -H 'Content-Type: application/json' -d '{body}'"
+
+
+def parse_dynamic_axes(values: Sequence[str]) -> dict[str, dict[int, str]]:
+    """Parse ``--dynamic-axes NAME:AXIS=LABEL,...`` values, e.g. ``input_ids:0=batch,1=sequence``.
+
+    Raises:
+        PushError: a value of another form, or an input named twice.
+    """
+    axes: dict[str, dict[int, str]] = {}
+    for value in values:
+        name, _, spec = value.partition(":")
+        if not name or not spec:
+            raise PushError(f"--dynamic-axes {value!r}: expected NAME:AXIS=LABEL[,AXIS=LABEL...]")
+        if name in axes:
+            raise PushError(f"--dynamic-axes names input {name!r} twice; give all its axes in one value")
+        labels: dict[int, str] = {}
+        for item in spec.split(","):
+            axis, _, label = item.partition("=")
+            if not axis.strip().isdigit() or not label.strip():
+                raise PushError(f"--dynamic-axes {value!r}: {item!r} is not AXIS=LABEL (e.g. 1=sequence)")
+            labels[int(axis)] = label.strip()
+        axes[name] = labels
+    return axes
+
+
+def parse_input_spec(value: str, dynamic_axes: DynamicAxes | None = None) -> InputSpec:
+    """Parse ``--input-spec NAME:DATATYPE:DIMS``, e.g. ``input:FP32:-1,64``.
+
+    A ``-1`` dim is dynamic: dim 0 is labelled ``batch``, others take their ``--dynamic-axes`` label
+    or ``<name>_<axis>``. Datatypes are the KServe v2 names (FP32, INT64, BOOL...).
+
+    Raises:
+        PushError: a value of another form, an unknown datatype, or a dim that is neither -1 nor positive.
+    """
+    parts = value.split(":")
+    if len(parts) != 3 or not parts[0]:
+        raise PushError(f"--input-spec {value!r}: expected NAME:DATATYPE:DIMS, e.g. input:FP32:-1,64")
+    name, datatype, dims_text = parts
+    try:
+        dtype = numpy_dtype(datatype.upper())
+    except GatewayError as error:
+        raise PushError(f"--input-spec {value!r}: {error.message}") from None
+    labels = (dynamic_axes or {}).get(name, {})
+    dims: list[int | str] = []
+    for axis, text in enumerate(dims_text.split(",")):
+        try:
+            size = int(text)
+        except ValueError:
+            raise PushError(f"--input-spec {value!r}: dim {text!r} is not an integer") from None
+        if size == -1:
+            dims.append(labels.get(axis, BATCH_LABEL if axis == 0 else f"{name}_{axis}"))
+        elif size > 0:
+            dims.append(labels.get(axis, size))
+        else:
+            raise PushError(f"--input-spec {value!r}: dims are positive sizes or -1 (dynamic)")
+    return InputSpec(name, dtype, tuple(dims))
+
+
+def _signature(model_path: Path) -> tuple[list[TensorSummary], list[TensorSummary]]:
+    """Inputs and outputs of an ONNX file as v2 datatypes and dims."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+
+    def summarize(value: onnx.ValueInfoProto) -> TensorSummary:
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        return TensorSummary(value.name, v2_datatype(dtype), graph_dims(value))
+
+    inputs = [summarize(value) for value in model.graph.input if value.name not in initializers]
+    return inputs, [summarize(value) for value in model.graph.output]
+
+
+def resolve_token(server: str, token: str | None) -> str:
+    """The admin token: ``token``, else ``$GATEWAY_ADMIN_TOKEN``, else the file a local server wrote.
+
+    Raises:
+        PushError: none found.
+    """
+    if token:
+        return token
+    from_env = os.environ.get(f"{ENV_PREFIX}ADMIN_TOKEN")
+    if from_env:
+        return from_env
+    parts = urlsplit(server)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if _is_loopback(host):
+        path = token_file(default_admin_token_dir(), port)
+        found = read_token_file(path)
+        if found:
+            return found
+        raise PushError(f"no admin token: give --token, set {ENV_PREFIX}ADMIN_TOKEN, or start the server here ({path})")
+    raise PushError(f"no admin token for {server}: give --token or set {ENV_PREFIX}ADMIN_TOKEN")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _upload(
+    version_dir: Path, name: str, version: int | None, server: str, token: str, progress: Progress
+) -> dict[str, Any]:
+    """Pack and upload a version folder; returns the server's JSON answer.
+
+    Raises:
+        PushError: the server cannot be reached or refused the package (its message is included).
+    """
+    with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
+        package = Path(work) / "package.tar.gz"
+        pack_version(version_dir, package)
+        size = package.stat().st_size
+        base = f"{server.rstrip('/')}/v2/repository/models/{name}/versions"
+        method, url = ("PUT", f"{base}/{version}") if version is not None else ("POST", base)
+        progress(f"uploading {size / 1e6:.1f} MB to {url}")
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"}
+        try:
+            with package.open("rb") as body:
+                response = httpx.request(method, url, content=body, headers=headers, timeout=UPLOAD_TIMEOUT_SECONDS)
+        except httpx.HTTPError as error:
+            raise PushError(f"cannot reach the gateway at {server}: {error}") from None
+    if response.status_code != 201:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise PushError(f"the gateway refused the model ({response.status_code}): {message}")
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+async def _install_locally(
+    source: SourceModel,
+    repository: Path,
+    name: str,
+    version: int | None,
+    convert: Callable[[Path], ParityReport | None],
+) -> tuple[int, bool, Path, ParityReport | None]:
+    """Convert straight into a staging folder of a local repository, check and install it."""
+    repo = ModelRepository(repository, default_max_batch_size=64)
+    repository.mkdir(parents=True, exist_ok=True)
+    async with repo.staging_folder() as staging:
+        version_dir = staging / "version"
+        parity = await asyncio.to_thread(convert, version_dir)
+        await asyncio.to_thread(check_version_files, version_dir)
+        number = await repo.install_version(name, version, version_dir)
+        installed = repository / name / str(number) / MODEL_FILE
+    return number, number in repo.ready_versions(name), installed, parity
+
+
+def push_source(
+    source: SourceModel,
+    *,
+    name: str,
+    version: int | None = None,
+    server: str | None = None,
+    token: str | None = None,
+    repository: Path | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    progress: Progress | None = None,
+) -> PushResult:
+    """Convert ``source`` to ONNX, check parity, and upload it to ``server`` or install it into ``repository``.
+
+    Args:
+        source: the model (see :mod:`converters.sources`).
+        name: the model name (``[A-Za-z0-9_.-]+``).
+        version: the version to create (a positive integer), or None for the next one.
+        server: the gateway's base URL (e.g. ``http://127.0.0.1:8000``); exclusive with ``repository``.
+        token: the admin token (see :func:`resolve_token` for where else it is looked for).
+        repository: a local model repository folder to write into instead of uploading.
+        atol, rtol: parity tolerances.
+        progress: called with a line before each long step.
+
+    Raises:
+        PushError: a bad name or target, a conversion that fails (naming the cause), a parity
+            check that fails (with its table), or a server that refuses the package.
+    """
+    report = progress or (lambda _: None)
+    if not valid_model_name(name):
+        raise PushError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (not starting with '.')")
+    if (server is None) == (repository is None):
+        raise PushError("give exactly one of --server URL or --repository PATH")
+    if version is not None and version < 1:
+        raise PushError(f"--version must be a positive integer, got {version}")
+
+    def convert(version_dir: Path) -> ParityReport | None:
+        try:
+            return convert_to_onnx(source, version_dir, atol=atol, rtol=rtol, progress=report).parity
+        except ParityError as error:
+            raise PushError(f"parity check failed; nothing was pushed.\n{error.report.table()}") from None
+        except ConversionError as error:
+            raise PushError(str(error)) from None
+
+    if repository is not None:
+        try:
+            number, ready, model_path, parity = asyncio.run(
+                _install_locally(source, repository, name, version, convert)
+            )
+        except GatewayError as error:
+            raise PushError(f"the model cannot be written to {repository}: {error.message}") from None
+        inputs, outputs = _signature(model_path)
+        return PushResult(name, number, ready, inputs, outputs, parity, None)
+
+    assert server is not None
+    admin_token = resolve_token(server, token)
+    with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
+        version_dir = Path(work) / "version"
+        parity = convert(version_dir)
+        inputs, outputs = _signature(version_dir / MODEL_FILE)
+        answer = _upload(version_dir, name, version, server, admin_token, report)
+    return PushResult(name, int(answer["version"]), bool(answer["ready"]), inputs, outputs, parity, server)
+
+
+def push(
+    model: Any,
+    example_inputs: Sequence[Any],
+    *,
+    name: str,
+    server: str | None = None,
+    token: str | None = None,
+    repository: Path | str | None = None,
+    version: int | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    verbose: bool = True,
+) -> PushResult:
+    """Push an in-memory model from a notebook: what ``gateway push`` does for an entry point.
+
+    Args:
+        model: a torch ``nn.Module`` or ExportedProgram, a Keras model, or a JAX callable with its
+            parameters closed over.
+        example_inputs: one example array per input, batch first (e.g. ``float32 [2, 64]``).
+        name: the model name.
+        server: the gateway's base URL; or ``repository``, a local model repository folder.
+        token: the admin token (default: ``$GATEWAY_ADMIN_TOKEN`` or a local server's token file).
+        version: the version to create, or None for the next one.
+        dynamic_axes: extra dynamic axes per input, e.g. ``{"input_ids": {1: "sequence"}}``.
+        atol, rtol: parity tolerances.
+        verbose: print progress and the summary to stderr.
+
+    Returns:
+        The pushed model's :class:`PushResult`.
+
+    Raises:
+        PushError: as :func:`push_source`; ValueError: a model of no supported kind.
+    """
+    from converters.sources import source_from_object
+
+    progress = stderr_progress() if verbose else None
+    source = source_from_object(model, example_inputs, dynamic_axes=dynamic_axes)
+    result = push_source(
+        source,
+        name=name,
+        version=version,
+        server=server,
+        token=token,
+        repository=Path(repository) if repository is not None else None,
+        atol=atol,
+        rtol=rtol,
+        progress=progress,
+    )
+    if verbose:
+        print(result.summary(), file=sys.stderr)
+    return result
+
+
+def stderr_progress() -> Progress:
+    """A progress printer: ``[  1.2s] <step>`` lines on stderr, timed from its creation."""
+    started = time.monotonic()
+
+    def show(step: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {step}", file=sys.stderr, flush=True)
+
+    return show

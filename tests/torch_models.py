@@ -1,0 +1,72 @@
+"""Small PyTorch models the push tests train on the digits data (imported by tests and entry points)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class DigitsMLP(torch.nn.Module):
+    """float32 [batch, 64] -> logits float32 [batch, 10]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(64, 48)
+        self.out = torch.nn.Linear(48, 10)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(input)))
+
+
+class DigitsCNN(torch.nn.Module):
+    """float32 [batch, 64] (8x8 images, flattened) -> logits float32 [batch, 10]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, kernel_size=3, padding=1)
+        self.out = torch.nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        images = input.reshape(-1, 1, 8, 8)
+        features = torch.nn.functional.max_pool2d(torch.relu(self.conv(images)), 2)
+        return self.out(features.flatten(1))
+
+
+class TokenBag(torch.nn.Module):
+    """Two int64 inputs [batch, sequence] (token ids, 0/1 mask) -> float32 [batch, 4]: a masked mean embedding."""
+
+    def __init__(self, vocabulary: int = 100) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocabulary, 16)
+        self.out = torch.nn.Linear(16, 4)
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.to(torch.float32).unsqueeze(-1)
+        pooled = (self.embedding(input_ids) * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.out(pooled)
+
+
+class NoisyModel(torch.nn.Module):
+    """Adds fresh random noise on every call: no conversion can match it, so parity must fail."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return input + torch.rand_like(input)
+
+
+def train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 150) -> torch.nn.Module:
+    """Full-batch Adam on cross-entropy; returns the model in eval mode."""
+    torch.manual_seed(0)
+    features, labels = torch.from_numpy(x), torch.from_numpy(y)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(features), labels).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def predict(model: torch.nn.Module, *inputs: np.ndarray) -> np.ndarray:
+    """The model's output for numpy inputs, as numpy."""
+    with torch.inference_mode():
+        return model(*(torch.from_numpy(value) for value in inputs)).numpy()
