@@ -43,8 +43,7 @@ _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: jax2onnx's message for a primitive without a plugin: "No plugins registered for primitive 'cumsum'".
 _NO_PLUGIN = re.compile(r"primitive '([^']+)'")
 _ADVICE = (
-    "Try --format native to serve the function through jax2tf as a TF SavedModel with the TensorFlow backend, "
-    "or rewrite that part with jax.numpy operations jax2onnx supports."
+    "Try a newer jax2onnx, or rewrite that part with jax.numpy operations jax2onnx supports."
 )
 
 

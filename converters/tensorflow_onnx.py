@@ -63,7 +63,7 @@ _TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
 _STANDARD_DOMAINS = {"": "", "ai.onnx": "", "ai.onnx.ml": "ai.onnx.ml"}
 _TF2ONNX_LOGGER = "tf2onnx"
 #: The name Keras gives an unnamed symbolic input.
-_KERAS_AUTO_NAME = re.compile(r"keras_tensor(_\d+)?")
+_KERAS_AUTO_NAME = re.compile(r"(keras_tensor|input_layer)(_\d+)?")
 #: ONNX's protobuf limit: a single-file model must serialize to less than 2 GiB.
 _PROTOBUF_LIMIT = 2**31 - 1
 
@@ -71,10 +71,7 @@ _PROTOBUF_LIMIT = 2**31 - 1
 def _advice(opset: int | None) -> str:
     """What to try when a conversion fails."""
     used = f" (this export used opset {opset})" if opset is not None else ""
-    return (
-        f"Try a newer opset with --opset{used}, or --format native to serve the SavedModel with the "
-        "TensorFlow backend."
-    )
+    return f"Try a newer tf2onnx{used}, or rewrite that part of the model with operations tf2onnx supports."
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,7 +387,7 @@ def _finish_graph(
     if size > _PROTOBUF_LIMIT:
         raise ConversionError(
             f"cannot convert {what} to ONNX: the model is {size / 2**30:.1f} GiB, over the 2 GiB limit of a "
-            "single ONNX file; use --format native to serve it with the TensorFlow backend."
+            "single ONNX file."
         )
     try:
         onnx.checker.check_model(model)

@@ -94,8 +94,8 @@ def _conversion_error(error: BaseException, what: str) -> ConversionError:
     first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     return ConversionError(
         f"cannot export {what} to ONNX: {type(cause).__name__}: {first_line}. "
-        "If an operator has no ONNX translation, try a newer torch/onnxscript, rewrite that part of "
-        "the model with supported operators, or serve it natively (--format native)."
+        "If an operator has no ONNX translation, try a newer torch/onnxscript, or rewrite that part of "
+        "the model with supported operators."
     )
 
 

@@ -146,4 +146,3 @@ def error_status(error: BaseException) -> str:
     """The ``status`` label of a failed request: the error class without ``Error`` (e.g. ``InvalidArgument``)."""
     name = type(error).__name__
     return name.removesuffix("Error") or name
-

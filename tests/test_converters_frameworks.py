@@ -284,7 +284,7 @@ def test_saved_model_unsupported_op(tmp_path: Path) -> None:
     source = load_saved_model(folder)
     x = np.zeros((3, 4), np.float32)
     np.testing.assert_allclose(source.run({"x": x})["y"], np.zeros((3, 4)), atol=1e-5)  # lgamma(1) = 0
-    with pytest.raises(ConversionError, match=r"Lgamma.*--opset.*--format native"):
+    with pytest.raises(ConversionError, match=r"Lgamma.*newer tf2onnx"):
         source.export_onnx(tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
 
@@ -375,6 +375,6 @@ def test_jax_unsupported_primitive(tmp_path: Path) -> None:
     doubled_tanh = jax.lax.composite(lambda x: jnp.tanh(x) * 2.0, name="gateway.doubled_tanh")
     source = JaxSource(lambda x: doubled_tanh(x), [np.ones((2, 4), np.float32)])
     np.testing.assert_allclose(source.run({"x": np.zeros((1, 4), np.float32)})["output"], np.zeros((1, 4)))
-    with pytest.raises(ConversionError, match=r"primitive 'composite'.*--format native"):
+    with pytest.raises(ConversionError, match=r"primitive 'composite'.*newer jax2onnx"):
         source.export_onnx(tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
