@@ -236,7 +236,9 @@ def _upload(
         size = package.stat().st_size
         base = f"{server.rstrip('/')}/v2/repository/models/{name}/versions"
         method, url = ("PUT", f"{base}/{version}") if version is not None else ("POST", base)
-        progress(f"uploading {size / 1e6:.1f} MB to {url}")
+        progress(
+            f"uploading {size / 1e6:.1f} MB to {url}" if size >= 1e6 else f"uploading {size / 1e3:.0f} kB to {url}"
+        )
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"}
         try:
             with package.open("rb") as body:

@@ -111,14 +111,42 @@ class GatewayProcess:
 
     def stop(self) -> None:
         self.http.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self._log.close()
+
+
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process this test session started: SIGTERM by its PID, SIGKILL after 20 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_push(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `gateway push` in its own process; the admin token comes from --token unless ``env`` says otherwise."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment.pop("GATEWAY_ADMIN_TOKEN", None)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "push", *args],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    """Every file under a repository (staging excluded) with its size: what a refused push must not change."""
+    return {
+        str(path.relative_to(root)): path.stat().st_size
+        for path in root.rglob("*")
+        if path.is_file() and ".staging" not in path.parts
+    }
 
 
 def _environment(extra: dict[str, str] | None, admin_token: str | None) -> dict[str, str]:

@@ -12,7 +12,6 @@ import json
 import math
 import re
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ADMIN_HEADERS, REPO_ROOT, GatewayProcess, free_port, start_gateway
+from tests.conftest import ADMIN_HEADERS, REPO_ROOT, GatewayProcess, free_port, start_gateway, terminate
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "gateway.json"
 PROMETHEUS = shutil.which("prometheus")
@@ -199,13 +198,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         self.http.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self._log.close()
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ import torch
 import tritonclient.grpc as triton_grpc
 
 import gateway
-from tests.conftest import ADMIN_HEADERS, ADMIN_TOKEN, REPO_ROOT, GatewayProcess, start_gateway
+from tests.conftest import ADMIN_HEADERS, ADMIN_TOKEN, GatewayProcess, run_push, snapshot, start_gateway
 from tests.torch_models import DigitsCNN, DigitsMLP, NoisyModel, TokenBag, predict, train
 
 #: Upload limit of the push server, small enough to test 413 cheaply.
@@ -47,29 +45,6 @@ def push_gateway(tmp_path_factory: pytest.TempPathFactory, digits_source: Path) 
 def trained(digits_split) -> dict[str, torch.nn.Module]:
     x_train, _, y_train, _ = digits_split
     return {"mlp": train(DigitsMLP(), x_train, y_train), "cnn": train(DigitsCNN(), x_train, y_train, epochs=80)}
-
-
-def run_push(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `gateway push` in its own process; the admin token comes from --token unless ``env`` says otherwise."""
-    environment = {**os.environ, **(env or {})}
-    environment.pop("GATEWAY_ADMIN_TOKEN", None)
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "push", *args],
-        cwd=REPO_ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def snapshot(root: Path) -> dict[str, int]:
-    """Every file under the repository (staging excluded) with its size: what a failed push must not change."""
-    return {
-        str(path.relative_to(root)): path.stat().st_size
-        for path in root.rglob("*")
-        if path.is_file() and ".staging" not in path.parts
-    }
 
 
 def served_logits(server: GatewayProcess, model: str, version: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

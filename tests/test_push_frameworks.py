@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ pytest.importorskip("jax2onnx")
 triton_grpc = pytest.importorskip("tritonclient.grpc")
 
 import gateway  # noqa: E402
-from tests.conftest import ADMIN_TOKEN, REPO_ROOT, GatewayProcess, start_gateway  # noqa: E402
+from tests.conftest import ADMIN_TOKEN, GatewayProcess, run_push, snapshot, start_gateway  # noqa: E402
 from tests.framework_models import (  # noqa: E402
     keras_lambda_model,
     keras_logits,
@@ -78,20 +77,6 @@ def jax_params(digits_split: Digits) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- helpers
 
 
-def run_push(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `gateway push` in its own process (the token must come from --token)."""
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    environment.pop("GATEWAY_ADMIN_TOKEN", None)
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "push", *args],
-        cwd=REPO_ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
 def push_to(server: GatewayProcess, source: str | Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`gateway push SOURCE --name NAME ARGS --server URL --token ADMIN_TOKEN`."""
     return run_push(str(source), "--name", name, *args, "--server", server.http_url, "--token", ADMIN_TOKEN)
@@ -100,15 +85,6 @@ def push_to(server: GatewayProcess, source: str | Path, name: str, *args: str) -
 def save_params(path: Path, params: dict[str, np.ndarray]) -> None:
     """Write parameters with ``np.savez`` (one array per name), for an entry point file to load."""
     np.savez(path, **params)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
-
-
-def snapshot(root: Path) -> dict[str, int]:
-    """Every file under the repository (staging excluded) with its size: what a refused push must not change."""
-    return {
-        str(path.relative_to(root)): path.stat().st_size
-        for path in root.rglob("*")
-        if path.is_file() and ".staging" not in path.parts
-    }
 
 
 def metadata(server: GatewayProcess, model: str, version: str | None = None) -> dict[str, Any]:
