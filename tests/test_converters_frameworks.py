@@ -7,7 +7,6 @@ into ``tmp_path``, runs the file with ONNX Runtime and compares with the source'
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from converters.tensorflow_onnx import (  # noqa: E402
     load_saved_model,
 )
 from examples.digits import load_digits_split  # noqa: E402
+from tests.framework_models import mlp_logits, train_jax_mlp  # noqa: E402
 
 # Keras 3.15's own model.save() converts TF variables with np.array(x), which numpy 2 flags (not our code).
 pytestmark = pytest.mark.filterwarnings(
@@ -304,44 +304,13 @@ def test_keras_unsupported_op(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def train_jax_mlp(x_train: np.ndarray, y_train: np.ndarray) -> Callable[[Any], Any]:
-    """Minibatch SGD on cross-entropy with jax.grad; returns ``classify(pixels)`` with the weights closed over."""
-    key1, key2 = jax.random.split(jax.random.PRNGKey(0))
-    params = {
-        "w1": jax.random.normal(key1, (64, 64)) * 0.2,
-        "b1": jnp.zeros(64),
-        "w2": jax.random.normal(key2, (64, 10)) * 0.2,
-        "b2": jnp.zeros(10),
-    }
-
-    def forward(p: dict[str, Any], x: Any) -> Any:
-        return jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
-
-    def loss(p: dict[str, Any], x: Any, y: Any) -> Any:
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(forward(p, x)), y[:, None], axis=1))
-
-    @jax.jit
-    def step(p: dict[str, Any], x: Any, y: Any) -> dict[str, Any]:
-        grads = jax.grad(loss)(p, x, y)
-        return jax.tree_util.tree_map(lambda w, g: w - 0.3 * g, p, grads)
-
-    rng = np.random.default_rng(0)
-    x, y = jnp.asarray(x_train), jnp.asarray(y_train)
-    for _ in range(30):
-        order = rng.permutation(len(x_train))
-        for start in range(0, len(order) - 63, 64):
-            idx = order[start : start + 64]
-            params = step(params, x[idx], y[idx])
-
-    def classify(pixels: Any) -> Any:
-        return forward(params, pixels)
-
-    return classify
-
-
 def test_jax_mlp(digits: tuple[np.ndarray, ...], tmp_path: Path) -> None:
     x_train, x_test, y_train, y_test = digits
-    classify = train_jax_mlp(x_train, y_train)
+    params = train_jax_mlp(x_train, y_train)
+
+    def classify(pixels: Any) -> Any:
+        return mlp_logits(params, pixels)
+
     source = JaxSource(classify, [x_test[:2]])
     assert source.framework == "jax"
     assert [spec.describe() for spec in source.input_specs] == ["pixels float32 [batch, 64]"]
