@@ -2,7 +2,7 @@
 
 Framework imports stay inside the module that needs them, so a server that serves only ONNX never
 imports TensorFlow or PyTorch. :func:`create_backend` is the one place that maps a backend name to
-its implementation.
+its implementation, and :data:`BACKEND_ARTIFACTS` the one place that maps it to the artifacts it serves.
 """
 
 from __future__ import annotations
@@ -11,50 +11,96 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from backends.base import Backend, InferenceInputError, ModelLoadError, TensorSpec
+from backends.base import (
+    Backend,
+    DeclaredSignature,
+    InferenceInputError,
+    ModelLoadError,
+    TensorSpec,
+    default_output_names,
+)
 
 __all__ = [
-    "BACKEND_NAMES",
+    "BACKEND_ARTIFACTS",
+    "BACKEND_RUNTIMES",
     "Backend",
+    "DeclaredSignature",
     "InferenceInputError",
     "ModelLoadError",
     "TensorSpec",
     "create_backend",
+    "default_output_names",
     "detect_backend",
 ]
 
-#: Backend names accepted in config.yaml, with the artifact each one serves.
-BACKEND_NAMES: dict[str, str] = {"onnxruntime": "model.onnx"}
+#: Backend names accepted in config.yaml, with the artifacts each one serves from a version folder
+#: (``model.savedmodel`` is a SavedModel folder; the torch backend prefers an ExportedProgram ``model.pt2``
+#: and also serves TorchScript, ``model.pt``).
+BACKEND_ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("model.onnx",),
+    "torch": ("model.pt2", "model.pt"),
+    "tensorflow": ("model.savedmodel",),
+}
+
+#: The runtime each backend runs the model with, as people call it (for messages).
+BACKEND_RUNTIMES: dict[str, str] = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch", "tensorflow": "TensorFlow"}
 
 
 def detect_backend(version_path: Path) -> str:
-    """The backend for a version folder, from the artifact it holds (``model.onnx`` -> onnxruntime).
+    """The backend for a version folder, from the one artifact it holds (``model.pt2`` -> torch).
 
     Raises:
-        ModelLoadError: the folder holds no known artifact.
+        ModelLoadError: the folder holds no known artifact, or several (e.g. ``model.onnx`` beside
+            ``model.pt2``: which one to serve would be a guess).
     """
-    found = [name for name, artifact in BACKEND_NAMES.items() if (version_path / artifact).exists()]
+    found = [
+        (name, artifact)
+        for name, artifacts in BACKEND_ARTIFACTS.items()
+        for artifact in artifacts
+        if (version_path / artifact).exists()
+    ]
     if len(found) == 1:
-        return found[0]
+        return found[0][0]
     if not found:
-        expected = ", ".join(BACKEND_NAMES.values())
+        expected = ", ".join(artifact for artifacts in BACKEND_ARTIFACTS.values() for artifact in artifacts)
         raise ModelLoadError(f"no model artifact in {version_path.name}/ (expected one of: {expected})")
-    raise ModelLoadError(f"{version_path.name}/ holds artifacts of several backends ({', '.join(found)})")
+    listed = ", ".join(f"{artifact} ({name})" for name, artifact in found)
+    raise ModelLoadError(f"{version_path.name}/ holds several model artifacts: {listed}; keep exactly one")
 
 
-def create_backend(name: str, version_path: Path, options: BaseModel) -> Backend:
+def create_backend(
+    name: str,
+    version_path: Path,
+    options: BaseModel | None = None,
+    declared: DeclaredSignature | None = None,
+    cpu_threads: int = 0,
+) -> Backend:
     """Load one instance of backend ``name`` from a version folder.
 
     Args:
-        name: a key of :data:`BACKEND_NAMES`.
+        name: a key of :data:`BACKEND_ARTIFACTS`.
         version_path: the version folder holding the artifact.
-        options: the backend's options model from the model config (e.g. ``OnnxRuntimeOptions``).
+        options: the backend's options model from the model config (e.g. ``OnnxRuntimeOptions``);
+            None: the backend's defaults.
+        declared: the inputs and outputs the config declares (used by artifacts without a signature).
+        cpu_threads: CPU threads this instance may use, the default of the backend's thread options
+            (the repository divides the process's cores among a version's instances); 0: the
+            runtime's own default.
 
     Raises:
-        ModelLoadError: unknown backend, or the artifact cannot be loaded.
+        ModelLoadError: unknown backend, its framework is not installed (the message says what to
+            install), or the artifact cannot be loaded.
     """
     if name == "onnxruntime":
         from backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeOptions
 
-        return OnnxRuntimeBackend(version_path, OnnxRuntimeOptions.model_validate(options))
-    raise ModelLoadError(f"unknown backend '{name}' (known: {', '.join(BACKEND_NAMES)})")
+        return OnnxRuntimeBackend(version_path, OnnxRuntimeOptions.model_validate(options or {}), cpu_threads)
+    if name == "torch":
+        from backends.pytorch import TorchBackend, TorchOptions
+
+        return TorchBackend(version_path, TorchOptions.model_validate(options or {}), declared or DeclaredSignature())
+    if name == "tensorflow":
+        from backends.tensorflow_savedmodel import TensorFlowBackend, TensorFlowOptions
+
+        return TensorFlowBackend(version_path, TensorFlowOptions.model_validate(options or {}))
+    raise ModelLoadError(f"unknown backend '{name}' (known: {', '.join(BACKEND_ARTIFACTS)})")

@@ -53,13 +53,22 @@ class OnnxRuntimeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     execution_providers: list[str] = Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
         description="Execution providers in order of preference, ONNX Runtime names or the short "
-        "names CUDA, TensorRT, CPU. Providers this onnxruntime build lacks are skipped with a "
-        "warning; CPU is always the last resort.",
+        "names TensorRT, CUDA, CPU. Providers this onnxruntime build lacks are skipped (with a "
+        "warning when config.yaml asked for them); CPU is always the last resort. Default: CUDA "
+        "where onnxruntime-gpu is installed, else CPU.",
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="Threads one call may use inside an operator; 0: ONNX Runtime's default."
+        default=0,
+        ge=0,
+        description="Threads one call may use inside an operator; 0: the CPU cores this process may use "
+        "divided among the version's instances (at least 1), so instances neither idle nor oversubscribe cores.",
+    )
+    allow_spinning: bool = Field(
+        default=False,
+        description="Let idle intra-op threads spin-wait for work: a little lower latency for "
+        "multi-threaded ops, at the cost of CPU the server's own threads need.",
     )
     inter_op_threads: int = Field(
         default=0, ge=0, description="Threads for running independent operators in parallel; 0: default."
@@ -74,18 +83,18 @@ class OnnxRuntimeOptions(BaseModel):
         return [_PROVIDER_ALIASES.get(name.lower(), name) for name in providers]
 
 
-def select_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+def select_providers(requested: Sequence[str], available: Sequence[str], *, warn: bool = True) -> list[str]:
     """The requested execution providers this build has, in order, with CPU last.
 
-    A requested provider that is not available is dropped with a logged warning (e.g. CUDA on a
-    machine without a GPU or without ``onnxruntime-gpu``).
+    A requested provider that is not available is dropped, with a logged warning when ``warn`` (e.g.
+    CUDA asked for on a machine without ``onnxruntime-gpu``; the default list is not worth a warning).
     """
     chosen: list[str] = []
     for provider in requested:
         if provider in available:
             if provider not in chosen:
                 chosen.append(provider)
-        else:
+        elif warn:
             logger.warning(
                 "execution provider %s is not available in this onnxruntime build (available: %s); "
                 "falling back to the next provider",
@@ -106,12 +115,15 @@ class OnnxRuntimeBackend(Backend):
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, version_path: Path, options: OnnxRuntimeOptions) -> None:
+    def __init__(self, version_path: Path, options: OnnxRuntimeOptions, cpu_threads: int = 0) -> None:
         model_file = version_path / ARTIFACT
         if not model_file.is_file():
             raise ModelLoadError(f"no {ARTIFACT} in {version_path}")
         session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.intra_op_num_threads = options.intra_op_threads or cpu_threads
+        session_options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
+        )
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel,
@@ -122,23 +134,26 @@ class OnnxRuntimeBackend(Backend):
                 "all": "ORT_ENABLE_ALL",
             }[options.graph_optimization_level],
         )
-        providers = select_providers(options.execution_providers, ort.get_available_providers())
+        providers = select_providers(
+            options.execution_providers,
+            ort.get_available_providers(),
+            warn="execution_providers" in options.model_fields_set,
+        )
         try:
             self._session = ort.InferenceSession(str(model_file), sess_options=session_options, providers=providers)
         except Exception as error:  # ORT raises its own exception types for every load failure
             raise ModelLoadError(f"ONNX Runtime cannot load {model_file.name}: {error}") from error
-        logger.info("loaded %s with execution providers %s", model_file, self._session.get_providers())
+        # What ONNX Runtime runs with: a provider it could not start (e.g. CUDA without a GPU) is not listed.
+        self._providers: list[str] = list(self._session.get_providers())
+        logger.info("loaded %s with execution providers %s", model_file, self._providers)
         self._inputs = [_spec(arg) for arg in self._session.get_inputs()]
         self._outputs = [_spec(arg) for arg in self._session.get_outputs()]
         self._string_inputs = {spec.name for spec in self._inputs if spec.dtype == np.object_}
 
     @property
-    def inputs(self) -> list[TensorSpec]:  # noqa: D102 - documented on Backend
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:  # noqa: D102 - documented on Backend
-        return self._outputs
+    def metadata_parameters(self) -> dict[str, Any]:
+        """``{"execution_providers": [...]}``: the providers the session runs with, in order."""
+        return {"execution_providers": list(self._providers)}
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         """Run the session; BYTES inputs are decoded as UTF-8 for ONNX Runtime's string tensors.

@@ -1,4 +1,4 @@
-"""A JAX function as a conversion source, exported to ONNX with jax2onnx.
+"""A JAX function as a conversion source, exported to ONNX with jax2onnx, or natively to a SavedModel with jax2tf.
 
 The function takes its inputs positionally (its parameters, e.g. trained weights, are closed over)
 and returns one array or a tuple/list of arrays. It is exported with ``jax2onnx.to_onnx`` on
@@ -6,8 +6,13 @@ and returns one array or a tuple/list of arrays. It is exported with ``jax2onnx.
 symbolic scope, so inputs sharing a label share the dim); the graph's inputs, outputs and dynamic
 dims then carry the spec names and labels.
 
-jax and jax2onnx are imported lazily: this module imports with only numpy and onnx installed. JAX
-runs on the CPU unless ``JAX_PLATFORMS`` says otherwise (it is set to ``cpu`` only when unset).
+The native export converts the function with ``jax.experimental.jax2tf`` (the same symbolic dims,
+lowered for CPU and CUDA) and saves it as the ``serving_default`` signature of a SavedModel, which the
+gateway's tensorflow backend serves; the parameters closed over become constants of the graph.
+
+jax, jax2onnx and tensorflow are imported lazily: this module imports with only numpy and onnx
+installed. JAX runs on the CPU unless ``JAX_PLATFORMS`` says otherwise (it is set to ``cpu`` only
+when unset).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from converters.model import (
     ConversionError,
     Dim,
     DynamicAxes,
+    InputSpec,
     SourceModel,
     default_output_names,
     parameter_names,
@@ -42,9 +48,7 @@ DEFAULT_OPSET = 21
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: jax2onnx's message for a primitive without a plugin: "No plugins registered for primitive 'cumsum'".
 _NO_PLUGIN = re.compile(r"primitive '([^']+)'")
-_ADVICE = (
-    "Try a newer jax2onnx, or rewrite that part with jax.numpy operations jax2onnx supports."
-)
+_ADVICE = "Try a newer jax2onnx, or rewrite that part with jax.numpy operations jax2onnx supports."
 
 
 def _import_jax() -> Any:
@@ -131,6 +135,7 @@ class JaxSource(SourceModel):
     """
 
     framework = "jax"
+    native_backend = "tensorflow"
 
     def __init__(
         self,
@@ -186,15 +191,12 @@ class JaxSource(SourceModel):
         except ImportError as error:
             raise ImportError("converting JAX functions to ONNX needs jax2onnx: pip install jax2onnx") from error
 
-        labels = sorted({dim for spec in self.input_specs for dim in spec.dims if isinstance(dim, str)})
-        symbols = {
-            label: label if _SYMBOL.fullmatch(label) else f"dynamic_dim_{index}" for index, label in enumerate(labels)
-        }
+        symbols = self._symbols()
         scope = jax_export.SymbolicScope()
-        structs = []
-        for spec in self.input_specs:
-            text = ", ".join(symbols[dim] if isinstance(dim, str) else str(dim) for dim in spec.dims)
-            structs.append(jax.ShapeDtypeStruct(jax_export.symbolic_shape(text, scope=scope), spec.dtype))
+        structs = [
+            jax.ShapeDtypeStruct(jax_export.symbolic_shape(_shape_text(spec, symbols), scope=scope), spec.dtype)
+            for spec in self.input_specs
+        ]
         double = any(spec.dtype == np.float64 for spec in self.input_specs)
         try:
             model = to_onnx(
@@ -228,3 +230,52 @@ class JaxSource(SourceModel):
         except Exception as error:  # the checker raises ValidationError and others
             raise ConversionError(f"the ONNX model converted from the JAX function is invalid: {error}") from error
         save_onnx(model, Path(path))
+
+    def export_native(self, version_dir: Path) -> None:
+        """Convert with ``jax2tf.convert`` (shape-polymorphic along the labelled dims, lowered for CPU
+        and CUDA, without gradients) and save as ``version_dir/model.savedmodel/`` (see
+        :func:`converters.tensorflow_onnx.write_saved_model`).
+
+        Raises:
+            ImportError: tensorflow is not installed.
+            ConversionError: jax2tf cannot convert the function, or saving fails.
+        """
+        jax = _import_jax()
+        from converters.tensorflow_onnx import write_saved_model
+
+        try:
+            from jax.experimental import jax2tf
+        except ImportError as error:
+            raise ImportError("serving a JAX function natively needs tensorflow: pip install tensorflow-cpu") from error
+
+        symbols = self._symbols()
+        converted = jax2tf.convert(
+            self.function,
+            polymorphic_shapes=[f"({_shape_text(spec, symbols)})" for spec in self.input_specs],
+            native_serialization_platforms=("cpu", "cuda"),
+            with_gradient=False,  # served for inference only; a custom gradient would warn at every load
+        )
+
+        def call(tensors: list[Any]) -> list[Any]:
+            try:
+                return list(jax.tree_util.tree_leaves(converted(*tensors)))
+            except Exception as error:  # jax2tf raises many types while tracing
+                raise ConversionError(
+                    f"cannot convert the JAX function with jax2tf: {type(error).__name__}: {error}. "
+                    "The function must work for any size along the dynamic axes; declare fewer dynamic axes "
+                    "or fix the function."
+                ) from error
+
+        write_saved_model(call, self.input_specs, self._output_names, version_dir, what="the JAX function")
+
+    def _symbols(self) -> dict[str, str]:
+        """Per dynamic label of the input specs, the JAX symbol that stands for it in symbolic shapes."""
+        labels = sorted({dim for spec in self.input_specs for dim in spec.dims if isinstance(dim, str)})
+        return {
+            label: label if _SYMBOL.fullmatch(label) else f"dynamic_dim_{index}" for index, label in enumerate(labels)
+        }
+
+
+def _shape_text(spec: InputSpec, symbols: Mapping[str, str]) -> str:
+    """The spec's dims as JAX symbolic shape text, e.g. ``batch, sequence, 4``."""
+    return ", ".join(symbols[dim] if isinstance(dim, str) else str(dim) for dim in spec.dims)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from backends.base import default_output_names
+
 __all__ = [
     "BATCH_LABEL",
     "ConversionError",
@@ -77,16 +79,19 @@ class InputSpec:
 
 
 class SourceModel(ABC):
-    """A framework model ready to convert: its inputs, its outputs, an ONNX export and a reference run.
+    """A framework model ready to convert: its inputs, its outputs, its exports and a reference run.
 
     Attributes:
         framework: ``torch``, ``tensorflow``, ``keras``, ``jax`` or ``onnx``.
+        native_backend: the gateway backend that serves :meth:`export_native`'s artifact
+            (``torch``, ``tensorflow``, or ``onnxruntime`` for an ONNX file).
         input_specs: the model's inputs, in the order the model takes them.
         example_inputs: arrays the model was described with (one per input spec, by name), or None
             when the source carries no examples (e.g. a TorchScript file with ``--input-spec``).
     """
 
     framework: str
+    native_backend: str
     input_specs: list[InputSpec]
     example_inputs: dict[str, np.ndarray] | None
 
@@ -122,6 +127,20 @@ class SourceModel(ABC):
         Raises:
             ConversionError: the model cannot be converted; the message names what failed (e.g.
                 the operator) and what to try next.
+        """
+
+    @abstractmethod
+    def export_native(self, version_dir: Path) -> None:
+        """Write the model into ``version_dir`` in its own framework's format, for :attr:`native_backend`.
+
+        The artifact is the one the backend serves (``model.pt2``: a torch.export ExportedProgram;
+        ``model.savedmodel/``: a SavedModel whose ``serving_default`` signature takes the inputs by
+        spec name and returns the outputs by :attr:`output_names`), with every dynamic dim of the
+        specs left dynamic.
+
+        Raises:
+            ConversionError: the model cannot be exported; the message names what failed and what
+                to try next.
         """
 
 
@@ -181,11 +200,6 @@ def parameter_names(function: Callable[..., Any], count: int, *, skip_self: bool
     if len(positional) >= count:
         return positional[:count]
     return [f"input_{index}" for index in range(count)] if count > 1 else ["input"]
-
-
-def default_output_names(count: int) -> list[str]:
-    """``["output"]`` for one output, ``["output_0", "output_1", ...]`` for several."""
-    return ["output"] if count == 1 else [f"output_{index}" for index in range(count)]
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> Path:

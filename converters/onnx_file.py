@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from backends.onnxruntime import ARTIFACT as ONNX_ARTIFACT
 from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel, graph_dims
 
 __all__ = ["OnnxFileSource"]
@@ -28,6 +29,7 @@ class OnnxFileSource(SourceModel):
     """
 
     framework = "onnx"
+    native_backend = "onnxruntime"
 
     def __init__(self, path: Path) -> None:
         try:
@@ -65,6 +67,10 @@ class OnnxFileSource(SourceModel):
         """Copy the checked file to ``path``."""
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path, path)
+
+    def export_native(self, version_dir: Path) -> None:
+        """ONNX is this source's own format: copy the checked file to ``version_dir/model.onnx``."""
+        self.export_onnx(version_dir / ONNX_ARTIFACT)
 
 
 def _spec(value: onnx.ValueInfoProto) -> InputSpec:

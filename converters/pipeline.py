@@ -1,10 +1,12 @@
-"""Convert a source model to ONNX and prove the conversion is faithful.
+"""Export a source model to a servable artifact and prove the export is faithful.
 
-:func:`convert_to_onnx` exports a :class:`~converters.model.SourceModel` into a version folder
-(``model.onnx``), runs the original model and ONNX Runtime on the example inputs and on random
-batches drawn from the input specs (several batch sizes and several lengths along every dynamic
-axis), and compares them (:mod:`converters.parity`). The report is written beside the model as
-``parity.json`` so the server can show it in the model's metadata.
+:func:`convert_model` exports a :class:`~converters.model.SourceModel` into a version folder, as ONNX
+(``model.onnx``, the default) or in its own framework's format (``model.pt2``, ``model.savedmodel/``),
+loads the artifact with the gateway's own backend (:func:`backends.create_backend`, as the server
+will), runs it and the original model on the example inputs and on random batches drawn from the
+input specs (several batch sizes and several lengths along every dynamic axis), and compares them
+(:mod:`converters.parity`). The report is written beside the model as ``parity.json`` so the server
+can show it in the model's metadata.
 """
 
 from __future__ import annotations
@@ -12,25 +14,30 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import helper
 
-from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel
+from backends import BACKEND_RUNTIMES, Backend, ModelLoadError, create_backend, detect_backend
+from backends.onnxruntime import ARTIFACT as MODEL_FILE
+from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel, graph_dims
 from converters.parity import ParityReport, compare_outputs
 
 __all__ = [
     "MODEL_FILE",
     "PARITY_FILE",
     "ConversionResult",
+    "ExportFormat",
     "ParityError",
-    "convert_to_onnx",
+    "convert_model",
     "example_from_specs",
     "random_batches",
 ]
 
-MODEL_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
 
 #: Batch sizes of the random batches, in order (cycled when more batches are asked for).
@@ -55,20 +62,30 @@ class ParityError(Exception):
         self.report = report
 
 
+class ExportFormat(StrEnum):
+    """What a model is exported to: ONNX (served by ONNX Runtime) or its own framework's format."""
+
+    ONNX = "onnx"
+    NATIVE = "native"
+
+
 @dataclass(frozen=True)
 class ConversionResult:
     """A converted model in its version folder.
 
     Attributes:
-        version_dir: folder holding ``model.onnx`` and (when checked) ``parity.json``.
+        version_dir: folder holding the artifact and (when checked) ``parity.json``.
+        backend: the gateway backend that serves the artifact (``onnxruntime``, ``torch``, ``tensorflow``).
         input_specs: the model's inputs.
-        output_names: the model's outputs, in order.
+        output_specs: the model's outputs, in order, described as inputs are: dtype and dims
+            (a label for a dynamic dim, ``?`` where the artifact does not say).
         parity: the parity figures, or None for a source without a reference (an ONNX file).
     """
 
     version_dir: Path
+    backend: str
     input_specs: list[InputSpec]
-    output_names: list[str]
+    output_specs: list[InputSpec]
     parity: ParityReport | None
 
 
@@ -176,29 +193,44 @@ def _describe_shapes(batch: Mapping[str, np.ndarray]) -> str:
 
 def check_parity(
     source: SourceModel,
-    model_path: Path,
+    candidate: Backend,
     *,
+    runtime: str,
     atol: float,
     rtol: float,
     batches: int = 16,
     seed: int = 0,
 ) -> ParityReport:
-    """Compare the source model with ONNX Runtime (CPU) running ``model_path``.
+    """Compare the source model with the converted artifact, loaded by the gateway's backend.
 
     Runs the example inputs (if any) and ``batches`` random batches (:func:`random_batches`).
 
-    Raises:
-        ConversionError: the original model or ONNX Runtime fails on a batch (the message names
-            the shapes), or their output names differ.
-    """
-    import onnxruntime as ort
+    Args:
+        source: the original model.
+        candidate: the artifact loaded by its backend (e.g. ``create_backend("onnxruntime", folder)``).
+        runtime: the candidate's runtime as people call it, for messages (e.g. ``ONNX Runtime``).
+        atol, rtol: the tolerances of the report.
+        batches: the number of random batches.
+        seed: the random batches' seed.
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    Raises:
+        ConversionError: the candidate's inputs or outputs are not named as the source's, or the
+            original model or the candidate fails on a batch (the message names the shapes).
+    """
+    input_names = sorted(spec.name for spec in candidate.inputs)
+    output_names = [spec.name for spec in candidate.outputs]
+    if input_names != sorted(spec.name for spec in source.input_specs) or sorted(output_names) != sorted(
+        source.output_names
+    ):
+        raise ConversionError(
+            f"the exported model takes {input_names} and returns {output_names}, but the original takes "
+            f"{sorted(spec.name for spec in source.input_specs)} and returns {source.output_names}"
+        )
     inputs = ([dict(source.example_inputs)] if source.example_inputs else []) + random_batches(
         source.input_specs, source.example_inputs, batches, seed
     )
     reference: list[dict[str, np.ndarray]] = []
-    candidate: list[dict[str, np.ndarray]] = []
+    converted: list[dict[str, np.ndarray]] = []
     for batch in inputs:
         try:
             reference.append(source.run(batch))
@@ -209,13 +241,12 @@ def check_parity(
                 "within their range)"
             ) from error
         try:
-            values = session.run(source.output_names, batch)
+            converted.append(candidate.run(batch, source.output_names))
         except Exception as error:
             raise ConversionError(
-                f"ONNX Runtime failed on the converted model with inputs {_describe_shapes(batch)}: {error}"
+                f"{runtime} failed on the converted model with inputs {_describe_shapes(batch)}: {error}"
             ) from error
-        candidate.append(dict(zip(source.output_names, (np.asarray(v) for v in values), strict=True)))
-    return compare_outputs(reference, candidate, atol=atol, rtol=rtol)
+    return compare_outputs(reference, converted, atol=atol, rtol=rtol)
 
 
 def parity_to_json(report: ParityReport) -> dict[str, Any]:
@@ -241,21 +272,25 @@ def parity_to_json(report: ParityReport) -> dict[str, Any]:
     }
 
 
-def convert_to_onnx(
+def convert_model(
     source: SourceModel,
     version_dir: Path,
     *,
+    export_format: ExportFormat = ExportFormat.ONNX,
     atol: float = 1e-4,
     rtol: float = 1e-3,
     batches: int = 16,
     progress: Progress | None = None,
 ) -> ConversionResult:
-    """Export ``source`` to ``version_dir/model.onnx``, check parity, and write ``parity.json``.
+    """Export ``source`` into ``version_dir``, check parity with the gateway's backend, write ``parity.json``.
 
     Args:
         source: the model to convert.
         version_dir: the folder to write into (created if missing); meant to be a staging folder.
-        atol, rtol: parity tolerances, ``|onnx - original| <= atol + rtol * |original|``.
+        export_format: ``onnx`` (``model.onnx``, served by ONNX Runtime) or ``native`` (the source's
+            own format, served by its framework: ``model.pt2`` for torch, ``model.savedmodel/`` for
+            Keras, TensorFlow and JAX).
+        atol, rtol: parity tolerances, ``|converted - original| <= atol + rtol * |original|``.
         batches: number of random batches besides the examples (at least 16 recommended).
         progress: called with a line of text before each long step.
 
@@ -263,21 +298,69 @@ def convert_to_onnx(
         The result; ``parity`` is None when the source has no reference (an ONNX file).
 
     Raises:
-        ConversionError: the export fails, or a model fails to run on a parity batch.
+        ConversionError: the export fails, the backend cannot load what was exported, or a model
+            fails to run on a parity batch.
         ParityError: outputs differ beyond the tolerance (nothing is wrong with the files written,
             but they must not be served).
     """
     report = progress or (lambda _: None)
     version_dir.mkdir(parents=True, exist_ok=True)
-    model_path = version_dir / MODEL_FILE
-    report(f"exporting the {source.framework} model to ONNX")
-    source.export_onnx(model_path)
+    if export_format is ExportFormat.ONNX:
+        report(f"exporting the {source.framework} model to ONNX")
+        source.export_onnx(version_dir / MODEL_FILE)
+    else:
+        report(f"exporting the {source.framework} model natively, for the gateway's {source.native_backend} backend")
+        source.export_native(version_dir)
+    try:
+        backend_name = detect_backend(version_dir)
+    except ModelLoadError as error:
+        raise ConversionError(f"the export wrote no servable model: {error}") from None
     if not source.has_reference:
-        return ConversionResult(version_dir, source.input_specs, source.output_names, None)
+        return ConversionResult(
+            version_dir, backend_name, source.input_specs, _onnx_output_specs(version_dir / MODEL_FILE), None
+        )
+    runtime = BACKEND_RUNTIMES[backend_name]
+    try:
+        candidate = create_backend(backend_name, version_dir)
+    except ModelLoadError as error:
+        raise ConversionError(f"{runtime} cannot load the exported model: {error}") from None
     tried = batches + (1 if source.example_inputs else 0)
-    report(f"checking parity with ONNX Runtime on {tried} input batches")
-    parity = check_parity(source, model_path, atol=atol, rtol=rtol, batches=batches)
+    report(f"checking parity with {runtime} on {tried} input batches")
+    parity = check_parity(source, candidate, runtime=runtime, atol=atol, rtol=rtol, batches=batches)
     (version_dir / PARITY_FILE).write_text(json.dumps(parity_to_json(parity), indent=2) + "\n")
     if not parity.ok:
         raise ParityError(parity)
-    return ConversionResult(version_dir, source.input_specs, source.output_names, parity)
+    if backend_name == "onnxruntime":
+        output_specs = _onnx_output_specs(version_dir / MODEL_FILE)
+    else:
+        output_specs = _labelled_output_specs(candidate, source.input_specs)
+    return ConversionResult(version_dir, backend_name, source.input_specs, output_specs, parity)
+
+
+def _onnx_output_specs(model_path: Path) -> list[InputSpec]:
+    """The outputs of an ONNX file with the graph's dims (symbol names for dynamic dims, ``?`` where unknown)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [
+        InputSpec(
+            value.name,
+            np.dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)),
+            tuple(graph_dims(value)),
+        )
+        for value in model.graph.output
+    ]
+
+
+def _labelled_output_specs(backend: Backend, input_specs: Sequence[InputSpec]) -> list[InputSpec]:
+    """A backend's outputs, dynamic dims labelled ``batch`` at dim 0 when every input has a batch dim, else ``?``."""
+    batched = bool(input_specs) and all(spec.dims[:1] == (BATCH_LABEL,) for spec in input_specs)
+    return [
+        InputSpec(
+            spec.name,
+            spec.dtype,
+            tuple(
+                size if size >= 0 else BATCH_LABEL if axis == 0 and batched else "?"
+                for axis, size in enumerate(spec.shape)
+            ),
+        )
+        for spec in backend.outputs
+    ]

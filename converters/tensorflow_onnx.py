@@ -1,4 +1,5 @@
-"""Keras models, ``.keras`` files and TensorFlow SavedModels as conversion sources, exported with tf2onnx.
+"""Keras models, ``.keras`` files and TensorFlow SavedModels as conversion sources, exported with tf2onnx
+or, natively, to a SavedModel ``model.savedmodel/`` that the gateway's tensorflow backend serves.
 
 Both sources convert a TensorFlow function: a Keras model is first exported to a temporary SavedModel
 (``model.export(..., format="tf_saved_model")``, so Keras 3 models work: tf2onnx's own ``from_keras``
@@ -14,6 +15,10 @@ tensorflow, keras and tf2onnx are imported lazily, inside the functions that nee
 imports with only numpy and onnx installed. ``TF_CPP_MIN_LOG_LEVEL`` defaults to 3 (errors only) to
 quiet TensorFlow's C++ logging, and tf2onnx's log records are captured during a conversion (and used
 in error messages) instead of being printed.
+
+A native export (:func:`write_saved_model`, also used for JAX through jax2tf) saves one
+``serving_default`` signature that takes the inputs by spec name and returns a dict keyed by the
+output names, so the served model has the same names as the ONNX export would.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from backends.tensorflow_savedmodel import ARTIFACT as SAVED_MODEL
+from backends.tensorflow_savedmodel import DEFAULT_SIGNATURE
 from converters.model import (
     BATCH_LABEL,
     ConversionError,
@@ -50,6 +57,7 @@ __all__ = [
     "SavedModelSource",
     "load_keras_file",
     "load_saved_model",
+    "write_saved_model",
 ]
 
 #: Batch size of the example inputs built from declared shapes (``.keras`` files, SavedModels).
@@ -396,6 +404,24 @@ def _finish_graph(
     return model
 
 
+def _outputs_by_name(
+    call: Callable[[list[Any]], list[Any]], output_names: Sequence[str], what: str
+) -> Callable[..., dict[str, Any]]:
+    """A function of the input tensors (positional, in spec order) returning ``call``'s outputs by name.
+
+    Raises (when called):
+        ConversionError: ``call`` returned another number of outputs.
+    """
+
+    def by_name(*tensors: Any) -> dict[str, Any]:
+        outputs = call(list(tensors))
+        if len(outputs) != len(output_names):
+            raise ConversionError(f"{what} returned {len(outputs)} outputs, expected {len(output_names)}")
+        return dict(zip(output_names, outputs, strict=True))
+
+    return by_name
+
+
 def _convert_tf_function(
     call: Callable[[list[Any]], list[Any]],
     specs: Sequence[InputSpec],
@@ -414,14 +440,7 @@ def _convert_tf_function(
     if opset is None:
         opset = int(tf2onnx.constants.PREFERRED_OPSET)
     tf_specs = _tf_specs(specs)
-
-    def by_name(*tensors: Any) -> dict[str, Any]:
-        outputs = call(list(tensors))
-        if len(outputs) != len(output_names):
-            raise ConversionError(f"{what} returned {len(outputs)} outputs, expected {len(output_names)}")
-        return dict(zip(output_names, outputs, strict=True))
-
-    function = tf.function(by_name, input_signature=tf_specs, autograph=False)
+    function = tf.function(_outputs_by_name(call, output_names, what), input_signature=tf_specs, autograph=False)
     with _captured_tf2onnx_logs() as log:
         try:
             model, _ = tf2onnx.convert.from_function(function, input_signature=tf_specs, opset=opset)
@@ -436,6 +455,48 @@ def _convert_tf_function(
     if not isinstance(model, onnx.ModelProto):
         raise ConversionError(f"cannot convert {what} to ONNX: tf2onnx returned no model. {_advice(opset)}")
     return _finish_graph(model, specs, output_names, what=what, opset=opset, log=log)
+
+
+def write_saved_model(
+    call: Callable[[list[Any]], list[Any]],
+    specs: Sequence[InputSpec],
+    output_names: Sequence[str],
+    version_dir: Path,
+    *,
+    what: str,
+    keep: Any = None,
+) -> None:
+    """Save ``call`` as the ``serving_default`` signature of ``version_dir/model.savedmodel/``.
+
+    The signature takes one tensor per input spec, named as the spec (None along dynamic dims), and
+    returns a dict keyed by ``output_names``.
+
+    Args:
+        call: input tensors in spec order -> output tensors in ``output_names`` order, traceable by
+            ``tf.function``.
+        specs: the inputs.
+        output_names: the outputs' names.
+        version_dir: the folder to write into (created if missing).
+        what: the model, for error messages (e.g. ``"the Keras model"``).
+        keep: an object whose variables the function uses (e.g. the Keras model), saved with it.
+
+    Raises:
+        ConversionError: tracing or saving fails (the message names the cause).
+    """
+    tf = _import_tensorflow()
+    module = tf.Module()
+    module.model = keep
+    module.serve = tf.function(
+        _outputs_by_name(call, output_names, what), input_signature=_tf_specs(specs), autograph=False
+    )
+    version_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        signature = module.serve.get_concrete_function()
+        tf.saved_model.save(module, str(version_dir / SAVED_MODEL), signatures={DEFAULT_SIGNATURE: signature})
+    except ConversionError:
+        raise
+    except Exception as error:  # TF raises many types
+        raise ConversionError(f"cannot save {what} as a TF SavedModel: {type(error).__name__}: {error}") from error
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,6 +534,20 @@ def _keras_structure(model: Any, items: Sequence[Any]) -> Any:
     return items[0] if len(items) == 1 else list(items)
 
 
+def _require_tensorflow_keras(action: str) -> None:
+    """Check that Keras runs on TensorFlow, which ``action`` needs.
+
+    Raises:
+        ConversionError: Keras runs on another backend (JAX, PyTorch).
+    """
+    keras = _import_keras()
+    if keras.backend.backend() != "tensorflow":
+        raise ConversionError(
+            f"the Keras backend is {keras.backend.backend()!r}; {action} needs KERAS_BACKEND=tensorflow "
+            "(set it before keras is imported)"
+        )
+
+
 class KerasSource(SourceModel):
     """A Keras 3 model, exported through a temporary TF SavedModel and tf2onnx.
 
@@ -496,6 +571,7 @@ class KerasSource(SourceModel):
     """
 
     framework = "keras"
+    native_backend = "tensorflow"
 
     def __init__(
         self,
@@ -549,12 +625,7 @@ class KerasSource(SourceModel):
                 tf2onnx cannot convert (the message names the TensorFlow ops without a translation).
         """
         tf = _import_tensorflow()
-        keras = _import_keras()
-        if keras.backend.backend() != "tensorflow":
-            raise ConversionError(
-                f"the Keras backend is {keras.backend.backend()!r}; converting a Keras model to ONNX needs "
-                "KERAS_BACKEND=tensorflow (set it before keras is imported)"
-            )
+        _require_tensorflow_keras("converting a Keras model to ONNX")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tf_specs = _tf_specs(self.input_specs)
@@ -581,6 +652,19 @@ class KerasSource(SourceModel):
                 call, self.input_specs, self._output_names, what="the Keras model", opset=self.opset
             )
         save_onnx(model, path)
+
+    def export_native(self, version_dir: Path) -> None:
+        """Save the model (called with ``training=False``) as ``version_dir/model.savedmodel/``.
+
+        See :func:`write_saved_model`; the model's variables are saved with it.
+
+        Raises:
+            ConversionError: the Keras backend is not TensorFlow, or tracing or saving fails.
+        """
+        _require_tensorflow_keras("saving a Keras model as a SavedModel")
+        write_saved_model(
+            self._call, self.input_specs, self._output_names, version_dir, what="the Keras model", keep=self.model
+        )
 
 
 def _keras_declared_examples(
@@ -744,6 +828,7 @@ class SavedModelSource(SourceModel):
     """
 
     framework = "tensorflow"
+    native_backend = "tensorflow"
 
     def __init__(
         self,
@@ -800,22 +885,37 @@ class SavedModelSource(SourceModel):
             ConversionError: tf2onnx cannot convert the signature (the message names the TensorFlow
                 ops without an ONNX translation).
         """
-        names = [spec.name for spec in self.input_specs]
-        function = self._function
-        output_names = self._output_names
-
-        def call(tensors: list[Any]) -> list[Any]:
-            outputs = function(**dict(zip(names, tensors, strict=True)))
-            return [outputs[name] for name in output_names]
-
         model = _convert_tf_function(
-            call,
+            self._call_signature,
             self.input_specs,
-            output_names,
+            self._output_names,
             what=f"signature {self.signature!r} of the SavedModel {self.path}",
             opset=self.opset,
         )
         save_onnx(model, Path(path))
+
+    def export_native(self, version_dir: Path) -> None:
+        """Save the signature again, as ``serving_default`` of ``version_dir/model.savedmodel/``.
+
+        The loaded SavedModel (variables, assets) is saved with it; the signature keeps its input
+        names and output keys.
+
+        Raises:
+            ConversionError: tracing or saving fails.
+        """
+        write_saved_model(
+            self._call_signature,
+            self.input_specs,
+            self._output_names,
+            version_dir,
+            what=f"signature {self.signature!r} of the SavedModel {self.path}",
+            keep=self._loaded,
+        )
+
+    def _call_signature(self, tensors: list[Any]) -> list[Any]:
+        """Call the signature with one tensor per input spec (in spec order); its outputs in output order."""
+        outputs = self._function(**{spec.name: tensor for spec, tensor in zip(self.input_specs, tensors, strict=True)})
+        return [outputs[name] for name in self._output_names]
 
 
 def load_saved_model(

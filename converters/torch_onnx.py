@@ -1,4 +1,5 @@
-"""PyTorch sources: an ``nn.Module``, an ExportedProgram (``.pt2``) or a TorchScript file, exported to ONNX.
+"""PyTorch sources: an ``nn.Module``, an ExportedProgram (``.pt2``) or a TorchScript file, exported to ONNX
+or, natively, to an ExportedProgram ``model.pt2`` that the gateway's torch backend serves.
 
 - A module (from an entry point or the Python API) is exported with the torch.onnx dynamo exporter,
   its dynamic dims declared as named ``torch.export.Dim`` so the graph's symbols carry the labels.
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from backends.pytorch import EXPORTED_PROGRAM, TORCHSCRIPT
 from converters.model import (
     BATCH_LABEL,
     ConversionError,
@@ -88,15 +90,28 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-def _conversion_error(error: BaseException, what: str) -> ConversionError:
-    """A :class:`ConversionError` naming the root cause of a failed export and what to try next."""
+def _describe_cause(error: BaseException) -> str:
+    """``<type>: <first line>`` of the root cause of a failed export."""
     cause = _root_cause(error)
     first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"{type(cause).__name__}: {first_line}"
+
+
+def _conversion_error(error: BaseException, what: str) -> ConversionError:
+    """A :class:`ConversionError` naming the root cause of a failed ONNX export and what to try next."""
     return ConversionError(
-        f"cannot export {what} to ONNX: {type(cause).__name__}: {first_line}. "
+        f"cannot export {what} to ONNX: {_describe_cause(error)}. "
         "If an operator has no ONNX translation, try a newer torch/onnxscript, or rewrite that part of "
         "the model with supported operators."
     )
+
+
+def _save_program(program: torch.export.ExportedProgram, version_dir: Path) -> None:
+    """Write ``program`` as ``version_dir/model.pt2`` (``torch.export.save``)."""
+    import torch
+
+    version_dir.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, version_dir / EXPORTED_PROGRAM)
 
 
 def _check_graph(model: onnx.ModelProto, specs: Sequence[InputSpec], output_names: Sequence[str]) -> None:
@@ -216,6 +231,7 @@ class _TorchSource(SourceModel):
     """What the three torch sources share: running a callable on named numpy inputs."""
 
     framework = "torch"
+    native_backend = "torch"
 
     def __init__(self, input_specs: list[InputSpec], example_inputs: dict[str, np.ndarray] | None) -> None:
         self.input_specs = input_specs
@@ -281,6 +297,27 @@ class TorchModuleSource(_TorchSource):
         """Export with the dynamo exporter; see :func:`export_torch_to_onnx`."""
         example = _to_tensors(self.input_specs, self.example_inputs or {})
         export_torch_to_onnx(self.module, example, path, input_specs=self.input_specs, output_names=self.output_names)
+
+    def export_native(self, version_dir: Path) -> None:
+        """Trace the module (eval mode) with ``torch.export.export``, every labelled dim a named
+        ``torch.export.Dim``, and save the program as ``version_dir/model.pt2``.
+
+        Raises:
+            ConversionError: torch.export cannot trace the module (the message names the root cause).
+        """
+        import torch
+
+        example = _to_tensors(self.input_specs, self.example_inputs or {})
+        try:
+            with _quiet_exporter():
+                program = torch.export.export(self.module, example, dynamic_shapes=_dynamic_shapes(self.input_specs))
+        except Exception as error:  # torch.export raises many types; all mean "does not trace"
+            raise ConversionError(
+                f"cannot export {type(self.module).__name__} with torch.export: {_describe_cause(error)}. "
+                "torch.export traces one graph: replace data-dependent Python control flow (torch.cond), "
+                "or declare fewer dynamic axes if the model fixes their size."
+            ) from error
+        _save_program(program, version_dir)
 
 
 class ExportedProgramSource(_TorchSource):
@@ -359,6 +396,10 @@ class ExportedProgramSource(_TorchSource):
         _check_graph(model, self.input_specs, self.output_names)
         save_onnx(model, path)
 
+    def export_native(self, version_dir: Path) -> None:
+        """Save the program as it is, as ``version_dir/model.pt2``."""
+        _save_program(self.program, version_dir)
+
 
 class TorchScriptSource(_TorchSource):
     """A TorchScript module (``torch.jit.save``), described by input specs since it carries no examples.
@@ -418,6 +459,19 @@ class TorchScriptSource(_TorchSource):
         model = onnx.load_from_string(buffer.getvalue())
         _check_graph(model, self.input_specs, self.output_names)
         save_onnx(model, path)
+
+    def export_native(self, version_dir: Path) -> None:
+        """Not available: torch.export cannot trace a ScriptModule.
+
+        Raises:
+            ConversionError: always, saying what to do instead.
+        """
+        raise ConversionError(
+            "a TorchScript module cannot be re-exported with torch.export (--format native writes an "
+            "ExportedProgram). Push it as ONNX (the default), or serve the file itself: put it into the "
+            f"model repository as <model>/<version>/{TORCHSCRIPT} with a config.yaml listing its inputs "
+            "and outputs"
+        )
 
 
 def _as_array(value: Any) -> np.ndarray:

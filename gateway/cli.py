@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from pydantic import ValidationError
@@ -65,7 +66,17 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
     from gateway.server import serve as run_server
 
-    asyncio.run(run_server(settings))
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        runner.run(run_server(settings))
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (a faster loop for the same asyncio API), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 @app.command()
@@ -100,6 +111,16 @@ def push(
             "Dim 0 is dynamic (batch) by default.",
         ),
     ] = None,
+    export_format: Annotated[
+        Literal["onnx", "native"] | None,
+        typer.Option(
+            "--format",
+            help="onnx: convert to ONNX, served by ONNX Runtime (the default). native: export in the model's own "
+            "format (torch: .pt2 via torch.export; Keras/TensorFlow: SavedModel; JAX: SavedModel via jax2tf), "
+            "served by the gateway's torch or tensorflow backend.",
+            show_default=False,
+        ),
+    ] = None,
     atol: Annotated[float, typer.Option("--atol", help="Parity: absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option("--rtol", help="Parity: relative tolerance.")] = 1e-3,
     server: Annotated[
@@ -118,13 +139,14 @@ def push(
         Path | None, typer.Option("--repository", help="Write into this local model repository instead.")
     ] = None,
 ) -> None:
-    """Convert a PyTorch, TensorFlow/Keras, JAX or ONNX model to ONNX, prove parity, and upload it.
+    """Convert a PyTorch, TensorFlow/Keras, JAX or ONNX model to ONNX (or export it natively), prove parity, upload it.
 
-    The model is converted on this machine; the parity check runs the original model and ONNX
-    Runtime on the example inputs and 16 random batches, and refuses the push when they differ.
+    The model is converted on this machine; the parity check runs the original model and the
+    converted one, loaded by the gateway's own backend, on the example inputs and 16 random
+    batches, and refuses the push when they differ.
     """
     from converters.model import ConversionError
-    from converters.pipeline import example_from_specs
+    from converters.pipeline import ExportFormat, example_from_specs
     from converters.sources import load_source
     from gateway.push_client import PushError, parse_dynamic_axes, parse_input_spec, push_source, stderr_progress
 
@@ -147,6 +169,7 @@ def push(
             server=server,
             token=token,
             repository=repository,
+            export_format=ExportFormat(export_format) if export_format is not None else None,
             atol=atol,
             rtol=rtol,
             progress=progress,

@@ -16,8 +16,10 @@ from typing import Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backends import Backend, TensorSpec
+from backends import Backend, DeclaredSignature, TensorSpec
 from backends.onnxruntime import OnnxRuntimeOptions
+from backends.pytorch import TorchOptions
+from backends.tensorflow_savedmodel import TensorFlowOptions
 from gateway.datatypes import V2_TO_NUMPY, v2_datatype
 
 CONFIG_FILE = "config.yaml"
@@ -100,11 +102,37 @@ class VersionPolicy(_Strict):
         return ordered[-num_versions:]
 
 
+class DynamicBatchingConfig(_Strict):
+    """Triton's ``dynamic_batching``: merge requests along the batch dim (see :mod:`gateway.scheduler`)."""
+
+    max_queue_delay_microseconds: int = Field(
+        default=0,
+        ge=0,
+        description="Longest a request waits for others to join its batch while an instance is busy, in us.",
+    )
+    preferred_batch_size: list[int] = Field(
+        default_factory=list,
+        description="Batch sizes sent without waiting; the largest one counts. Default: max_batch_size.",
+    )
+    max_queue_size: int = Field(
+        default=0, ge=0, description="Most requests waiting for an instance; more are refused (503). 0: no limit."
+    )
+
+    @field_validator("preferred_batch_size")
+    @classmethod
+    def _positive_sizes(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError(f"preferred_batch_size {sizes}: each size is at least 1")
+        return sizes
+
+
 class ModelConfig(_Strict):
     """The schema of config.yaml. Fields left out are completed from the artifact at load."""
 
-    backend: Literal["onnxruntime"] | None = Field(
-        default=None, description="Backend serving the model; by default chosen from the artifact."
+    backend: Literal["onnxruntime", "torch", "tensorflow"] | None = Field(
+        default=None,
+        description="Backend serving the model; by default chosen from the artifact in the version folder "
+        "(model.onnx: onnxruntime, model.pt2 or model.pt: torch, model.savedmodel/: tensorflow).",
     )
     max_batch_size: int | None = Field(
         default=None,
@@ -117,12 +145,40 @@ class ModelConfig(_Strict):
     outputs: list[TensorConfig] = Field(default_factory=list)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     instance_count: int = Field(default=1, ge=1, description="Backend instances running side by side.")
+    dynamic_batching: DynamicBatchingConfig | None = Field(
+        default=None,
+        description="Merge requests into batches (needs max_batch_size > 0); `dynamic_batching: {}` or a "
+        "bare `dynamic_batching:` turns it on with the defaults.",
+    )
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
+    torch: TorchOptions = Field(default_factory=TorchOptions)
+    tensorflow: TensorFlowOptions = Field(default_factory=TensorFlowOptions)
+
+    @field_validator("dynamic_batching", mode="before")
+    @classmethod
+    def _bare_key_turns_on(cls, value: object) -> object:
+        return {} if value is None else value
 
     def backend_options(self, backend_name: str) -> BaseModel:
         """The options section of ``backend_name`` (e.g. the ``onnxruntime:`` section)."""
-        sections: dict[str, BaseModel] = {"onnxruntime": self.onnxruntime}
+        sections: dict[str, BaseModel] = {
+            "onnxruntime": self.onnxruntime,
+            "torch": self.torch,
+            "tensorflow": self.tensorflow,
+        }
         return sections[backend_name]
+
+    def declared_signature(self) -> DeclaredSignature:
+        """The inputs and outputs config.yaml lists, as full shapes, for artifacts without a signature.
+
+        The batch dim (-1) leads every shape unless ``max_batch_size`` is 0 (a model without one).
+        """
+        batch = () if self.max_batch_size == 0 else (-1,)
+
+        def specs(tensors: list[TensorConfig]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t.name, V2_TO_NUMPY[t.datatype], (*batch, *t.dims)) for t in tensors)
+
+        return DeclaredSignature(inputs=specs(self.inputs), outputs=specs(self.outputs))
 
 
 def read_model_config(model_path: Path) -> ModelConfig:
@@ -155,7 +211,7 @@ def complete_config(
 
     Args:
         config: the model's config as read.
-        backend_name: the backend that loaded the version (a key of ``backends.BACKEND_NAMES``).
+        backend_name: the backend that loaded the version (a key of ``backends.BACKEND_ARTIFACTS``).
         backend: one loaded instance of the version; its specs are the truth about the artifact.
         default_max_batch_size: max_batch_size for a batchable model whose config gives none.
 
@@ -165,7 +221,8 @@ def complete_config(
 
     Raises:
         ModelConfigError: config.yaml disagrees with the artifact (unknown or missing tensor names,
-            datatypes, dims, or a batch dimension the model does not have).
+            datatypes, dims, or a batch dimension the model does not have), or asks for dynamic
+            batching without a batch dimension or with preferred sizes over max_batch_size.
     """
     batchable = all(spec.shape[:1] == (-1,) for spec in [*backend.inputs, *backend.outputs])
     max_batch_size = config.max_batch_size
@@ -177,6 +234,15 @@ def complete_config(
             f"max_batch_size {max_batch_size} needs a variable first dim on every input and output, "
             f"but '{fixed.name}' has shape {list(fixed.shape)}; set max_batch_size: 0"
         )
+    batching = config.dynamic_batching
+    if batching is not None:
+        if max_batch_size == 0:
+            raise ModelConfigError("dynamic_batching needs a batch dimension (max_batch_size > 0)")
+        too_large = [size for size in batching.preferred_batch_size if size > max_batch_size]
+        if too_large:
+            raise ModelConfigError(
+                f"dynamic_batching.preferred_batch_size {too_large} exceeds max_batch_size {max_batch_size}"
+            )
     inputs = _complete_tensors("inputs", config.inputs, backend.inputs, max_batch_size, require_all=True)
     outputs = _complete_tensors("outputs", config.outputs, backend.outputs, max_batch_size, require_all=False)
     return config.model_copy(

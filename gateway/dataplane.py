@@ -105,7 +105,9 @@ class TensorMetadata:
 class ModelMetadata:
     """KServe v2 "Model Metadata Response JSON Object"; ``platform`` in Triton's names.
 
-    ``parameters`` holds ``parity``, the conversion's parity figures, when the version has them.
+    ``parameters`` holds how the backend runs the model (e.g. ``execution_providers`` for ONNX
+    Runtime, ``device`` for PyTorch, ``signature_name`` for TensorFlow) and ``parity``, the
+    conversion's parity figures, when the version has them.
     """
 
     name: str
@@ -199,7 +201,10 @@ class DataPlane:
             platform=loaded.platform,
             inputs=[TensorMetadata(n, s.datatype, list(s.shape)) for n, s in loaded.inputs.items()],
             outputs=[TensorMetadata(n, s.datatype, list(s.shape)) for n, s in loaded.outputs.items()],
-            parameters={"parity": loaded.parity} if loaded.parity is not None else {},
+            parameters={
+                **loaded.backend_parameters,
+                **({"parity": loaded.parity} if loaded.parity is not None else {}),
+            },
         )
 
     async def infer(
@@ -282,9 +287,11 @@ class DataPlane:
         output_names = _check_outputs(loaded, request.outputs)
         try:
             batch_size = next(iter(feeds.values())).shape[0] if loaded.max_batch_size > 0 and feeds else 1
-            results = await loaded.pool.run(feeds, output_names, batch_size)
+            results = await loaded.scheduler.run(feeds, output_names, batch_size)
         except InferenceInputError as error:
             raise InvalidArgumentError(f"model '{loaded.name}' rejected the inputs: {error}") from None
+        except GatewayError:  # e.g. the queue is full
+            raise
         except Exception as error:
             logger.exception("model %s version %d failed on a valid request", loaded.name, loaded.version)
             raise InternalError(f"model '{loaded.name}' failed: {error}") from error

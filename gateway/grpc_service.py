@@ -222,7 +222,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             encode=lambda answer: encode_infer_response(answer, raw=raw),
             request_id=_metadata_value(context, REQUEST_ID_KEY),
         )
-        await context.send_initial_metadata(((REQUEST_ID_KEY, current_request_id() or ""),))
+        # Trailing, not initial, metadata: it travels with the status instead of costing a send of its own.
+        context.set_trailing_metadata(((REQUEST_ID_KEY, current_request_id() or ""),))
         return response
 
     @_abort_on_error

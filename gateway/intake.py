@@ -1,7 +1,8 @@
 """Model packages: receiving an upload, unpacking it safely, and checking the files of a model version.
 
 A package is a tar archive, gzip-compressed or not, whose members are the files of one version
-folder (``model.onnx`` and ``parity.json`` at its top level, as ``gateway push`` writes them). It is
+folder (the artifact, ``model.onnx``, ``model.pt2`` or the ``model.savedmodel/`` folder, and
+``parity.json`` at its top level, as ``gateway push`` writes them). It is
 received and unpacked in a staging folder inside the repository; nothing reaches the model's folder
 until every check passed (:meth:`gateway.repository.ModelRepository.install_version`).
 

@@ -1,7 +1,9 @@
 """``gateway push``: convert a model on this machine, prove parity, and upload it (or write it into a repository).
 
-Conversion runs on the client, so the server needs no framework to serve ONNX. The converted
-version folder (``model.onnx``, ``parity.json``) is packed as a gzip-compressed tar and sent to
+Conversion runs on the client, so the server needs no framework to serve ONNX (the default format).
+``--format native`` exports the model in its own framework's format instead (``model.pt2`` for torch,
+a SavedModel for Keras, TensorFlow and JAX), served by the gateway's torch or tensorflow backend.
+The converted version folder (the artifact, ``parity.json``) is packed as a gzip-compressed tar and sent to
 ``PUT /v2/repository/models/{name}/versions/{version}`` (``POST .../versions`` for the next version)
 with the admin token; with ``--repository`` it is checked and installed into a local model repository
 by the same code the server runs (:meth:`gateway.repository.ModelRepository.install_version`).
@@ -24,12 +26,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import onnx
-from onnx import helper
 
-from converters.model import BATCH_LABEL, ConversionError, DynamicAxes, InputSpec, SourceModel, graph_dims
+from backends import BACKEND_RUNTIMES
+from converters.model import BATCH_LABEL, ConversionError, DynamicAxes, InputSpec, SourceModel
 from converters.parity import ParityReport
-from converters.pipeline import MODEL_FILE, ParityError, convert_to_onnx
+from converters.pipeline import ConversionResult, ExportFormat, ParityError, convert_model
 from gateway.admin_token import read_token_file, token_file
 from gateway.datatypes import numpy_dtype, v2_datatype
 from gateway.errors import GatewayError
@@ -79,6 +80,7 @@ class PushResult:
     Attributes:
         name, version: the model version created.
         ready: whether it is serving (its version policy may not select it).
+        backend: the gateway backend that serves it (``onnxruntime``, ``torch``, ``tensorflow``).
         inputs, outputs: the model's tensors as served.
         parity: the parity figures (None for an ONNX file taken as it is).
         base_url: the server's URL, or None for a push into a local repository.
@@ -87,6 +89,7 @@ class PushResult:
     name: str
     version: int
     ready: bool
+    backend: str
     inputs: list[TensorSummary]
     outputs: list[TensorSummary]
     parity: ParityReport | None
@@ -95,10 +98,11 @@ class PushResult:
     def summary(self) -> str:
         """The closing text: name, version, inputs, outputs, the parity table and a curl line to try it."""
         lines = [f"model {self.name} version {self.version} {'is ready' if self.ready else 'was written'}"]
+        lines.append(f"served by: {self.backend} backend ({BACKEND_RUNTIMES[self.backend]})")
         lines += ["inputs:"] + [f"  {tensor.describe()}" for tensor in self.inputs]
         lines += ["outputs:"] + [f"  {tensor.describe()}" for tensor in self.outputs]
         if self.parity is not None:
-            lines += ["parity (ONNX Runtime against the original model):", self.parity.table()]
+            lines += [f"parity ({BACKEND_RUNTIMES[self.backend]} against the original model):", self.parity.table()]
         else:
             lines.append("parity: not checked (an ONNX file is served as it is)")
         base_url = self.base_url or "http://127.0.0.1:8000"
@@ -177,17 +181,9 @@ def parse_input_spec(value: str, dynamic_axes: DynamicAxes | None = None) -> Inp
     return InputSpec(name, dtype, tuple(dims))
 
 
-def _signature(model_path: Path) -> tuple[list[TensorSummary], list[TensorSummary]]:
-    """Inputs and outputs of an ONNX file as v2 datatypes and dims."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    initializers = {init.name for init in model.graph.initializer}
-
-    def summarize(value: onnx.ValueInfoProto) -> TensorSummary:
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        return TensorSummary(value.name, v2_datatype(dtype), graph_dims(value))
-
-    inputs = [summarize(value) for value in model.graph.input if value.name not in initializers]
-    return inputs, [summarize(value) for value in model.graph.output]
+def _summaries(specs: Sequence[InputSpec]) -> list[TensorSummary]:
+    """The tensors of a converted model as v2 datatypes and dims."""
+    return [TensorSummary(spec.name, v2_datatype(spec.dtype), list(spec.dims)) for spec in specs]
 
 
 def resolve_token(server: str, token: str | None) -> str:
@@ -256,22 +252,20 @@ def _upload(
 
 
 async def _install_locally(
-    source: SourceModel,
     repository: Path,
     name: str,
     version: int | None,
-    convert: Callable[[Path], ParityReport | None],
-) -> tuple[int, bool, Path, ParityReport | None]:
+    convert: Callable[[Path], ConversionResult],
+) -> tuple[int, bool, ConversionResult]:
     """Convert straight into a staging folder of a local repository, check and install it."""
     repo = ModelRepository(repository, default_max_batch_size=64)
     repository.mkdir(parents=True, exist_ok=True)
     async with repo.staging_folder() as staging:
         version_dir = staging / "version"
-        parity = await asyncio.to_thread(convert, version_dir)
+        result = await asyncio.to_thread(convert, version_dir)
         await asyncio.to_thread(check_version_files, version_dir)
         number = await repo.install_version(name, version, version_dir)
-        installed = repository / name / str(number) / MODEL_FILE
-    return number, number in repo.ready_versions(name), installed, parity
+    return number, number in repo.ready_versions(name), result
 
 
 def push_source(
@@ -282,11 +276,12 @@ def push_source(
     server: str | None = None,
     token: str | None = None,
     repository: Path | None = None,
+    export_format: ExportFormat | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-3,
     progress: Progress | None = None,
 ) -> PushResult:
-    """Convert ``source`` to ONNX, check parity, and upload it to ``server`` or install it into ``repository``.
+    """Export ``source``, check parity, and upload it to ``server`` or install it into ``repository``.
 
     Args:
         source: the model (see :mod:`converters.sources`).
@@ -295,6 +290,8 @@ def push_source(
         server: the gateway's base URL (e.g. ``http://127.0.0.1:8000``); exclusive with ``repository``.
         token: the admin token (see :func:`resolve_token` for where else it is looked for).
         repository: a local model repository folder to write into instead of uploading.
+        export_format: ``onnx`` or ``native`` (see :func:`converters.pipeline.convert_model`); None:
+            ONNX, said in a progress line, and a failed ONNX conversion suggests ``--format native``.
         atol, rtol: parity tolerances.
         progress: called with a line before each long step.
 
@@ -309,33 +306,56 @@ def push_source(
         raise PushError("give exactly one of --server URL or --repository PATH")
     if version is not None and version < 1:
         raise PushError(f"--version must be a positive integer, got {version}")
+    if export_format is None:
+        report(
+            "converting to ONNX, served by ONNX Runtime (the default; --format native serves the model "
+            f"with the gateway's {source.native_backend} backend instead)"
+        )
 
-    def convert(version_dir: Path) -> ParityReport | None:
+    def convert(version_dir: Path) -> ConversionResult:
         try:
-            return convert_to_onnx(source, version_dir, atol=atol, rtol=rtol, progress=report).parity
+            return convert_model(
+                source,
+                version_dir,
+                export_format=export_format or ExportFormat.ONNX,
+                atol=atol,
+                rtol=rtol,
+                progress=report,
+            )
         except ParityError as error:
             raise PushError(f"parity check failed; nothing was pushed.\n{error.report.table()}") from None
         except ConversionError as error:
+            if export_format is None and source.native_backend != "onnxruntime":
+                raise PushError(
+                    f"{error}\nThe ONNX conversion failed; --format native exports the {source.framework} model "
+                    f"in its own format instead, served by the gateway's {source.native_backend} backend "
+                    f"({BACKEND_RUNTIMES[source.native_backend]} on the server)"
+                ) from None
             raise PushError(str(error)) from None
 
     if repository is not None:
         try:
-            number, ready, model_path, parity = asyncio.run(
-                _install_locally(source, repository, name, version, convert)
-            )
+            number, ready, result = asyncio.run(_install_locally(repository, name, version, convert))
         except GatewayError as error:
             raise PushError(f"the model cannot be written to {repository}: {error.message}") from None
-        inputs, outputs = _signature(model_path)
-        return PushResult(name, number, ready, inputs, outputs, parity, None)
-
-    assert server is not None
-    admin_token = resolve_token(server, token)
-    with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
-        version_dir = Path(work) / "version"
-        parity = convert(version_dir)
-        inputs, outputs = _signature(version_dir / MODEL_FILE)
-        answer = _upload(version_dir, name, version, server, admin_token, report)
-    return PushResult(name, int(answer["version"]), bool(answer["ready"]), inputs, outputs, parity, server)
+        base_url = None
+    else:
+        assert server is not None
+        admin_token = resolve_token(server, token)
+        with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
+            result = convert(Path(work) / "version")
+            answer = _upload(result.version_dir, name, version, server, admin_token, report)
+        number, ready, base_url = int(answer["version"]), bool(answer["ready"]), server
+    return PushResult(
+        name,
+        number,
+        ready,
+        result.backend,
+        _summaries(result.input_specs),
+        _summaries(result.output_specs),
+        result.parity,
+        base_url,
+    )
 
 
 def push(
@@ -348,6 +368,7 @@ def push(
     repository: Path | str | None = None,
     version: int | None = None,
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    export_format: ExportFormat | str | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-3,
     verbose: bool = True,
@@ -363,6 +384,8 @@ def push(
         token: the admin token (default: ``$GATEWAY_ADMIN_TOKEN`` or a local server's token file).
         version: the version to create, or None for the next one.
         dynamic_axes: extra dynamic axes per input, e.g. ``{"input_ids": {1: "sequence"}}``.
+        export_format: ``"onnx"`` or ``"native"`` (the model's own format, served by the torch or
+            tensorflow backend); None: ONNX.
         atol, rtol: parity tolerances.
         verbose: print progress and the summary to stderr.
 
@@ -370,7 +393,7 @@ def push(
         The pushed model's :class:`PushResult`.
 
     Raises:
-        PushError: as :func:`push_source`; ValueError: a model of no supported kind.
+        PushError: as :func:`push_source`; ValueError: a model of no supported kind, or an unknown format.
     """
     from converters.sources import source_from_object
 
@@ -383,6 +406,7 @@ def push(
         server=server,
         token=token,
         repository=Path(repository) if repository is not None else None,
+        export_format=ExportFormat(export_format) if export_format is not None else None,
         atol=atol,
         rtol=rtol,
         progress=progress,

@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from backends import ModelLoadError, create_backend, detect_backend
+from backends import Backend, ModelLoadError, create_backend, detect_backend
 from gateway.config import (
     ModelConfig,
     ModelConfigError,
@@ -41,7 +41,7 @@ from gateway.config import (
 )
 from gateway.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 from gateway.metrics import Metrics, VersionMetrics
-from gateway.scheduler import InstancePool
+from gateway.scheduler import BatchingPolicy, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +80,11 @@ class LoadedVersion:
         max_batch_size: the completed config's max_batch_size (0: no batch dimension).
         inputs: per input name, in the model's order, the datatype and full shape a request must match.
         outputs: per output name, in the model's order, its datatype and full shape.
-        pool: the version's backend instances.
+        scheduler: the version's backend instances and request queue.
         fingerprint: the files the version was loaded from, to tell when they change.
         metrics: the version's metric children.
         parity: the conversion's parity figures (``parity.json``), or None.
+        backend_parameters: how the backend runs the version (e.g. its execution providers), for metadata.
     """
 
     name: str
@@ -93,10 +94,11 @@ class LoadedVersion:
     max_batch_size: int
     inputs: dict[str, TensorSignature]
     outputs: dict[str, TensorSignature]
-    pool: InstancePool
+    scheduler: Scheduler
     fingerprint: Fingerprint
     metrics: VersionMetrics
     parity: dict[str, Any] | None = None
+    backend_parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,7 +431,12 @@ class ModelRepository:
     ) -> LoadedVersion:
         backend_name = config.backend or detect_backend(path)
         options = config.backend_options(backend_name)
-        instances = [create_backend(backend_name, path, options) for _ in range(config.instance_count)]
+        declared = config.declared_signature()
+        cpu_threads = max(1, len(os.sched_getaffinity(0)) // config.instance_count)
+        instances = [
+            create_backend(backend_name, path, options, declared, cpu_threads=cpu_threads)
+            for _ in range(config.instance_count)
+        ]
         completed = complete_config(config, backend_name, instances[0], self.default_max_batch_size)
         max_batch_size = completed.max_batch_size or 0
 
@@ -444,10 +451,11 @@ class ModelRepository:
             max_batch_size=max_batch_size,
             inputs=signatures(completed.inputs),
             outputs=signatures(completed.outputs),
-            pool=InstancePool(instances, metrics),
+            scheduler=_scheduler(instances, completed, metrics),
             fingerprint=fingerprint,
             metrics=metrics,
             parity=_read_parity(path),
+            backend_parameters=instances[0].metadata_parameters,
         )
 
     def _publish_ready(self, name: str) -> None:
@@ -467,6 +475,20 @@ class ModelRepository:
     def is_known(self, name: str) -> bool:
         """Whether ``name`` is a model of this repository (loaded or not): labels of its metrics may name it."""
         return name in self._records
+
+
+def _scheduler(instances: list[Backend], config: ModelConfig, metrics: VersionMetrics) -> Scheduler:
+    """The scheduler of a loaded version, with the batching its completed config asks for."""
+    batching = config.dynamic_batching
+    if batching is None:
+        return Scheduler(instances, metrics)
+    max_batch_size = config.max_batch_size or 0
+    policy = BatchingPolicy(
+        max_batch_size=max_batch_size,
+        preferred_batch_size=max(batching.preferred_batch_size, default=max_batch_size),
+        max_queue_delay_seconds=batching.max_queue_delay_microseconds / 1e6,
+    )
+    return Scheduler(instances, metrics, policy, batching.max_queue_size)
 
 
 def valid_model_name(name: str) -> bool:

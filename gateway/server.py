@@ -20,7 +20,7 @@ from gateway.dataplane import DataPlane
 from gateway.grpc_service import create_grpc_server, set_serving
 from gateway.metrics import Metrics
 from gateway.repository import ModelRepository
-from gateway.rest import create_app
+from gateway.rest import RestServer, create_app
 from gateway.settings import GatewaySettings, ModelControlMode
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ async def serve(settings: GatewaySettings) -> None:
     )
     http_server = _HttpServer(
         uvicorn.Config(
-            create_app(dataplane),
+            RestServer(dataplane, create_app(dataplane)),
             host=settings.host,
             port=settings.http_port,
             log_level=settings.log_level,

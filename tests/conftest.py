@@ -46,6 +46,24 @@ ONNX_TYPES = {
 }
 
 
+#: One sample tensor per v2 datatype, with the extremes of its range, for the identity models.
+SAMPLES: dict[str, np.ndarray] = {
+    "BOOL": np.array([[True, False, True]]),
+    "INT8": np.array([[-128, 0, 127]], dtype=np.int8),
+    "INT16": np.array([[-32768, 1, 32767]], dtype=np.int16),
+    "INT32": np.array([[-(2**31), 2, 2**31 - 1]], dtype=np.int32),
+    "INT64": np.array([[-(2**63), 3, 2**63 - 1]], dtype=np.int64),
+    "UINT8": np.array([[0, 1, 255]], dtype=np.uint8),
+    "UINT16": np.array([[0, 1, 65535]], dtype=np.uint16),
+    "UINT32": np.array([[0, 1, 2**32 - 1]], dtype=np.uint32),
+    "UINT64": np.array([[0, 1, 2**64 - 1]], dtype=np.uint64),
+    "FP16": np.array([[-1.5, 0.0, 65504.0]], dtype=np.float16),
+    "FP32": np.array([[-1.25, 3.0e38, 1e-30]], dtype=np.float32),
+    "FP64": np.array([[-1.25, 1.7e308, 1e-300]], dtype=np.float64),
+    "BYTES": np.array([[b"hello", "wörld".encode(), b""]], dtype=np.object_),
+}
+assert set(SAMPLES) == set(ONNX_TYPES)
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,9 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
 
+from backends import create_backend
 from backends.base import Backend, TensorSpec
 from backends.onnxruntime import select_providers
 from gateway.config import (
@@ -23,6 +25,7 @@ from gateway.config import (
     full_shape,
     read_model_config,
 )
+from tests.conftest import write_identity_model
 
 FP32 = np.dtype(np.float32)
 INT64 = np.dtype(np.int64)
@@ -91,7 +94,10 @@ def test_defaults_leave_completion_to_the_artifact() -> None:
     assert config.inputs == []
     assert config.outputs == []
     assert config.instance_count == 1
-    assert config.onnxruntime.execution_providers == ["CPUExecutionProvider"]
+    # CUDA where onnxruntime-gpu finds a GPU, else CPU (see test_default_providers_fall_back_quietly).
+    assert config.onnxruntime.execution_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert (config.torch.threads, config.torch.device) == (0, "auto")
+    assert config.tensorflow.signature_name == "serving_default"
 
 
 def test_read_invalid_yaml(tmp_path: Path) -> None:
@@ -391,3 +397,40 @@ def test_select_providers_keeps_order_and_appends_cpu(caplog: pytest.LogCaptureF
         chosen = select_providers(["CUDAExecutionProvider", "CUDAExecutionProvider"], available)
     assert chosen == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_default_providers_fall_back_quietly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The default list is not the user's request: a provider missing from it is skipped without a warning."""
+    write_identity_model(tmp_path / "model.onnx", "FP32")
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    with caplog.at_level(logging.WARNING, logger="backends.onnxruntime"):
+        backend = create_backend("onnxruntime", tmp_path)
+    assert backend.metadata_parameters["execution_providers"][-1] == "CPUExecutionProvider"
+    assert not caplog.records
+    if not cuda:
+        asked = ModelConfig.model_validate({"onnxruntime": {"execution_providers": ["CUDA", "CPU"]}})
+        with caplog.at_level(logging.WARNING, logger="backends.onnxruntime"):
+            backend = create_backend("onnxruntime", tmp_path, asked.onnxruntime)
+        assert backend.metadata_parameters == {"execution_providers": ["CPUExecutionProvider"]}
+        assert "CUDAExecutionProvider is not available" in caplog.text
+
+
+def test_backend_sections_and_names() -> None:
+    config = ModelConfig.model_validate(
+        {"backend": "torch", "torch": {"threads": 2, "device": "cpu"}, "tensorflow": {"signature_name": "predict"}}
+    )
+    assert config.backend_options("torch") is config.torch and config.torch.threads == 2
+    assert config.backend_options("tensorflow").model_dump() == {"signature_name": "predict", "threads": 0}
+    for bad in ({"backend": "pytorch"}, {"torch": {"device": "tpu"}}, {"tensorflow": {"signature": "x"}}):
+        with pytest.raises(ValidationError):
+            ModelConfig.model_validate(bad)
+
+
+def test_declared_signature_adds_the_batch_dim_unless_max_batch_size_is_0() -> None:
+    inputs = [tensor("x", "FP32", [64])]
+    outputs = [tensor("y", "INT64", [-1])]
+    batched = ModelConfig(inputs=inputs, outputs=outputs).declared_signature()
+    assert batched.inputs == (TensorSpec("x", FP32, (-1, 64)),)
+    assert batched.outputs == (TensorSpec("y", INT64, (-1, -1)),)
+    unbatched = ModelConfig(max_batch_size=0, inputs=inputs, outputs=outputs).declared_signature()
+    assert unbatched.inputs == (TensorSpec("x", FP32, (64,)),)

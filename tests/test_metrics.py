@@ -537,16 +537,16 @@ def test_json_logs_carry_the_request_id(gateway: GatewayProcess):
 def test_grpc_request_ids_are_echoed_in_metadata(stub: service_pb2_grpc.GRPCInferenceServiceStub):
     response, call = stub.ModelInfer.with_call(raw_infer_request(), metadata=[("x-request-id", "grpc-id")])
     assert response.model_name == "digits"
-    assert dict(call.initial_metadata())["x-request-id"] == "grpc-id"
+    assert dict(call.trailing_metadata())["x-request-id"] == "grpc-id"
 
     # The v2 id in the request takes precedence over the metadata, and is echoed in the response.
     response, call = stub.ModelInfer.with_call(raw_infer_request("body-id"), metadata=[("x-request-id", "grpc-id")])
-    assert dict(call.initial_metadata())["x-request-id"] == "body-id" and response.id == "body-id"
+    assert dict(call.trailing_metadata())["x-request-id"] == "body-id" and response.id == "body-id"
 
     _, call = stub.ModelInfer.with_call(raw_infer_request())
-    assert len(dict(call.initial_metadata())["x-request-id"]) >= 16  # generated
+    assert len(dict(call.trailing_metadata())["x-request-id"]) >= 16  # generated
 
-    # A refused call carries the id in its trailing metadata.
+    # A refused call carries the id in its trailing metadata too.
     with pytest.raises(grpc.RpcError) as error:
         stub.ModelInfer.with_call(raw_infer_request(width=63), metadata=[("x-request-id", "bad-id")])
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

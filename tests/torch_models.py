@@ -46,6 +46,17 @@ class TokenBag(torch.nn.Module):
         return self.out(pooled)
 
 
+class ErfinvHead(torch.nn.Module):
+    """float32 [batch, 64] -> float32 [batch, 10] through torch.erfinv, which torch.onnx cannot translate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = torch.nn.Linear(64, 10)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return torch.erfinv(torch.tanh(self.out(input)) * 0.5)
+
+
 class NoisyModel(torch.nn.Module):
     """Adds fresh random noise on every call: no conversion can match it, so parity must fail."""
 
