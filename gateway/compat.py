@@ -48,7 +48,7 @@ from fastapi.routing import APIRoute
 from gateway.dataplane import DataPlane, InferRequest, InferResponse, InferTensor, ModelMetadata, TensorMetadata
 from gateway.datatypes import BYTES, array_from_values
 from gateway.errors import GatewayError, InvalidArgumentError, NotFoundError, UnavailableError, http_status
-from gateway.logs import current_request_id
+from gateway.logs import REQUEST_ID_HEADER, request_id_header
 from gateway.repository import ModelState
 
 #: The ``protocol`` labels of these routes' metrics.
@@ -56,7 +56,6 @@ TFSERVING_PROTOCOL = "tfserving-rest"
 TORCHSERVE_PROTOCOL = "torchserve-rest"
 #: The signature every model serves unless its backend says otherwise (TF Serving's default).
 DEFAULT_SIGNATURE = "serving_default"
-REQUEST_ID_HEADER = "X-Request-ID"
 
 #: v2 datatype -> TensorFlow DataType enum name, for TF Serving's metadata.
 _TF_DTYPES = {
@@ -99,12 +98,11 @@ def compat_router(dataplane: DataPlane) -> APIRouter:
 
 def _json(content: Any, status_code: int = 200) -> Response:
     """A JSON answer (``NaN``/``Infinity`` written as such), with ``X-Request-ID`` when a request id is set."""
-    request_id = current_request_id()
     return Response(
         json.dumps(content, separators=(",", ":")),
         status_code=status_code,
         media_type="application/json",
-        headers={REQUEST_ID_HEADER: request_id} if request_id else None,
+        headers=request_id_header(),
     )
 
 

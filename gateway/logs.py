@@ -16,9 +16,19 @@ from enum import StrEnum
 
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["LogFormat", "configure_logging", "current_request_id", "new_request_id", "set_request_id"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "LogFormat",
+    "configure_logging",
+    "current_request_id",
+    "new_request_id",
+    "request_id_header",
+    "set_request_id",
+]
 
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+#: The HTTP header carrying a request id, in requests and in answers (every REST route family).
+REQUEST_ID_HEADER = "X-Request-ID"
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s"
@@ -34,6 +44,12 @@ class LogFormat(StrEnum):
 def current_request_id() -> str | None:
     """The id of the request being answered in this context, or None outside a request."""
     return _request_id.get()
+
+
+def request_id_header() -> dict[str, str] | None:
+    """``{"X-Request-ID": id}`` for the request being answered in this context, or None outside one."""
+    request_id = _request_id.get()
+    return {REQUEST_ID_HEADER: request_id} if request_id else None
 
 
 def set_request_id(request_id: str) -> None:

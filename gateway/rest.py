@@ -53,14 +53,13 @@ from gateway.dataplane import (
 )
 from gateway.datatypes import BYTES, array_from_raw, array_from_values, array_to_raw
 from gateway.errors import GatewayError, InvalidArgumentError, UnauthenticatedError, http_status
-from gateway.logs import current_request_id
+from gateway.logs import REQUEST_ID_HEADER, request_id_header
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 #: The ``protocol`` label of the v2 REST routes' metrics.
 PROTOCOL = "v2-rest"
-REQUEST_ID_HEADER = "X-Request-ID"
 #: Triton's binary tensor data extension: the length in bytes of the JSON part of a body.
 INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
 OCTET_STREAM = "application/octet-stream"
@@ -111,12 +110,6 @@ class RestIndexRequest(BaseModel):
 
 def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type=JSON, headers=headers)
-
-
-def _request_id_header() -> dict[str, str] | None:
-    """``X-Request-ID`` with the id of the request being answered, if there is one."""
-    request_id = current_request_id()
-    return {REQUEST_ID_HEADER: request_id} if request_id else None
 
 
 def _parse(model: type[BodyModel], raw: bytes, *, empty_ok: bool = False) -> BodyModel:
@@ -259,7 +252,7 @@ def _json_values(tensor: InferTensor) -> list[Any]:
 
 def error_answer(error: GatewayError) -> tuple[int, dict[str, str], bytes]:
     """HTTP status, headers and JSON body (``{"error": message}``) answering ``error``."""
-    headers = {"content-type": JSON, **(_request_id_header() or {})}
+    headers = {"content-type": JSON, **(request_id_header() or {})}
     if isinstance(error, UnauthenticatedError):
         headers["WWW-Authenticate"] = 'Bearer realm="model-gateway management API"'
     return http_status(error), headers, orjson.dumps({"error": error.message})
@@ -324,7 +317,7 @@ async def answer_infer(
         )
     except GatewayError as error:
         return error_answer(error)
-    response_headers = _request_id_header() or {}
+    response_headers = request_id_header() or {}
     if encoded.json_length is None:
         response_headers["content-type"] = JSON
     else:
