@@ -40,14 +40,6 @@ class FakeBackend(Backend):
         self._inputs = inputs
         self._outputs = outputs
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         raise AssertionError("complete_config must not run the model")
 
