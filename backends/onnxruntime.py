@@ -2,17 +2,25 @@
 
 ONNX Runtime is a core dependency of the gateway (it serves ONNX without any framework installed),
 so it is imported at module level.
+
+A model may keep tensors in external data files; :func:`check_external_data` lets it load only when
+each one is a regular file inside the version folder (checked at upload and again at every load).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import os
+import stat
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -119,6 +127,8 @@ class OnnxRuntimeBackend(Backend):
         model_file = version_path / ARTIFACT
         if not model_file.is_file():
             raise ModelLoadError(f"no {ARTIFACT} in {version_path}")
+        # A folder dropped into the repository was never checked by an upload: check it at every load.
+        check_external_data(model_file, version_path)
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.intra_op_threads or cpu_threads
         session_options.add_session_config_entry(
@@ -187,3 +197,104 @@ def _spec(arg: Any) -> TensorSpec:
         raise ModelLoadError(f"tensor '{arg.name}' has type {arg.type}, which the gateway cannot serve") from None
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
     return TensorSpec(name=arg.name, dtype=dtype, shape=shape)
+
+
+# ----------------------------------------------------------------------------- external data
+
+
+def check_external_data(model_file: Path, root: Path) -> None:
+    """Check that every tensor of ``model_file`` stored as external data stays inside the folder ``root``.
+
+    Every tensor of the model is looked at (initializers, sparse initializers, ``Constant`` and other
+    node attributes, subgraphs of ``If``/``Loop``/``Scan``, functions), read with
+    ``onnx.load(..., load_external_data=False)`` so no data file is opened. Each external ``location``
+    must be a relative path without ``..`` that names, from the model file's folder, a regular file
+    inside ``root``, reached without passing through a symbolic link (neither the file nor any folder
+    between ``root`` and it may be a link), and ``offset``/``length`` must lie within that file.
+
+    Args:
+        model_file: the ``.onnx`` file, inside ``root``.
+        root: the model version's folder.
+
+    Raises:
+        ModelLoadError: ``model_file`` cannot be parsed as ONNX, or a tensor's external data breaks a
+            rule above; the message names the file, the tensor and the location.
+    """
+    try:
+        base = model_file.parent.relative_to(root)
+    except ValueError:
+        raise ModelLoadError(f"{model_file} is not inside {root}") from None
+    shown = str(model_file.relative_to(root))
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except Exception as error:  # protobuf and onnx raise several types for a damaged file
+        raise ModelLoadError(f"cannot load {shown}: it is not a valid ONNX model: {error}") from None
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and not tensor.external_data:
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        problem = _external_data_problem(root, base, location, entries)
+        if problem is not None:
+            raise ModelLoadError(
+                f"{shown}: tensor '{tensor.name}' has external data at location {location!r}, which "
+                f"{problem}; external data must be a regular file inside the model's version folder "
+                "(a relative path without '..' and without symbolic links)"
+            )
+
+
+def _all_tensors(message: Message) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto anywhere inside ``message`` (a ModelProto), however deeply nested."""
+    if isinstance(message, onnx.TensorProto):
+        yield message
+        return
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if isinstance(value, Message):
+            yield from _all_tensors(value)
+        else:  # a repeated field
+            for item in value:
+                if isinstance(item, Message):
+                    yield from _all_tensors(item)
+
+
+def _external_data_problem(root: Path, base: Path, location: str, entries: dict[str, str]) -> str | None:
+    """Why an external data ``location`` (relative to ``root / base``) is refused, or None when it is safe."""
+    if not location:
+        return "is empty"
+    if "\0" in location:
+        return "contains a NUL character"
+    windows = PureWindowsPath(location)
+    if PurePosixPath(location).is_absolute() or windows.is_absolute() or windows.drive or windows.root:
+        return "is an absolute path"
+    parts = [part for part in location.replace("\\", "/").split("/") if part not in ("", ".")]
+    if ".." in parts:
+        return "contains '..'"
+    if not parts:
+        return "names no file"
+    path = root
+    components = [*base.parts, *parts]
+    for index, part in enumerate(components):
+        path = path / part
+        try:
+            status = os.lstat(path)
+        except FileNotFoundError:
+            return "does not exist"
+        except OSError as error:
+            return f"cannot be read ({error.strerror})"
+        if stat.S_ISLNK(status.st_mode):
+            last = index == len(components) - 1
+            return "is a symbolic link" if last else f"passes through the symbolic link {part!r}"
+        if index < len(components) - 1 and not stat.S_ISDIR(status.st_mode):
+            return f"goes through {part!r}, which is not a folder"
+    if not stat.S_ISREG(status.st_mode):
+        return "is not a regular file"
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else status.st_size - offset
+    except ValueError:
+        return "has an offset or length that is not an integer"
+    if offset < 0 or length < 0 or offset + length > status.st_size:
+        return f"has offset {offset} and length {length}, past the end of the file ({status.st_size} bytes)"
+    return None

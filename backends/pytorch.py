@@ -7,7 +7,14 @@
   records no dtypes or shapes, so config.yaml must list its inputs (named as ``forward``'s arguments)
   and its outputs (in the order ``forward`` returns them).
 
-Nothing is ever unpickled: ``torch.load`` of a pickled module or state_dict would run arbitrary code.
+Nothing is unpickled with Python's pickle: ``torch.load`` of a pickled module or state_dict would run
+arbitrary code. ``torch.export.load`` itself can run code from a crafted archive (it unpickles some
+payloads with ``weights_only=False`` or ``pickle.loads``, and parses shape expressions with
+``sympy.sympify``, which evaluates them), so ``model.pt2`` goes through :func:`load_exported_program`,
+which refuses such archives before torch reads them. TorchScript's ``data.pkl`` and ``constants.pkl``
+are read by torch's C++ unpickler, which only builds tensors, containers and the archive's own
+TorchScript classes, never calling Python functions. TorchScript code and ExportedProgram graphs still
+run as the model: serve them from trusted sources (see SECURITY.md).
 Calls run under ``torch.inference_mode()`` on the device the options choose (CUDA when available
 with ``device: auto``). torch is imported on first load, so a server that serves only ONNX never
 imports it.
@@ -15,8 +22,12 @@ imports it.
 
 from __future__ import annotations
 
+import ast
+import io
+import json
 import logging
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -157,11 +168,7 @@ class TorchBackend(Backend):
         logger.info("loaded %s on %s with %d intra-op threads", path, self._device, self._threads)
 
     def _load_program(self, path: Path) -> None:
-        torch = _import_torch()
-        try:
-            program = torch.export.load(path)
-        except Exception as error:  # torch raises many types for a bad archive
-            raise ModelLoadError(f"{path.name} is not an ExportedProgram (torch.export.save): {error}") from None
+        program = load_exported_program(path)
         values = {node.name: node.meta.get("val") for node in program.graph.nodes}
         self._inputs = [_program_spec(name, values.get(name), "input") for name in program.graph_signature.user_inputs]
         output_nodes = program.graph_signature.user_outputs
@@ -238,3 +245,201 @@ class TorchBackend(Backend):
                 raise RuntimeError(f"output '{spec.name}' came back as {array.dtype}, declared as {spec.dtype}")
             outputs[spec.name] = array
         return outputs
+
+
+# ----------------------------------------------------------------------------- safe ExportedProgram loading
+
+#: Functions a shape expression of an ExportedProgram may call: what ``sympy.srepr`` writes for the
+#: expressions torch.export records (sympy's and ``torch.utils._sympy.functions``'s classes).
+_SYMPY_CALLS = frozenset(
+    {
+        # sympy
+        "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs",
+        "floor", "ceiling", "sqrt", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "Equality", "Unequality",
+        "StrictLessThan", "StrictGreaterThan", "LessThan", "GreaterThan", "And", "Or", "Not", "Xor",
+        "Piecewise", "ExprCondPair", "Tuple", "ITE", "BooleanTrue", "BooleanFalse", "Infinity",
+        "NegativeInfinity", "NaN", "ComplexInfinity", "Zero", "One", "NegativeOne", "Half",
+        # torch.utils._sympy
+        "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt",
+        "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
+        "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
+        "ToFloat", "Identity", "IntInfinity", "NegativeIntInfinity",
+    }
+)  # fmt: skip
+#: Names a shape expression may use as values.
+_SYMPY_NAMES = frozenset({"oo", "zoo", "nan", "true", "false", "True", "False", "None", "int_oo"})
+_SYMBOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+#: Longest shape expression accepted (torch writes short ones; the parser must not be given a bomb).
+_MAX_EXPRESSION_CHARS = 10_000
+
+
+def load_exported_program(path: Path) -> Any:
+    """Load ``model.pt2`` (``torch.export.save``) after checking it holds nothing that would run code.
+
+    ``torch.export.load`` is not safe for untrusted files (torch's own documentation says so): it
+    unpickles sample inputs with a fallback to ``weights_only=False``, tensor-subclass weights and
+    constants with ``weights_only=False``, opaque constants with ``pickle.loads``, loads AOTInductor
+    shared libraries, falls back to an older zip layout read the same way, and parses shape
+    expressions with ``sympy.sympify`` (an ``eval``). This function reads the file once into memory and,
+    with torch's own archive reader, refuses an archive that
+
+    - holds AOTInductor (compiled native code) or the legacy pickled weights/constants files;
+    - has a weight or constant stored as a pickle (tensor subclasses, script objects, opaque objects);
+    - has sample inputs that torch's restricted ``weights_only=True`` unpickler does not accept (so
+      torch never reaches its ``weights_only=False`` fallback);
+    - has a shape expression that is not a plain ``sympy.srepr`` of allowed functions, numbers and
+      symbol names, or a subgraph name that is not an identifier;
+
+    then loads the same bytes with torch's reader (never the legacy fallback).
+
+    Returns:
+        The ``torch.export.ExportedProgram``.
+
+    Raises:
+        ModelLoadError: PyTorch is missing, the file is not a torch.export archive, it holds one of
+            the payloads above (the message names it), or torch cannot load it.
+    """
+    torch = _import_torch()
+    try:
+        from torch.export.pt2_archive import _package as pt2_package
+        from torch.export.pt2_archive import constants as pt2
+    except ImportError as error:
+        raise ModelLoadError(
+            f"PyTorch {torch.__version__} has no torch.export archive reader the gateway knows: {error}"
+        ) from None
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ModelLoadError(f"{path.name} cannot be read: {error}") from None
+    try:
+        reader = pt2_package.PT2ArchiveReader(io.BytesIO(data))
+    except Exception as error:  # torch raises RuntimeError, ValueError... for a file of another kind
+        raise ModelLoadError(
+            f"{path.name} is not an ExportedProgram archive (torch.export.save): {_first_line(error)}"
+        ) from None
+    with reader:
+        try:
+            _check_exported_program_archive(torch, pt2, reader)
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{path.name} refused: {error}") from None
+        except Exception as error:  # a damaged archive
+            raise ModelLoadError(f"{path.name} is a damaged ExportedProgram archive: {_first_line(error)}") from None
+    try:
+        contents = pt2_package.load_pt2(io.BytesIO(data))
+        return contents.exported_programs["model"]
+    except Exception as error:  # torch raises many types for a bad archive
+        raise ModelLoadError(
+            f"{path.name} is not an ExportedProgram (torch.export.save): {_first_line(error)}"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_exported_program_archive(torch: Any, pt2: Any, reader: Any) -> None:
+    """Raise ModelLoadError when the archive holds something that would run code when torch loads it."""
+    names: list[str] = reader.get_file_names()
+    if reader.read_string(pt2.ARCHIVE_VERSION_PATH) != pt2.ARCHIVE_VERSION_VALUE:
+        raise ModelLoadError("its archive version is not the one this PyTorch writes")
+    for name in names:
+        if name.startswith(pt2.AOTINDUCTOR_DIR):
+            raise ModelLoadError(f"it holds AOTInductor compiled code ({name}), which would be loaded as native code")
+    prefix, suffix = pt2.MODELS_FILENAME_FORMAT.split("{}")
+    models = [name[len(prefix) : -len(suffix)] for name in names if name.startswith(pt2.MODELS_DIR)]
+    if "model" not in models:
+        raise ModelLoadError(f"it holds no program named 'model' ({prefix}model{suffix})")
+    for model in models:
+        for legacy in (f"{pt2.WEIGHTS_DIR}{model}.pt", f"{pt2.CONSTANTS_DIR}{model}.pt"):
+            if legacy in names:
+                raise ModelLoadError(f"it holds {legacy}, a pickle in the legacy layout that torch would unpickle")
+        for kind, config_format in (
+            ("weight", pt2.WEIGHTS_CONFIG_FILENAME_FORMAT),
+            ("constant", pt2.CONSTANTS_CONFIG_FILENAME_FORMAT),
+        ):
+            config_file = config_format.format(model)
+            if config_file not in names:
+                continue
+            config = json.loads(reader.read_string(config_file)).get("config", {})
+            for fqn, payload in config.items():
+                path_name = str(payload.get("path_name", ""))
+                pickled = bool(payload.get("use_pickle")) or (
+                    kind == "constant" and not path_name.startswith(pt2.TENSOR_CONSTANT_FILENAME_PREFIX)
+                )
+                if pickled:
+                    raise ModelLoadError(
+                        f"{kind} '{fqn}' is stored as a pickle (a tensor subclass or a Python/script object), "
+                        "which torch would unpickle with full pickle; only plain tensors are accepted"
+                    )
+        sample_inputs = pt2.SAMPLE_INPUTS_FILENAME_FORMAT.format(model)
+        if sample_inputs in names:
+            payload_bytes = reader.read_bytes(sample_inputs)
+            if payload_bytes:
+                try:
+                    torch.load(io.BytesIO(payload_bytes), weights_only=True)
+                except Exception as error:
+                    raise ModelLoadError(
+                        f"its sample inputs ({sample_inputs}) are not plain tensors: torch's restricted unpickler "
+                        f"refuses them ({type(error).__name__}), and torch would retry with full pickle"
+                    ) from None
+        program = json.loads(reader.read_string(f"{prefix}{model}{suffix}"))
+        for key, value in _json_items(program):
+            if key == "expr_str":
+                _check_shape_expression(value)
+            elif key == "as_graph" and isinstance(value, dict):
+                graph_name = value.get("name")
+                if not (isinstance(graph_name, str) and graph_name.isascii() and graph_name.isidentifier()):
+                    raise ModelLoadError(f"a subgraph is named {graph_name!r}, which is not an identifier")
+
+
+def _json_items(value: Any) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) pair of every object inside a parsed JSON document."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                yield key, child
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _check_shape_expression(text: Any) -> None:
+    """Refuse a shape expression that is not a ``sympy.srepr`` of allowed functions, numbers and symbols.
+
+    torch parses these strings with ``sympy.sympify``, which evaluates them as Python.
+    """
+    if not isinstance(text, str) or len(text) > _MAX_EXPRESSION_CHARS:
+        raise ModelLoadError("a shape expression is not a string of reasonable length")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise ModelLoadError(f"the shape expression {text[:80]!r} is not an expression") from None
+    shown = text[:80]
+    allowed_strings: set[int] = set()  # ids of the string constants that are a Symbol's name or a Float's digits
+    for node in ast.walk(tree):  # breadth first: a call is seen before its arguments
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in _SYMPY_CALLS):
+                raise ModelLoadError(f"the shape expression {shown!r} calls something other than sympy's classes")
+            if any(keyword.arg is None for keyword in node.keywords):
+                raise ModelLoadError(f"the shape expression {shown!r} unpacks keyword arguments")
+            if node.func.id in ("Symbol", "Float") and node.args:
+                first = node.args[0]
+                pattern = _SYMBOL_NAME if node.func.id == "Symbol" else _NUMBER
+                if isinstance(first, ast.Constant) and isinstance(first.value, str) and pattern.fullmatch(first.value):
+                    allowed_strings.add(id(first))
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, str) and id(node) not in allowed_strings:
+                raise ModelLoadError(f"the shape expression {shown!r} holds the string {node.value[:40]!r}")
+            if not (node.value is None or isinstance(node.value, int | float | str)):
+                raise ModelLoadError(f"the shape expression {shown!r} holds a constant of another kind")
+        elif isinstance(node, ast.Name):
+            if node.id not in _SYMPY_NAMES and node.id not in _SYMPY_CALLS:
+                raise ModelLoadError(f"the shape expression {shown!r} names {node.id!r}")
+        elif not isinstance(
+            node, ast.Expression | ast.Load | ast.UnaryOp | ast.USub | ast.UAdd | ast.keyword | ast.Tuple
+        ):
+            raise ModelLoadError(f"the shape expression {shown!r} holds a {type(node).__name__}, which is not allowed")

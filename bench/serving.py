@@ -8,7 +8,10 @@ per request:
 - the gateway at concurrency 1 and 32 over REST JSON and REST binary (wrk, Debian's package) and
   gRPC (h2load from nghttp2-client, sending a pre-serialized ``ModelInferRequest`` frame).
 
-The server runs pinned to one core and the load generator to another (``taskset``). A run with any
+The server runs pinned to one core and the load generator to another (``taskset``). A second table
+then measures what worker processes add at concurrency 32: the gateway with ``--workers 1`` and
+``--workers 2``, server and load generator on every core (not pinned: on this 2-core machine two
+workers cannot have cores of their own apart from the load generator's). A run with any
 failed request reports FAILED instead of a figure: wrk and h2load count non-2xx answers, and the
 gateway's own ``gateway_inference_requests_total`` must count no failure for the model (gRPC errors
 travel in trailers, which h2load does not read). Output: a table of req/s, p50 and p99 latency and
@@ -55,6 +58,9 @@ CONFIGS = {
 }
 CONCURRENCIES = (1, 32)
 PATHS = ("REST JSON", "REST binary", "gRPC")
+#: The second table: worker process counts, and the (model, path) rows measured at concurrency 32.
+WORKER_COUNTS = (1, 2)
+WORKER_PATHS = (("small", "REST binary"), ("small", "gRPC"), ("large", "REST binary"))
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -160,8 +166,13 @@ def failures(http: httpx.Client, model: str) -> tuple[float, float]:
     return success, failed
 
 
+def pinned(core: int | None) -> list[str]:
+    """The ``taskset`` prefix that pins a command to ``core``; none for None (every core)."""
+    return [] if core is None else ["taskset", "-c", str(core)]
+
+
 def run_wrk(
-    core: int, url: str, body: Path, headers: dict[str, str], concurrency: int, seconds: int, folder: Path
+    core: int | None, url: str, body: Path, headers: dict[str, str], concurrency: int, seconds: int, folder: Path
 ) -> Figure:
     script = folder / "request.lua"
     script.write_text(
@@ -169,7 +180,7 @@ def run_wrk(
             body=body, headers="\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
         )
     )
-    command = ["taskset", "-c", str(core), "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), url]
+    command = [*pinned(core), "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), url]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     result = json.loads(output.split("RESULT ", 1)[1].splitlines()[0])
     rate = result["requests"] / result["seconds"]
@@ -183,12 +194,15 @@ def run_wrk(
     )
 
 
-def run_h2load(core: int, address: str, frame: Path, concurrency: int, seconds: int, folder: Path) -> Figure:
-    """h2load over one HTTP/2 connection with ``concurrency`` streams, as a gRPC channel multiplexes calls."""
+def run_h2load(
+    core: int | None, address: str, frame: Path, concurrency: int, seconds: int, folder: Path, connections: int = 1
+) -> Figure:
+    """h2load: ``connections`` HTTP/2 connections, ``concurrency`` streams in all (as gRPC channels multiplex calls)."""
     log = folder / "h2load.log"
     log.unlink(missing_ok=True)
     command = [
-        "taskset", "-c", str(core), "h2load", "-c1", f"-m{concurrency}", f"-D{seconds}", "--warm-up-time=1",
+        *pinned(core), "h2load", f"-c{connections}", f"-m{concurrency // connections}", f"-D{seconds}",
+        "--warm-up-time=1",
         "-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}",
         f"http://{address}/inference.GRPCInferenceService/ModelInfer",
     ]  # fmt: skip
@@ -213,14 +227,16 @@ def run_h2load(core: int, address: str, frame: Path, concurrency: int, seconds: 
 
 
 @contextmanager
-def gateway(repository: Path, core: int, http_port: int, grpc_port: int) -> Iterator[httpx.Client]:
+def gateway(
+    repository: Path, core: int | None, http_port: int, grpc_port: int, workers: int = 1
+) -> Iterator[httpx.Client]:
     log = repository.parent / "gateway.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
             [
-                "taskset", "-c", str(core), sys.executable, "-m", "gateway", "serve",
+                *pinned(core), sys.executable, "-m", "gateway", "serve",
                 "--model-repository", str(repository), "--http-port", str(http_port),
-                "--grpc-port", str(grpc_port), "--log-level", "warning",
+                "--grpc-port", str(grpc_port), "--log-level", "warning", "--workers", str(workers),
             ],
             cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
             env={**os.environ, "GATEWAY_ADMIN_TOKEN": "benchmark"},
@@ -228,15 +244,16 @@ def gateway(repository: Path, core: int, http_port: int, grpc_port: int) -> Iter
         http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30)
         try:
             deadline = time.monotonic() + 60
-            while True:
+            ready_in_a_row = 0  # each on a new connection: with several workers, each must be ready
+            while ready_in_a_row < 10:
                 try:
-                    if http.get("/v2/health/ready").status_code == 200:
-                        break
+                    ready = httpx.get(f"http://127.0.0.1:{http_port}/v2/health/ready").status_code == 200
                 except httpx.TransportError:
-                    pass
+                    ready = False
+                ready_in_a_row = ready_in_a_row + 1 if ready else 0
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the gateway did not start:\n{log.read_text()}")
-                time.sleep(0.1)
+                time.sleep(0.01 if ready else 0.1)
             yield http
         finally:
             http.close()
@@ -271,36 +288,59 @@ def main() -> int:
         name: limit(repository / name / "1" / "model.onnx", widths[0], args.seconds) for name, widths in MODELS.items()
     }
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    ports = free_port(), free_port()
 
-    http_port, grpc_port = free_port(), free_port()
     rows: dict[tuple[str, str, int], Figure] = {}
-    with gateway(repository, args.server_core, http_port, grpc_port) as http:
-        for name, widths in MODELS.items():
-            bodies = write_bodies(folder, widths[0])
-            frame = folder / f"{name}.grpc"
-            frame.write_bytes(grpc_frame(name, widths[0]))
+    with gateway(repository, args.server_core, *ports) as http:
+        for name in MODELS:
             for path in PATHS:
                 for concurrency in CONCURRENCIES:
-                    before = failures(http, name)
-                    if path == "gRPC":
-                        figure = run_h2load(
-                            args.client_core, f"127.0.0.1:{grpc_port}", frame, concurrency, args.seconds, folder
-                        )
-                    else:
-                        body, headers = bodies[path]
-                        url = f"http://127.0.0.1:{http_port}/v2/models/{name}/infer"
-                        figure = run_wrk(args.client_core, url, body, headers, concurrency, args.seconds, folder)
-                    after = failures(http, name)
-                    if after[1] > before[1] and figure.failed is None:
-                        figure.failed = f"the gateway counted {after[1] - before[1]:.0f} failed requests"
-                    if after[0] == before[0] and figure.failed is None:
-                        figure.failed = "the gateway counted no successful request"
-                    rows[(name, path, concurrency)] = figure
-                    print(f"  measured {name} {path} c={concurrency}", file=sys.stderr)
+                    rows[(name, path, concurrency)] = measure(
+                        http, folder, name, path, concurrency, args.seconds, args.client_core, ports
+                    )
+    worker_rows: dict[tuple[int, str, str], Figure] = {}
+    for workers in WORKER_COUNTS:
+        with gateway(repository, None, *ports, workers=workers) as http:
+            for name, path in WORKER_PATHS:
+                worker_rows[(workers, name, path)] = measure(
+                    http, folder, name, path, 32, args.seconds, None, ports, connections=4
+                )
     print_table(limits, rows)
+    print_worker_table(limits, worker_rows)
     print_targets(limits, rows)
     shutil.rmtree(folder, ignore_errors=True)
-    return 1 if any(figure.failed for figure in rows.values()) else 0
+    return 1 if any(figure.failed for figure in [*rows.values(), *worker_rows.values()]) else 0
+
+
+def measure(
+    http: httpx.Client,
+    folder: Path,
+    name: str,
+    path: str,
+    concurrency: int,
+    seconds: int,
+    client_core: int | None,
+    ports: tuple[int, int],
+    connections: int = 1,
+) -> Figure:
+    """One load run against the gateway, checked for failures by the load generator and by the gateway."""
+    width = MODELS[name][0]
+    before = failures(http, name)
+    if path == "gRPC":
+        frame = folder / f"{name}.grpc"
+        frame.write_bytes(grpc_frame(name, width))
+        figure = run_h2load(client_core, f"127.0.0.1:{ports[1]}", frame, concurrency, seconds, folder, connections)
+    else:
+        body, headers = write_bodies(folder, width)[path]
+        url = f"http://127.0.0.1:{ports[0]}/v2/models/{name}/infer"
+        figure = run_wrk(client_core, url, body, headers, concurrency, seconds, folder)
+    after = failures(http, name)
+    if after[1] > before[1] and figure.failed is None:
+        figure.failed = f"the gateway counted {after[1] - before[1]:.0f} failed requests"
+    if after[0] == before[0] and figure.failed is None:
+        figure.failed = "the gateway counted no successful request"
+    print(f"  measured {name} {path} c={concurrency}", file=sys.stderr)
+    return figure
 
 
 def milliseconds(seconds: float | None) -> str:
@@ -330,6 +370,21 @@ def print_table(limits: dict[str, tuple[Figure, Figure]], rows: dict[tuple[str, 
                     )
                 print(f"{name:6} {path:28} {concurrency:>4} {figure.requests_per_second:>9.0f} "
                       f"{milliseconds(figure.p50):>8} {milliseconds(figure.p99):>8}  {versus}")  # fmt: skip
+
+
+def print_worker_table(limits: dict[str, tuple[Figure, Figure]], rows: dict[tuple[int, str, str], Figure]) -> None:
+    print("\nworker processes, concurrency 32 (gRPC: 4 connections of 8 streams); server and load generator unpinned")
+    print(f"{'model':6} {'path':28} {'workers':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  vs limit")
+    for (workers, name, path), figure in rows.items():
+        if figure.failed:
+            print(f"{name:6} {path:28} {workers:>7} FAILED: {figure.failed}")
+            continue
+        single, batched = limits[name]
+        reference = batched if name == "large" else single
+        print(f"{name:6} {path:28} {workers:>7} {figure.requests_per_second:>9.0f} "
+              f"{milliseconds(figure.p50):>8} {milliseconds(figure.p99):>8}  "
+              f"{figure.requests_per_second / reference.items_per_second:.0%} of the one-core "
+              f"{'batched limit' if name == 'large' else 'limit'}")  # fmt: skip
 
 
 #: The issue's targets: (model, path, concurrency, what is compared, bound). "p50 over limit" is

@@ -511,10 +511,13 @@ def load_torch_file(
     import torch
 
     if path.suffix == ".pt2":
-        try:
-            program = torch.export.load(path)
-        except Exception as error:
-            raise ValueError(f"{path} is not an ExportedProgram saved with torch.export.save: {error}") from error
+        from backends import ModelLoadError
+        from backends.pytorch import load_exported_program
+
+        try:  # the gateway's checked loader: a crafted .pt2 would run code through torch.export.load
+            program = load_exported_program(path)
+        except ModelLoadError as error:
+            raise ValueError(f"{path} cannot be loaded as an ExportedProgram (torch.export.save): {error}") from None
         return ExportedProgramSource(program, dynamic_axes)
     if not is_torchscript_file(path):
         raise ValueError(

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.errors import UnauthenticatedError
 
-__all__ = ["AdminToken", "generate_token", "read_token_file", "remove_token_file", "token_file", "write_token_file"]
+__all__ = [
+    "AdminToken",
+    "generate_token",
+    "read_token_file",
+    "remove_token_file",
+    "server_token",
+    "token_file",
+    "write_token_file",
+]
+
+logger = logging.getLogger(__name__)
 
 
 class AdminToken:
@@ -81,3 +93,26 @@ def remove_token_file(path: Path, token: str) -> None:
     if read_token_file(path) == token:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def server_token(given: str | None, directory: Path, http_port: int) -> Iterator[str]:
+    """The token a server requires: ``given``, else a generated one kept in its token file while in use.
+
+    A generated token is written to :func:`token_file` (``directory``, ``http_port``) on entry and
+    the file is removed on exit, unless another server has replaced it meanwhile.
+
+    Raises:
+        OSError: the token file cannot be written.
+    """
+    if given:
+        yield given
+        return
+    token = generate_token()
+    path = token_file(directory, http_port)
+    write_token_file(path, token)
+    logger.info("no --admin-token given: generated one, readable by this user in %s", path)
+    try:
+        yield token
+    finally:
+        remove_token_file(path, token)

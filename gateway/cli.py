@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -51,10 +49,24 @@ def serve(
     admin_token: Annotated[str | None, _option("admin_token", "--admin-token")] = None,
     admin_token_dir: Annotated[Path | None, _option("admin_token_dir", "--admin-token-dir")] = None,
     max_upload_bytes: Annotated[int | None, _option("max_upload_bytes", "--max-upload-bytes")] = None,
+    workers: Annotated[int | None, _option("workers", "--workers")] = None,
+    exit_timeout_seconds: Annotated[float | None, _option("exit_timeout_seconds", "--exit-timeout-seconds")] = None,
+    tls_cert_file: Annotated[Path | None, _option("tls_cert_file", "--tls-cert-file")] = None,
+    tls_key_file: Annotated[Path | None, _option("tls_key_file", "--tls-key-file")] = None,
+    cors_allow_origins: Annotated[
+        list[str] | None, _option("cors_allow_origins", "--cors-allow-origin")
+    ] = None,
+    max_request_bytes: Annotated[int | None, _option("max_request_bytes", "--max-request-bytes")] = None,
+    max_tensor_elements: Annotated[int | None, _option("max_tensor_elements", "--max-tensor-elements")] = None,
+    max_json_depth: Annotated[int | None, _option("max_json_depth", "--max-json-depth")] = None,
+    max_inputs: Annotated[int | None, _option("max_inputs", "--max-inputs")] = None,
+    request_timeout_seconds: Annotated[
+        float | None, _option("request_timeout_seconds", "--request-timeout-seconds")
+    ] = None,
     log_level: Annotated[str | None, _option("log_level", "--log-level")] = None,
     log_format: Annotated[LogFormat | None, _option("log_format", "--log-format")] = None,
 ) -> None:
-    """Serve every model in the model repository over REST and gRPC (one process).
+    """Serve every model in the model repository over REST and gRPC (in one process, or --workers processes).
 
     Every option can also be set by its GATEWAY_* environment variable.
     """
@@ -64,19 +76,17 @@ def serve(
     except ValidationError as error:
         raise typer.BadParameter(str(error)) from None
     configure_logging(settings.log_level, settings.log_format)
-    from gateway.server import serve as run_server
+    if settings.workers > 1:
+        from gateway.workers import run_supervisor
 
-    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-        runner.run(run_server(settings))
+        raise typer.Exit(run_supervisor(settings))
+    from gateway.server import StartupError, run_gateway
 
-
-def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (a faster loop for the same asyncio API), else asyncio's."""
     try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+        run_gateway(settings)
+    except StartupError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

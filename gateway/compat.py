@@ -39,14 +39,16 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Coroutine
+from http import HTTPStatus
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from gateway.dataplane import DataPlane, InferRequest, InferResponse, InferTensor, ModelMetadata, TensorMetadata
-from gateway.datatypes import BYTES, array_from_values
+from gateway.datatypes import BYTES, RequestLimits, array_from_values
 from gateway.errors import GatewayError, InvalidArgumentError, NotFoundError, UnavailableError, http_status
 from gateway.logs import REQUEST_ID_HEADER, request_id_header
 from gateway.repository import ModelState
@@ -79,10 +81,76 @@ _TF_STATES = {ModelState.READY: "AVAILABLE", ModelState.LOADING: "LOADING", Mode
 _TORCHSERVE_ERRORS = {
     400: "BadRequestException",
     404: "ModelNotFoundException",
+    413: "RequestEntityTooLargeException",
     503: "ServiceUnavailableException",
 }
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+# OpenAPI documentation of the routes (they read their bodies raw: FastAPI cannot see the shapes).
+class TfServingErrorAnswer(BaseModel):
+    """TF Serving's error answer."""
+
+    error: str
+
+
+class TorchServeErrorAnswer(BaseModel):
+    """TorchServe's error answer."""
+
+    code: int
+    type: str
+    message: str
+
+
+class PingAnswer(BaseModel):
+    """TorchServe's ``GET /ping``: Healthy (200) or Unhealthy (503)."""
+
+    status: str
+
+
+def _errors(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": model, "description": HTTPStatus(status).phrase} for status in statuses}
+
+
+_JSON_BODY: dict[str, Any] = {"required": True, "content": {"application/json": {"schema": {}}}}
+_TF_PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "signature_name": {"type": "string"},
+                        "instances": {"type": "array", "description": "Row format: one item per instance."},
+                        "inputs": {"description": "Columnar format: the only input's value, or {input: value}."},
+                    },
+                }
+            }
+        },
+    }
+}
+_TF_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "predictions (row format) or outputs (columnar format)",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "required": ["predictions"],
+                            "properties": {"predictions": {"type": "array"}},
+                        },
+                        {"type": "object", "required": ["outputs"]},
+                    ]
+                }
+            }
+        },
+    },
+    **_errors(TfServingErrorAnswer, 400, 404, 413, 500, 503, 504),
+}
 
 
 def compat_router(dataplane: DataPlane) -> APIRouter:
@@ -124,12 +192,13 @@ def _error_route(render: Callable[[GatewayError], Response]) -> type[APIRoute]:
     return ErrorShapedRoute
 
 
-def _parse_json(raw: bytes) -> Any:
-    """The JSON value of a body (``NaN``, ``Infinity`` accepted).
+def _parse_json(raw: bytes, limits: RequestLimits) -> Any:
+    """The JSON value of a body (``NaN``, ``Infinity`` accepted), its nesting checked before it is parsed.
 
     Raises:
-        InvalidArgumentError: the body is not UTF-8 JSON.
+        InvalidArgumentError: the body is not UTF-8 JSON, or nests deeper than ``limits.max_json_depth``.
     """
+    limits.check_json_depth(raw)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
@@ -167,12 +236,13 @@ def _nested_shape(values: Any) -> list[int]:
     return shape
 
 
-def _tensor(name: str, values: Any, datatypes: dict[str, str]) -> InferTensor:
+def _tensor(name: str, values: Any, datatypes: dict[str, str], limits: RequestLimits) -> InferTensor:
     """An input tensor from nested JSON values, read as the model's datatype for ``name``.
 
     Raises:
         InvalidArgumentError: an input the model does not take, values that do not fit the
             datatype, ragged lists, or bad base64.
+        PayloadTooLargeError: more elements than ``limits.max_tensor_elements``.
     """
     if name not in datatypes:
         raise InvalidArgumentError(f"unknown input '{name}'; the model takes {', '.join(datatypes)}")
@@ -180,33 +250,36 @@ def _tensor(name: str, values: Any, datatypes: dict[str, str]) -> InferTensor:
     if datatype == BYTES:
         values = _decode_b64(values, name)
     shape = _nested_shape(values)
-    return InferTensor(name, datatype, shape, array_from_values(values, datatype, shape, name))
+    data = array_from_values(values, datatype, shape, name, limits.max_tensor_elements)
+    return InferTensor(name, datatype, shape, data)
 
 
-def _row_tensors(rows: Any, inputs: list[TensorMetadata], field: str) -> list[InferTensor]:
+def _row_tensors(rows: Any, inputs: list[TensorMetadata], field: str, limits: RequestLimits) -> list[InferTensor]:
     """Input tensors from row-format instances: one item per instance, stacked along dim 0.
 
     Raises:
         InvalidArgumentError: not a non-empty list, objects with differing keys, plain values for a
             model with several inputs, or values that do not fit.
+        PayloadTooLargeError: more inputs than ``limits.max_inputs``, or a tensor over ``max_tensor_elements``.
     """
     if not isinstance(rows, list) or not rows:
         raise InvalidArgumentError(f"'{field}' must be a non-empty list with one item per instance")
     datatypes = {tensor.name: tensor.datatype for tensor in inputs}
     if all(isinstance(row, dict) and not _is_b64(row) for row in rows):
         names = list(rows[0])
+        limits.check_tensor_counts(len(names), 0)
         for index, row in enumerate(rows):
             if set(row) != set(names):
                 raise InvalidArgumentError(
                     f"'{field}' item {index} names inputs {sorted(row)}, item 0 names {sorted(names)}"
                 )
-        return [_tensor(name, [row[name] for row in rows], datatypes) for name in names]
+        return [_tensor(name, [row[name] for row in rows], datatypes, limits) for name in names]
     if len(inputs) != 1:
         raise InvalidArgumentError(
             f"the model takes several inputs ({', '.join(datatypes)}): give each item of '{field}' as an "
             "object {input name: value}"
         )
-    return [_tensor(inputs[0].name, rows, datatypes)]
+    return [_tensor(inputs[0].name, rows, datatypes, limits)]
 
 
 def _output_values(tensor: InferTensor) -> Any:
@@ -269,7 +342,8 @@ class _TfServingPredict:
             InvalidArgumentError: malformed JSON; not an object with exactly one of ``instances`` and
                 ``inputs``; another signature than the model's; values that do not fit its inputs.
         """
-        body = _parse_json(self._raw)
+        limits = self._dataplane.limits
+        body = _parse_json(self._raw, limits)
         if not isinstance(body, dict):
             raise InvalidArgumentError("the body must be a JSON object with 'instances' or 'inputs'")
         unknown = sorted(set(body) - {"signature_name", "instances", "inputs"})
@@ -288,9 +362,9 @@ class _TfServingPredict:
             )
         self._row_format = "instances" in body
         if self._row_format:
-            tensors = _row_tensors(body["instances"], metadata.inputs, "instances")
+            tensors = _row_tensors(body["instances"], metadata.inputs, "instances", limits)
         else:
-            tensors = _column_tensors(body["inputs"], metadata.inputs)
+            tensors = _column_tensors(body["inputs"], metadata.inputs, limits)
         return InferRequest(model_name=self._model_name, model_version=self._model_version, inputs=tensors)
 
     def encode(self, response: InferResponse) -> dict[str, Any]:
@@ -301,20 +375,22 @@ class _TfServingPredict:
         return {"outputs": next(iter(columns.values())) if len(columns) == 1 else columns}
 
 
-def _column_tensors(columns: Any, inputs: list[TensorMetadata]) -> list[InferTensor]:
+def _column_tensors(columns: Any, inputs: list[TensorMetadata], limits: RequestLimits) -> list[InferTensor]:
     """Input tensors from columnar ``inputs``: an object by input name, or the value of the only input.
 
     Raises:
         InvalidArgumentError: a plain value for a model with several inputs, or values that do not fit.
+        PayloadTooLargeError: more inputs than ``limits.max_inputs``, or a tensor over ``max_tensor_elements``.
     """
     datatypes = {tensor.name: tensor.datatype for tensor in inputs}
     if isinstance(columns, dict) and not _is_b64(columns):
-        return [_tensor(name, values, datatypes) for name, values in columns.items()]
+        limits.check_tensor_counts(len(columns), 0)
+        return [_tensor(name, values, datatypes, limits) for name, values in columns.items()]
     if len(inputs) != 1:
         raise InvalidArgumentError(
             f"the model takes several inputs ({', '.join(datatypes)}): give 'inputs' as an object {{input name: value}}"
         )
-    return [_tensor(inputs[0].name, columns, datatypes)]
+    return [_tensor(inputs[0].name, columns, datatypes, limits)]
 
 
 def _signature_name(metadata: ModelMetadata) -> str:
@@ -334,8 +410,12 @@ def _tf_tensor_info(tensor: TensorMetadata) -> dict[str, Any]:
 def _tfserving_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter(prefix="/v1/models", route_class=_error_route(_tfserving_error))
 
-    @router.post("/{model_name}:predict")
-    @router.post("/{model_name}/versions/{model_version}:predict")
+    @router.post("/{model_name}:predict", responses=_TF_PREDICT_RESPONSES, openapi_extra=_TF_PREDICT_OPENAPI)
+    @router.post(
+        "/{model_name}/versions/{model_version}:predict",
+        responses=_TF_PREDICT_RESPONSES,
+        openapi_extra=_TF_PREDICT_OPENAPI,
+    )
     async def predict(request: Request, model_name: str, model_version: str | None = None) -> Response:
         call = _TfServingPredict(dataplane, model_name, model_version, await request.body())
         body = await dataplane.infer(
@@ -348,8 +428,13 @@ def _tfserving_router(dataplane: DataPlane) -> APIRouter:
         )
         return _json(body)
 
-    @router.get("/{model_name}")
-    @router.get("/{model_name}/versions/{model_version}")
+    status_responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"application/json": {"schema": {"type": "object", "required": ["model_version_status"]}}}},
+        **_errors(TfServingErrorAnswer, 404, 503),
+    }
+
+    @router.get("/{model_name}", responses=status_responses)
+    @router.get("/{model_name}/versions/{model_version}", responses=status_responses)
     async def model_status(model_name: str, model_version: str | None = None) -> Response:
         entries = [entry for entry in dataplane.repository_index() if entry.name == model_name]
         versions = [entry for entry in entries if entry.version and model_version in (None, entry.version)]
@@ -375,8 +460,13 @@ def _tfserving_router(dataplane: DataPlane) -> APIRouter:
             }
         )
 
-    @router.get("/{model_name}/metadata")
-    @router.get("/{model_name}/versions/{model_version}/metadata")
+    metadata_responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"application/json": {"schema": {"type": "object", "required": ["model_spec", "metadata"]}}}},
+        **_errors(TfServingErrorAnswer, 400, 404, 503),
+    }
+
+    @router.get("/{model_name}/metadata", responses=metadata_responses)
+    @router.get("/{model_name}/versions/{model_version}/metadata", responses=metadata_responses)
     async def model_metadata(model_name: str, model_version: str | None = None) -> Response:
         metadata = dataplane.model_metadata(model_name, model_version)
         signature = {
@@ -404,13 +494,13 @@ def _torchserve_error(error: GatewayError) -> Response:
     return _json({"code": status, "type": kind, "message": error.message}, status)
 
 
-def _torchserve_rows(raw: bytes) -> Any:
+def _torchserve_rows(raw: bytes, limits: RequestLimits) -> Any:
     """The rows of a TorchServe predictions body: a JSON list, or the list under ``data`` or ``instances``.
 
     Raises:
-        InvalidArgumentError: malformed JSON, or a body of another shape.
+        InvalidArgumentError: malformed JSON (or nested deeper than the limit), or a body of another shape.
     """
-    body = _parse_json(raw)
+    body = _parse_json(raw, limits)
     if isinstance(body, dict) and len(body) == 1 and ("data" in body or "instances" in body):
         return next(iter(body.values()))
     if isinstance(body, list):
@@ -424,19 +514,29 @@ def _torchserve_rows(raw: bytes) -> Any:
 def _torchserve_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter(route_class=_error_route(_torchserve_error))
 
-    @router.get("/ping")
+    @router.get("/ping", responses={200: {"model": PingAnswer}, 503: {"model": PingAnswer}})
     async def ping() -> Response:
         ready = dataplane.ready()
         return _json({"status": "Healthy" if ready else "Unhealthy"}, 200 if ready else 503)
 
-    @router.post("/predictions/{model_name}")
-    @router.post("/predictions/{model_name}/{model_version}")
+    predictions_responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"application/json": {"schema": {"type": "array"}}}},
+        **_errors(TorchServeErrorAnswer, 400, 404, 413, 500, 503, 504),
+    }
+    predictions_openapi = {"requestBody": _JSON_BODY}
+
+    @router.post("/predictions/{model_name}", responses=predictions_responses, openapi_extra=predictions_openapi)
+    @router.post(
+        "/predictions/{model_name}/{model_version}",
+        responses=predictions_responses,
+        openapi_extra=predictions_openapi,
+    )
     async def predictions(request: Request, model_name: str, model_version: str | None = None) -> Response:
         raw = await request.body()
 
         def decode() -> InferRequest:
             inputs = dataplane.model_metadata(model_name, model_version).inputs
-            tensors = _row_tensors(_torchserve_rows(raw), inputs, "data")
+            tensors = _row_tensors(_torchserve_rows(raw, dataplane.limits), inputs, "data", dataplane.limits)
             return InferRequest(model_name=model_name, model_version=model_version, inputs=tensors)
 
         body = await dataplane.infer(

@@ -23,6 +23,7 @@ import numpy as np
 
 from backends import InferenceInputError
 from gateway.admin_token import AdminToken
+from gateway.datatypes import RequestLimits
 from gateway.errors import (
     FailedPreconditionError,
     GatewayError,
@@ -33,8 +34,10 @@ from gateway.errors import (
 from gateway.intake import check_version_files, receive_package, unpack_package
 from gateway.logs import new_request_id, set_request_id
 from gateway.metrics import SUCCESS, error_status
-from gateway.repository import IndexEntry, LoadedVersion, ModelRepository, ModelState
+from gateway.repository import IndexEntry, LoadedVersion, ModelRepository, ModelState, check_model_name
+from gateway.scheduler import Disconnected
 from gateway.settings import ModelControlMode
+from gateway.workers import PeerAction, PeerWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +147,10 @@ class DataPlane:
         control_mode: the model control mode; load and unload requests need ``explicit``.
         admin_token: the token the management API (upload, load, unload) requires.
         max_upload_bytes: largest model package accepted, compressed and unpacked alike.
+        limits: the limits inference requests are held to (body size, JSON depth, tensors, elements);
+            the transports' decoders read them here. Default: :class:`RequestLimits`' defaults.
+        request_timeout_seconds: longest an inference request may take, in seconds (None: no limit);
+            see :meth:`infer` for how it combines with gRPC deadlines and Triton's ``timeout``.
     """
 
     def __init__(
@@ -152,12 +159,22 @@ class DataPlane:
         control_mode: ModelControlMode,
         admin_token: AdminToken,
         max_upload_bytes: int,
+        limits: RequestLimits | None = None,
+        request_timeout_seconds: float | None = None,
     ) -> None:
         self.repository = repository
         self.control_mode = control_mode
         self.admin_token = admin_token
         self.max_upload_bytes = max_upload_bytes
+        self.limits = limits if limits is not None else RequestLimits()
+        self.request_timeout_seconds = request_timeout_seconds
         self.is_ready = False
+        #: In a worker process, the link to the other workers (management requests are repeated there).
+        self.peers: PeerWorkers | None = None
+        self._draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         try:
             self._version = version("model-gateway")
         except PackageNotFoundError:
@@ -168,8 +185,25 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """Whether the server is ready: the start-up load of the repository has finished."""
-        return self.is_ready
+        """Whether the server is ready: the start-up load of the repository has finished, and no shutdown began."""
+        return self.is_ready and not self._draining
+
+    @property
+    def inflight(self) -> int:
+        """Inference requests being answered now, all models together."""
+        return self._inflight
+
+    def start_draining(self) -> None:
+        """Begin a graceful shutdown: readiness turns false and new inference requests get UNAVAILABLE."""
+        self._draining = True
+
+    async def wait_idle(self, timeout_seconds: float) -> bool:
+        """Wait up to ``timeout_seconds`` until no inference request is in flight; whether that happened."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def server_metadata(self) -> ServerMetadata:
         """Server name, version and extensions."""
@@ -215,6 +249,8 @@ class DataPlane:
         decode: Callable[[], InferRequest],
         encode: Callable[[InferResponse], Encoded],
         request_id: str | None = None,
+        timeout_seconds: float | None = None,
+        disconnected: Disconnected | None = None,
     ) -> Encoded:
         """Answer one inference request: decode it, check it against the model, run it, encode the answer.
 
@@ -230,18 +266,32 @@ class DataPlane:
             decode: turns the wire request into an :class:`InferRequest`.
             encode: turns the :class:`InferResponse` into the wire answer, which is returned.
             request_id: the id the transport received beside the body, if any.
+            timeout_seconds: the transport's own time limit from now, in seconds (the time left
+                until a gRPC deadline, ``context.time_remaining()``), or None.
+            disconnected: a coroutine function returning when the client goes away (REST), watched
+                only while the request waits; see :meth:`gateway.scheduler.Scheduler.run`.
+
+        The request's deadline is the earliest of ``timeout_seconds``, the server's
+        ``request_timeout_seconds`` and the request's ``timeout`` parameter (Triton's: a non-negative
+        integer in microseconds, 0 for none; in the v2 ``parameters``, REST or gRPC), counted from
+        the call. Past it the request is answered :class:`DeadlineExceededError`: still queued, it is
+        dropped and never runs; running, the backend finishes and the result is discarded.
 
         Raises:
             NotFoundError: unknown model or version.
-            UnavailableError: the model or version is not ready.
+            UnavailableError: the model or version is not ready, or its queue is full.
             InvalidArgumentError: a body that does not decode; a missing, unknown or repeated input;
                 a datatype or shape that does not match the model; a batch over max_batch_size; an
-                unknown output.
+                unknown output; a ``timeout`` parameter that is not a non-negative integer.
+            DeadlineExceededError: the deadline passed before the answer was ready.
+            asyncio.CancelledError: the caller was cancelled or ``disconnected`` returned.
             InternalError: the backend failed on a request that passed every check.
         """
         started = time.perf_counter()
         set_request_id(request_id or new_request_id())
         try:
+            if self._draining:
+                raise UnavailableError("the server is shutting down; send the request to another replica")
             loaded = self.repository.get(model_name, model_version)
         except GatewayError as error:
             known = model_name if self.repository.is_known(model_name) else ""
@@ -251,12 +301,17 @@ class DataPlane:
             raise
         metrics = loaded.metrics
         metrics.inflight.inc()
+        self._inflight += 1
+        self._idle.clear()
         status = SUCCESS
         try:
             request = decode()
             if request.id:
                 set_request_id(request.id)
-            return encode(await self._run(loaded, request))
+            deadline = None
+            if timeout_seconds is not None or self.request_timeout_seconds is not None or request.parameters:
+                deadline = self._deadline(started, timeout_seconds, request.parameters)
+            return encode(await self._run(loaded, request, deadline, disconnected))
         except GatewayError as error:
             status = error_status(error)
             logger.info("%s inference for model '%s' refused: %s", protocol, model_name, error.message)
@@ -269,6 +324,9 @@ class DataPlane:
             raise
         finally:
             metrics.inflight.dec()
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
             seconds = time.perf_counter() - started
             metrics.observe_request(protocol, status, seconds)
             if logger.isEnabledFor(logging.DEBUG):
@@ -281,16 +339,39 @@ class DataPlane:
                     seconds * 1e3,
                 )
 
-    async def _run(self, loaded: LoadedVersion, request: InferRequest) -> InferResponse:
+    def _deadline(self, started: float, timeout_seconds: float | None, parameters: Parameters) -> float | None:
+        """The request's deadline in ``time.perf_counter()`` seconds, or None; see :meth:`infer`.
+
+        Raises:
+            InvalidArgumentError: the ``timeout`` parameter is not a non-negative integer (microseconds).
+        """
+        limits = [seconds for seconds in (timeout_seconds, self.request_timeout_seconds) if seconds is not None]
+        timeout = parameters.get("timeout")
+        if timeout is not None:
+            if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+                raise InvalidArgumentError(
+                    f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}"
+                )
+            if timeout:
+                limits.append(timeout / 1e6)
+        return started + min(limits) if limits else None
+
+    async def _run(
+        self,
+        loaded: LoadedVersion,
+        request: InferRequest,
+        deadline: float | None = None,
+        disconnected: Disconnected | None = None,
+    ) -> InferResponse:
         """Check a decoded request against the loaded version, run it, and collect the requested outputs."""
         feeds = _check_inputs(loaded, request.inputs)
         output_names = _check_outputs(loaded, request.outputs)
         try:
             batch_size = next(iter(feeds.values())).shape[0] if loaded.max_batch_size > 0 and feeds else 1
-            results = await loaded.scheduler.run(feeds, output_names, batch_size)
+            results = await loaded.scheduler.run(feeds, output_names, batch_size, deadline, disconnected)
         except InferenceInputError as error:
             raise InvalidArgumentError(f"model '{loaded.name}' rejected the inputs: {error}") from None
-        except GatewayError:  # e.g. the queue is full
+        except GatewayError:  # e.g. the queue is full, or the deadline passed
             raise
         except Exception as error:
             logger.exception("model %s version %d failed on a valid request", loaded.name, loaded.version)
@@ -329,7 +410,10 @@ class DataPlane:
         """
         self.admin_token.check(authorization)
         self._require_explicit_mode("load")
-        await self.repository.load(name)
+        try:
+            await self.repository.load(name)
+        finally:
+            await self._tell_peers("load", name)
 
     async def unload_model(self, name: str, authorization: str | None) -> None:
         """Unload a model (explicit model control mode only).
@@ -342,6 +426,7 @@ class DataPlane:
         self.admin_token.check(authorization)
         self._require_explicit_mode("unload")
         await self.repository.unload(name)
+        await self._tell_peers("unload", name)
 
     async def upload_version(
         self, name: str, version: str | None, package: AsyncIterator[bytes], authorization: str | None
@@ -368,6 +453,7 @@ class DataPlane:
             UnavailableError: the repository cannot be written, or the model failed to load the version.
         """
         self.admin_token.check(authorization)
+        check_model_name(name)  # before reading the body
         number = None if version is None else _parse_new_version(version)
         async with self.repository.staging_folder() as staging:
             archive = staging / "package"
@@ -376,8 +462,18 @@ class DataPlane:
             await asyncio.to_thread(unpack_package, archive, version_dir, self.max_upload_bytes)
             await asyncio.to_thread(check_version_files, version_dir)
             installed = await self.repository.install_version(name, number, version_dir)
+        await self._tell_peers("load", name)
         logger.info("model %s version %d uploaded", name, installed)
         return UploadResult(name, installed, installed in self.repository.ready_versions(name))
+
+    async def _tell_peers(self, action: PeerAction, name: str) -> None:
+        """In a worker process, have the other workers load or unload ``name`` too (see :mod:`gateway.workers`).
+
+        Raises:
+            UnavailableError: some other worker failed.
+        """
+        if self.peers is not None:
+            await self.peers.follow(action, name)
 
     def _require_explicit_mode(self, action: str) -> None:
         if self.control_mode is not ModelControlMode.EXPLICIT:

@@ -7,18 +7,28 @@ REST (JSON ``data`` lists) and gRPC (typed ``contents`` and ``raw_*_contents``) 
 BYTES tensors are numpy ``object`` arrays whose elements are ``bytes``. Their raw form is the
 Triton/KServe length-prefixed layout: for each element, a 4-byte little-endian unsigned length
 followed by that many bytes.
+
+The request limits both transports enforce live here too, in one place (:class:`RequestLimits`):
+the body size (REST bodies are read, and gzip or deflate bodies decompressed, by :class:`BodyReader`;
+gRPC messages are limited by grpc itself), the JSON nesting depth, the number of input and output
+tensors, and the element count of each tensor's declared shape, checked before anything is allocated.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import zlib
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gateway.errors import InvalidArgumentError
+from gateway.errors import InvalidArgumentError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+if TYPE_CHECKING:
+    from gateway.settings import GatewaySettings
 
 BYTES = "BYTES"
 
@@ -74,19 +84,236 @@ def v2_datatype(dtype: np.dtype[Any]) -> str:
         raise ValueError(f"numpy dtype {dtype} has no KServe v2 datatype") from None
 
 
-def element_count(shape: Sequence[int], tensor_name: str) -> int:
-    """Number of elements of a tensor of ``shape``; every dim must be a non-negative integer.
+#: Largest int64: v2 shapes are int64 (gRPC ``repeated int64 shape``), and so are numpy's sizes.
+INT64_MAX = 2**63 - 1
+#: Default of ``--max-request-bytes``: Triton's default largest request, 64 MiB.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+#: Default of ``--max-tensor-elements``: 64 Mi elements (256 MiB of FP32).
+DEFAULT_MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
+#: Default of ``--max-json-depth``: levels of nested JSON arrays and objects.
+DEFAULT_MAX_JSON_DEPTH = 32
+#: Default of ``--max-inputs``: input tensors, and requested outputs, per request.
+DEFAULT_MAX_INPUTS = 64
+
+#: Up to this length, a JSON body's brackets are counted at once (cheaper than a few finds, see check_json_depth).
+_SHORT_JSON_BYTES = 1024
+# JSON depth scan: braces become brackets, every byte but brackets and quotes is dropped.
+_DEPTH_TABLE = bytes.maketrans(b"{}", b"[]")
+_DEPTH_DELETE = bytes(byte for byte in range(256) if byte not in b'[]{}"')
+#: Content-Encoding of a request body -> zlib ``wbits`` to decompress it (None: not compressed).
+_ENCODINGS: dict[str, int | None] = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+                                     "deflate": zlib.MAX_WBITS}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """The limits every inference request is held to, whatever its transport (the ``--max-*`` settings).
+
+    Attributes:
+        max_request_bytes: largest body in bytes, after decompression (REST), or gRPC message.
+        max_tensor_elements: most elements one input tensor's shape may declare.
+        max_json_depth: deepest nesting of JSON arrays and objects in a REST body.
+        max_inputs: most input tensors, and most requested outputs, in one request.
+    """
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    max_inputs: int = DEFAULT_MAX_INPUTS
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> RequestLimits:
+        """The limits the server's settings give."""
+        return cls(
+            max_request_bytes=settings.max_request_bytes,
+            max_tensor_elements=settings.max_tensor_elements,
+            max_json_depth=settings.max_json_depth,
+            max_inputs=settings.max_inputs,
+        )
+
+    def check_tensor_counts(self, inputs: int, outputs: int) -> None:
+        """Check the number of input tensors and of requested outputs of a request.
+
+        Raises:
+            PayloadTooLargeError: more than ``max_inputs`` of either (413 / RESOURCE_EXHAUSTED).
+        """
+        if inputs > self.max_inputs or outputs > self.max_inputs:
+            which, count = ("inputs", inputs) if inputs > self.max_inputs else ("requested outputs", outputs)
+            raise PayloadTooLargeError(f"the request has {count} {which}; the server accepts at most {self.max_inputs}")
+
+    def check_json_depth(self, raw: bytes) -> None:
+        """Check that a JSON text nests arrays and objects at most ``max_json_depth`` deep, without parsing it.
+
+        A body with at most ``max_json_depth`` opening brackets cannot nest deeper: a short body's
+        are counted with ``bytes.count``, a longer one's with ``bytes.find`` (memchr), stopping at one
+        past the limit, so that a flat body costs a few finds whatever its size. Only a body with
+        more opening brackets (e.g. nested lists of rows) is measured exactly, in one C-speed pass
+        (strings, and escaped quotes in them, are skipped). Malformed JSON is left to the parser,
+        unless its brackets do not balance.
+
+        Raises:
+            InvalidArgumentError: nested deeper than the limit, or brackets that do not balance (400).
+        """
+        limit = self.max_json_depth
+        if len(raw) <= _SHORT_JSON_BYTES:
+            if raw.count(b"[") + raw.count(b"{") > limit:
+                _check_depth_exactly(raw, limit)
+            return
+        find = raw.find
+        opens = 0
+        for bracket in b"[{":
+            at = find(bracket)
+            while at >= 0:
+                opens += 1
+                if opens > limit:
+                    _check_depth_exactly(raw, limit)
+                    return
+                at = find(bracket, at + 1)
+
+
+def _check_depth_exactly(raw: bytes, max_depth: int) -> None:
+    """Measure the nesting of ``raw`` (JSON) against ``max_depth``; see :meth:`RequestLimits.check_json_depth`."""
+    if b"\\" in raw:
+        # Escape sequences: drop escaped backslashes first, then escaped quotes; the quotes left delimit strings.
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = raw.translate(_DEPTH_TABLE, _DEPTH_DELETE)
+    if b'"' in brackets:
+        brackets = b"".join(brackets.split(b'"')[::2])  # outside strings only
+    # Each pass removes the innermost pairs, one level: a body of depth d is empty after d passes.
+    for _ in range(max_depth):
+        if not brackets:
+            return
+        shorter = brackets.replace(b"[]", b"")
+        if len(shorter) == len(brackets):
+            raise InvalidArgumentError("malformed JSON: its brackets do not balance")
+        brackets = shorter
+    if not brackets:
+        return
+    if brackets.count(b"[") != brackets.count(b"]"):
+        raise InvalidArgumentError("malformed JSON: its brackets do not balance")
+    raise InvalidArgumentError(f"the JSON body nests arrays and objects deeper than {max_depth} levels")
+
+
+class BodyReader:
+    """Collects a request body as its chunks arrive, decompressing it, and refuses it past a size limit.
+
+    The limit applies to the body as received and, for a compressed body, to what it decompresses
+    to: decompression stops as soon as its output passes the limit (so a gzip bomb costs at most
+    ``limit`` bytes), and no more than the limit is ever buffered.
+
+    Args:
+        limit: largest body accepted, in bytes (``max_request_bytes``).
+        content_encoding: the ``Content-Encoding`` header: absent, ``identity``, ``gzip`` (or ``x-gzip``)
+            or ``deflate`` (zlib, RFC 9110 section 8.4.1).
+        content_length: the ``Content-Length`` header, checked before any byte is read.
 
     Raises:
-        InvalidArgumentError: a dim is negative or not an integer.
+        UnsupportedMediaTypeError: another content encoding (415).
+        PayloadTooLargeError: a Content-Length over the limit (413).
+    """
+
+    __slots__ = ("_chunks", "_decompressor", "_limit", "_received", "_size", "_wbits")
+
+    def __init__(self, limit: int, content_encoding: str | None = None, content_length: str | None = None) -> None:
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._received = 0
+        self._wbits = 0
+        self._decompressor: Any = None
+        if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+            raise PayloadTooLargeError(_too_large(f"Content-Length {content_length}", limit))
+        if content_encoding:
+            encoding = content_encoding.strip().lower()
+            if encoding not in _ENCODINGS:
+                raise UnsupportedMediaTypeError(
+                    f"unsupported Content-Encoding '{content_encoding}'; the server decodes gzip, deflate or identity"
+                )
+            wbits = _ENCODINGS[encoding]
+            if wbits is not None:
+                self._wbits = wbits
+                self._decompressor = zlib.decompressobj(wbits)
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next chunk of the body.
+
+        Raises:
+            PayloadTooLargeError: the body, or what it decompresses to, passes the limit (413).
+            InvalidArgumentError: a compressed body that does not decompress (400).
+        """
+        self._received += len(chunk)
+        if self._received > self._limit:
+            raise PayloadTooLargeError(_too_large("the request body", self._limit))
+        if self._decompressor is None:
+            if chunk:
+                self._chunks.append(chunk)
+            return
+        try:
+            while chunk:
+                # max_length: at most one byte past the limit, so that passing it is seen (0 would mean no limit).
+                output = self._decompressor.decompress(chunk, self._limit - self._size + 1)
+                self._size += len(output)
+                if self._size > self._limit:
+                    raise PayloadTooLargeError(_too_large("the decompressed request body", self._limit))
+                self._chunks.append(output)
+                chunk = self._decompressor.unconsumed_tail
+                if not chunk and self._decompressor.eof and self._decompressor.unused_data:
+                    chunk = self._decompressor.unused_data  # the next gzip member (RFC 1952 section 2.2)
+                    self._decompressor = zlib.decompressobj(self._wbits)
+        except zlib.error as error:
+            raise InvalidArgumentError(f"the request body does not decompress: {error}") from None
+
+    def finish(self) -> bytes:
+        """The whole body, decompressed.
+
+        Raises:
+            InvalidArgumentError: a compressed body that ends before its compressed stream does (400).
+        """
+        if self._decompressor is not None and not self._decompressor.eof:
+            raise InvalidArgumentError("the compressed request body is truncated")
+        chunks = self._chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(what: str, limit: int) -> str:
+    return f"{what} is larger than the server's limit of {limit} bytes (--max-request-bytes)"
+
+
+def element_count(shape: Sequence[int], tensor_name: str, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> int:
+    """Number of elements of a tensor of ``shape``, checked before anything of that size is allocated.
+
+    Every dim must be a non-negative integer whose product fits in an int64 (KServe v2 shapes are
+    int64); the count must be at most ``max_elements``. For a tensor with a zero dim, the product of
+    its other dims is held to the same bounds (numpy refuses such shapes past its address space).
+
+    Raises:
+        InvalidArgumentError: a dim is negative or not an integer, or the dims overflow int64 (400).
+        PayloadTooLargeError: more than ``max_elements`` elements (413 / RESOURCE_EXHAUSTED).
     """
     for dim in shape:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
             raise InvalidArgumentError(f"input '{tensor_name}': shape {list(shape)} must hold non-negative integers")
-    return math.prod(shape)
+    count = math.prod(shape)
+    if 0 < count <= max_elements:
+        return count
+    extent = count or math.prod(dim for dim in shape if dim)
+    if extent > INT64_MAX:
+        raise InvalidArgumentError(f"input '{tensor_name}': shape {list(shape)} overflows int64")
+    if extent > max_elements:
+        raise PayloadTooLargeError(
+            f"input '{tensor_name}': shape {list(shape)} declares {extent} elements; the server accepts at most "
+            f"{max_elements} per tensor (--max-tensor-elements)"
+        )
+    return count
 
 
-def array_from_values(values: Any, datatype: str, shape: Sequence[int], tensor_name: str) -> np.ndarray:
+def array_from_values(
+    values: Any,
+    datatype: str,
+    shape: Sequence[int],
+    tensor_name: str,
+    max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+) -> np.ndarray:
     """Build a tensor from wire values (JSON ``data``, flat or nested, or gRPC typed contents).
 
     Args:
@@ -94,6 +321,7 @@ def array_from_values(values: Any, datatype: str, shape: Sequence[int], tensor_n
         datatype: the v2 datatype the client declared.
         shape: the shape the client declared; the values must hold exactly prod(shape) elements.
         tensor_name: used in error messages.
+        max_elements: most elements the shape may declare (``--max-tensor-elements``).
 
     Returns:
         An array of ``shape`` and the dtype of ``datatype`` (BYTES: object array of bytes).
@@ -103,22 +331,39 @@ def array_from_values(values: Any, datatype: str, shape: Sequence[int], tensor_n
 
     Raises:
         InvalidArgumentError: wrong count, ragged nesting, values of the wrong kind (e.g. a float
-            for INT32, a string for FP32, a number for BOOL) or integers out of the datatype's range.
+            for INT32, a string for FP32, a number for BOOL) or integers out of the datatype's range;
+            a bad shape (see :func:`element_count`).
+        PayloadTooLargeError: the shape declares more than ``max_elements`` elements.
     """
     dtype = numpy_dtype(datatype)
-    count = element_count(shape, tensor_name)
+    count = element_count(shape, tensor_name, max_elements)
     if datatype == BYTES:
         array = _bytes_array(values, tensor_name)
     else:
         array = _numeric_array(values, dtype, datatype, tensor_name)
-    if array.size != count:
-        raise InvalidArgumentError(
-            f"input '{tensor_name}': shape {list(shape)} of {datatype} needs {count} elements, data holds {array.size}"
-        )
+    check_value_count(count, array.size, datatype, shape, tensor_name)
     return array.reshape(shape)
 
 
-def array_from_raw(buffer: bytes | memoryview, datatype: str, shape: Sequence[int], tensor_name: str) -> np.ndarray:
+def check_value_count(count: int, given: int, datatype: str, shape: Sequence[int], tensor_name: str) -> None:
+    """Check that a tensor's data holds the ``count`` elements its shape declares.
+
+    Raises:
+        InvalidArgumentError: ``given`` differs from ``count``.
+    """
+    if given != count:
+        raise InvalidArgumentError(
+            f"input '{tensor_name}': shape {list(shape)} of {datatype} needs {count} elements, data holds {given}"
+        )
+
+
+def array_from_raw(
+    buffer: bytes | memoryview,
+    datatype: str,
+    shape: Sequence[int],
+    tensor_name: str,
+    max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+) -> np.ndarray:
     """Build a tensor from its raw little-endian bytes (gRPC ``raw_input_contents``).
 
     The array shares memory with ``buffer`` (read-only) where the datatype allows; BYTES is parsed
@@ -126,10 +371,11 @@ def array_from_raw(buffer: bytes | memoryview, datatype: str, shape: Sequence[in
 
     Raises:
         InvalidArgumentError: the byte length does not match ``shape`` and ``datatype``, or the
-            BYTES layout is truncated.
+            BYTES layout is truncated; a bad shape (see :func:`element_count`).
+        PayloadTooLargeError: the shape declares more than ``max_elements`` elements.
     """
     dtype = numpy_dtype(datatype)
-    count = element_count(shape, tensor_name)
+    count = element_count(shape, tensor_name, max_elements)
     if datatype == BYTES:
         array = _parse_length_prefixed(memoryview(buffer), count, tensor_name)
         return array.reshape(shape)

@@ -36,6 +36,15 @@ class UnavailableError(GatewayError):
     """The model exists but is not ready: loading, or its load failed (503 / UNAVAILABLE)."""
 
 
+class DeadlineExceededError(GatewayError):
+    """The request's deadline passed before its answer was ready (504 / DEADLINE_EXCEEDED).
+
+    The deadline is the earliest of the gRPC deadline, Triton's ``timeout`` request parameter and the
+    server's ``request_timeout_seconds``. Work still queued is dropped; work already running on the
+    backend finishes and its result is discarded.
+    """
+
+
 class FailedPreconditionError(GatewayError):
     """The operation is not allowed in the server's current mode (400 / FAILED_PRECONDITION)."""
 
@@ -52,6 +61,10 @@ class PayloadTooLargeError(GatewayError):
     """The request or upload is larger than the server's limit (413 / RESOURCE_EXHAUSTED)."""
 
 
+class UnsupportedMediaTypeError(InvalidArgumentError):
+    """The request body is in an encoding the server does not decode (415 / INVALID_ARGUMENT)."""
+
+
 class InternalError(GatewayError):
     """The backend failed while running a valid request (500 / INTERNAL)."""
 
@@ -61,10 +74,12 @@ _STATUS: dict[type[GatewayError], tuple[HTTPStatus, grpc.StatusCode]] = {
     InvalidArgumentError: (HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT),
     NotFoundError: (HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND),
     UnavailableError: (HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
+    DeadlineExceededError: (HTTPStatus.GATEWAY_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED),
     FailedPreconditionError: (HTTPStatus.BAD_REQUEST, grpc.StatusCode.FAILED_PRECONDITION),
     UnauthenticatedError: (HTTPStatus.UNAUTHORIZED, grpc.StatusCode.UNAUTHENTICATED),
     AlreadyExistsError: (HTTPStatus.CONFLICT, grpc.StatusCode.ALREADY_EXISTS),
     PayloadTooLargeError: (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    UnsupportedMediaTypeError: (HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT),
     InternalError: (HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL),
 }
 

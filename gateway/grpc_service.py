@@ -23,7 +23,16 @@ from gateway.dataplane import (
     RequestedOutput,
     TensorMetadata,
 )
-from gateway.datatypes import BYTES, array_from_raw, array_from_values, array_to_raw, numpy_dtype
+from gateway.datatypes import (
+    BYTES,
+    RequestLimits,
+    array_from_raw,
+    array_from_values,
+    array_to_raw,
+    check_value_count,
+    element_count,
+    numpy_dtype,
+)
 from gateway.errors import GatewayError, InvalidArgumentError, grpc_status
 from gateway.logs import current_request_id
 from protos import grpc_predict_v2_pb2 as pb
@@ -49,6 +58,8 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     BYTES: "bytes_contents",
 }
+
+_DEFAULT_LIMITS = RequestLimits()
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -103,13 +114,20 @@ def encode_parameters(values: dict[str, Any], target: Any) -> None:
             parameter.string_param = str(value)
 
 
-def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
+def decode_infer_request(request: pb.ModelInferRequest, limits: RequestLimits = _DEFAULT_LIMITS) -> InferRequest:
     """Decode a ModelInferRequest into the data plane's request.
+
+    The message's size was limited by grpc (``max_request_bytes``); ``limits`` bounds the number of
+    inputs and requested outputs and each shape's element count, before any tensor is built.
 
     Raises:
         InvalidArgumentError: raw contents that do not pair up with the inputs, FP16 sent as typed
-            contents, or data that does not fit the declared datatype and shape.
+            contents, a bad shape, or data that does not fit the declared datatype and shape.
+        PayloadTooLargeError: more inputs or requested outputs than the limit, or a shape that
+            declares more elements than the limit (RESOURCE_EXHAUSTED).
     """
+    limits.check_tensor_counts(len(request.inputs), len(request.outputs))
+    max_elements = limits.max_tensor_elements
     raw_contents = request.raw_input_contents
     if raw_contents and len(raw_contents) != len(request.inputs):
         raise InvalidArgumentError(
@@ -119,7 +137,7 @@ def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
     for index, tensor in enumerate(request.inputs):
         shape = list(tensor.shape)
         if raw_contents:
-            data = array_from_raw(raw_contents[index], tensor.datatype, shape, tensor.name)
+            data = array_from_raw(raw_contents[index], tensor.datatype, shape, tensor.name, max_elements)
         else:
             field = CONTENTS_FIELD.get(tensor.datatype)
             if field is None:
@@ -128,7 +146,11 @@ def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
                     f"input '{tensor.name}': {tensor.datatype} has no typed contents field; "
                     "send it in raw_input_contents"
                 )
-            data = array_from_values(list(getattr(tensor.contents, field)), tensor.datatype, shape, tensor.name)
+            contents = getattr(tensor.contents, field)
+            # Counted before the contents are copied into a list (a Python object per element).
+            count = element_count(shape, tensor.name, max_elements)
+            check_value_count(count, len(contents), tensor.datatype, shape, tensor.name)
+            data = array_from_values(list(contents), tensor.datatype, shape, tensor.name, max_elements)
         inputs.append(InferTensor(tensor.name, tensor.datatype, shape, data, decode_parameters(tensor.parameters)))
     return InferRequest(
         model_name=request.model_name,
@@ -212,15 +234,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     @_abort_on_error
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        """KServe v2 ModelInfer; raw inputs get raw outputs."""
+        """KServe v2 ModelInfer; raw inputs get raw outputs.
+
+        The call's gRPC deadline (``context.time_remaining()``) bounds the request, with Triton's
+        ``timeout`` parameter and the server's request timeout: past it, DEADLINE_EXCEEDED and queued
+        work is dropped. A client that cancels has grpc.aio cancel this coroutine, which takes the
+        request off the model's queue (see :meth:`gateway.scheduler.Scheduler.run`).
+        """
         raw = bool(request.raw_input_contents)
         response: pb.ModelInferResponse = await self.dataplane.infer(
             PROTOCOL,
             request.model_name,
             request.model_version or None,
-            decode=lambda: decode_infer_request(request),
+            decode=lambda: decode_infer_request(request, self.dataplane.limits),
             encode=lambda answer: encode_infer_response(answer, raw=raw),
             request_id=_metadata_value(context, REQUEST_ID_KEY),
+            timeout_seconds=context.time_remaining(),
         )
         # Trailing, not initial, metadata: it travels with the status instead of costing a send of its own.
         context.set_trailing_metadata(((REQUEST_ID_KEY, current_request_id() or ""),))
@@ -256,11 +285,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
 
 def create_grpc_server(
-    dataplane: DataPlane, address: str, max_message_bytes: int
+    dataplane: DataPlane,
+    address: str,
+    max_message_bytes: int,
+    credentials: grpc.ServerCredentials | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, HealthStatus]:
     """A grpc.aio server bound to ``address`` (host:port) with the inference and health services.
 
     The health servicer starts NOT_SERVING; the caller sets SERVING once the server is ready.
+
+    Args:
+        dataplane: what the services answer from.
+        address: host:port to listen on.
+        max_message_bytes: largest message received or sent, in bytes.
+        credentials: TLS credentials, or None for plaintext.
+        reuse_port: let other processes listen on the same port (SO_REUSEPORT, for worker
+            processes); off otherwise, so that a second server on a busy port fails to start.
 
     Raises:
         RuntimeError: the address cannot be bound.
@@ -269,12 +310,14 @@ def create_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if server.add_insecure_port(address) == 0:
+    bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    if bound == 0:
         raise RuntimeError(f"cannot bind the gRPC server to {address}")
     return server, health_servicer
 

@@ -20,6 +20,8 @@ from pathlib import Path, PurePosixPath
 
 import onnx
 
+from backends.base import ModelLoadError
+from backends.onnxruntime import check_external_data
 from gateway.errors import InvalidArgumentError, PayloadTooLargeError
 
 __all__ = ["MAX_PACKAGE_MEMBERS", "check_version_files", "pack_version", "receive_package", "unpack_package"]
@@ -102,10 +104,19 @@ def unpack_package(package: Path, destination: Path, limit_bytes: int) -> None:
 def check_version_files(version_dir: Path) -> None:
     """Check the files of an unpacked version: every ``.onnx`` passes ``onnx.checker``, ``parity.json`` is JSON.
 
+    Before the checker opens anything, every ``.onnx`` must keep its external data inside
+    ``version_dir`` (:func:`backends.onnxruntime.check_external_data`, which the ONNX Runtime backend
+    runs again at every load).
+
     Raises:
-        InvalidArgumentError: a file that fails its check; the message names it and says why.
+        InvalidArgumentError: a file that fails its check; the message names it and says why (for
+            external data: the tensor and its location).
     """
     for model_file in sorted(version_dir.rglob("*.onnx")):
+        try:
+            check_external_data(model_file, version_dir)
+        except ModelLoadError as error:
+            raise InvalidArgumentError(str(error)) from None
         try:
             onnx.checker.check_model(str(model_file), full_check=True)
         except Exception as error:  # checker and protobuf raise several types for a bad file

@@ -30,8 +30,8 @@ _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 #: The HTTP header carrying a request id, in requests and in answers (every REST route family).
 REQUEST_ID_HEADER = "X-Request-ID"
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
-JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s [%(request_id)s]: %(message)s"
+JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s %(request_id)s"
 
 
 class LogFormat(StrEnum):

@@ -10,13 +10,22 @@ cannot grow the number of series.
 The hot path never calls ``labels()``: each loaded version gets a :class:`VersionMetrics` whose
 children are looked up once, so a request costs a handful of ``observe``/``inc`` calls (measured
 by ``bench/metrics_overhead.py``).
+
+With several worker processes (``gateway serve --workers N``) the metrics use prometheus-client's
+multiprocess mode: each worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (set by
+the supervisor before it starts the workers) and ``/metrics``, whichever worker answers it, adds up
+every worker's counters and histograms. ``gateway_inference_inflight_requests`` is the sum over the
+live workers and ``gateway_model_ready`` their minimum (1 only when every live worker serves the
+version). The process metrics (``process_*``) are left out in that mode: they describe one process.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
 __all__ = ["LATENCY_BUCKETS", "SUCCESS", "Metrics", "VersionMetrics", "error_status"]
@@ -33,71 +42,85 @@ LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120
 
 SUCCESS = "success"
 
+#: The environment variable that turns on prometheus-client's multiprocess mode (a folder).
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
 
 class Metrics:
     """The gateway's metrics in their own registry (no global state; one per server process).
+
+    ``registry`` is what ``/metrics`` exposes: in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``
+    set) it collects every worker's values from that folder, and the metrics themselves are
+    registered in a private registry.
 
     Args:
         registry: where to register them (default: a new registry, with the process collector).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        own_registry = registry if registry is not None else CollectorRegistry()
+        self.registry = own_registry
         if registry is None:
-            registry = CollectorRegistry()
-            ProcessCollector(registry=registry)
-        self.registry = registry
+            multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+            if multiprocess_dir:
+                self.registry = CollectorRegistry()
+                MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+            else:
+                ProcessCollector(registry=own_registry)
         self.requests = Counter(
             "gateway_inference_requests",
             "Inference requests answered, by outcome (success or the error class).",
             ["model", "version", "protocol", "status"],
-            registry=registry,
+            registry=own_registry,
         )
         self.request_duration = Histogram(
             "gateway_inference_request_duration_seconds",
             "Server-side time of an inference request, from request decoded to response encoded.",
             ["model", "version", "protocol"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=own_registry,
         )
         self.queue_duration = Histogram(
             "gateway_inference_queue_duration_seconds",
             "Time a request waited for a free model instance.",
             ["model", "version"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=own_registry,
         )
         self.compute_duration = Histogram(
             "gateway_inference_compute_duration_seconds",
             "Time the backend spent running a batch.",
             ["model", "version"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=own_registry,
         )
         self.batch_size = Histogram(
             "gateway_inference_batch_size",
             "Batch size (first dimension) of each backend run.",
             ["model", "version"],
             buckets=BATCH_BUCKETS,
-            registry=registry,
+            registry=own_registry,
         )
         self.inflight = Gauge(
             "gateway_inference_inflight_requests",
             "Inference requests being answered now.",
             ["model", "version"],
-            registry=registry,
+            multiprocess_mode="livesum",
+            registry=own_registry,
         )
         self.model_ready = Gauge(
             "gateway_model_ready",
             "1 when the model version is loaded and ready for inference, else 0.",
             ["model", "version", "backend"],
-            registry=registry,
+            multiprocess_mode="livemin",
+            registry=own_registry,
         )
         self.load_duration = Histogram(
             "gateway_model_load_duration_seconds",
             "Time to load a model version (all its instances).",
             ["model", "version"],
             buckets=LOAD_BUCKETS,
-            registry=registry,
+            registry=own_registry,
         )
 
     def for_version(self, model: str, version: int) -> VersionMetrics:

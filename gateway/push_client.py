@@ -33,9 +33,9 @@ from converters.parity import ParityReport
 from converters.pipeline import ConversionResult, ExportFormat, ParityError, convert_model
 from gateway.admin_token import read_token_file, token_file
 from gateway.datatypes import numpy_dtype, v2_datatype
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidArgumentError
 from gateway.intake import check_version_files, pack_version
-from gateway.repository import ModelRepository, valid_model_name
+from gateway.repository import ModelRepository, check_model_name
 from gateway.settings import ENV_PREFIX, default_admin_token_dir
 
 __all__ = [
@@ -300,8 +300,10 @@ def push_source(
             check that fails (with its table), or a server that refuses the package.
     """
     report = progress or (lambda _: None)
-    if not valid_model_name(name):
-        raise PushError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (not starting with '.')")
+    try:
+        check_model_name(name)
+    except InvalidArgumentError as error:
+        raise PushError(error.message) from None
     if (server is None) == (repository is None):
         raise PushError("give exactly one of --server URL or --repository PATH")
     if version is not None and version < 1:

@@ -7,7 +7,14 @@ loaded version serves a request.
 
 A load never takes the server down: a model or version that fails is recorded as UNAVAILABLE with
 the reason, other models keep serving, and a version that fails to reload keeps its previous
-files serving. A new or changed version is loaded fully before it replaces the old one.
+files serving. A new or changed version is loaded fully before it replaces the old one, and a new
+version that fails to load leaves the versions serving until then in place (even those the version
+policy would retire for it).
+
+A version that stops serving (replaced, retired by the policy, unloaded, or its folder removed) is
+taken out of routing at once, so that new requests go to its successor or get NOT_FOUND; the
+requests already queued or running on it finish, and then its instances are released
+(:meth:`gateway.scheduler.Scheduler.drain`, in the background).
 """
 
 from __future__ import annotations
@@ -22,13 +29,11 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-
-from prometheus_client import CollectorRegistry
 
 from backends import Backend, ModelLoadError, create_backend, detect_backend
 from gateway.config import (
@@ -41,11 +46,13 @@ from gateway.config import (
 )
 from gateway.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 from gateway.metrics import Metrics, VersionMetrics
-from gateway.scheduler import BatchingPolicy, Scheduler
+from gateway.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+#: Longest model name: a folder name, well within every filesystem's 255 bytes.
+MAX_MODEL_NAME_LENGTH = 200
 #: Folder inside the repository where uploads are received and checked (hidden: not a model).
 STAGING_FOLDER = ".staging"
 #: File in a version folder holding the parity figures `gateway push` measured.
@@ -134,16 +141,23 @@ class ModelRepository:
         root: the repository folder.
         default_max_batch_size: max_batch_size for batchable models whose config sets none.
         metrics: where load times and readiness are published (default: a registry of its own).
+        cpu_cores: CPU cores the model instances may use together (default: all those of this process);
+            each version's ``instance_count`` instances share them.
     """
 
-    def __init__(self, root: Path, default_max_batch_size: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, root: Path, default_max_batch_size: int, metrics: Metrics | None = None, cpu_cores: int | None = None
+    ) -> None:
         self.root = root
         self.default_max_batch_size = default_max_batch_size
         self.metrics = metrics if metrics is not None else Metrics()
+        self.cpu_cores = cpu_cores if cpu_cores is not None else len(os.sched_getaffinity(0))
         # Per model, the (version, backend) label pairs of gateway_model_ready published so far.
         self._published_ready: dict[str, set[tuple[str, str]]] = {}
         self._records: dict[str, _ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Versions taken out of service whose requests are still finishing (see _retire).
+        self._draining: set[asyncio.Task[None]] = set()
 
     def model_names(self) -> list[str]:
         """Names of the model folders on disk, sorted; folders with invalid names are skipped."""
@@ -170,8 +184,9 @@ class ModelRepository:
                 await self._load_quietly(name, fingerprint)
         for name in [name for name in self._records if name not in on_disk]:
             logger.info("model %s was removed from the repository; unloading it", name)
-            del self._records[name]
+            removed = self._records.pop(name)
             self._publish_ready(name)
+            self._retire(removed.versions.values())
 
     async def load(self, name: str) -> None:
         """Load (or reload) every version of ``name`` its version policy selects.
@@ -198,11 +213,13 @@ class ModelRepository:
                 outcome = await asyncio.to_thread(self._load_versions, name, path, record.versions)
             finally:
                 record.loading = False
+            retired = _retired(record.versions, outcome.versions)
             record.versions = outcome.versions
             record.failures = outcome.failures
             record.loaded = True
             record.fingerprint = fingerprint
             self._publish_ready(name)
+            self._retire(retired)
         for version, reason in outcome.failures.items():
             logger.warning("model %s%s failed to load: %s", name, _version_suffix(version), reason)
         if outcome.versions:
@@ -214,7 +231,10 @@ class ModelRepository:
             )
 
     async def unload(self, name: str) -> None:
-        """Stop serving every version of ``name``; calls already running finish on their instances.
+        """Stop serving every version of ``name``: new requests get NOT_FOUND from now on.
+
+        Requests already queued or running finish on their instances, which are then released in
+        the background (the call does not wait for them, as Triton's unload).
 
         Raises:
             NotFoundError: the model is not loaded.
@@ -223,6 +243,7 @@ class ModelRepository:
         if record is None or not record.loaded:
             raise NotFoundError(f"model '{name}' is not loaded")
         async with self._locks.setdefault(name, asyncio.Lock()):
+            self._retire(record.versions.values())
             record.versions = {}
             record.failures = {}
             record.loaded = False
@@ -234,13 +255,20 @@ class ModelRepository:
     async def staging_folder(self) -> AsyncIterator[Path]:
         """A new, empty folder inside the repository (same filesystem), removed with what is left in it.
 
+        The folder is named ``upload-<host>-<pid>-<random>`` after the process that owns it. A process
+        killed in the middle of an upload leaves its folder behind (it is hidden: never a model);
+        each new staging folder first removes those left by dead processes of this host, and never
+        one whose process is alive (several worker processes may share one repository) or one
+        of another host (a shared volume).
+
         Raises:
             UnavailableError: the repository cannot be written (e.g. mounted read-only).
         """
         staging_root = self.root / STAGING_FOLDER
         try:
             staging_root.mkdir(parents=True, exist_ok=True)
-            folder = Path(tempfile.mkdtemp(dir=staging_root, prefix="upload-"))
+            await asyncio.to_thread(_remove_stale_staging_folders, staging_root)
+            folder = Path(tempfile.mkdtemp(dir=staging_root, prefix=f"upload-{_staging_host()}-{os.getpid()}-"))
         except OSError as error:
             raise UnavailableError(f"the model repository cannot be written: {error}") from None
         try:
@@ -270,13 +298,12 @@ class ModelRepository:
             AlreadyExistsError: that version exists already.
             UnavailableError: the model failed to load the new version; the repository is as before.
         """
-        if not valid_model_name(name):
-            raise InvalidArgumentError(f"invalid model name '{name}': use letters, digits, '_', '.', '-' only")
+        check_model_name(name)
         model_path = self.root / name
         if model_path.is_symlink() or (model_path.exists() and not model_path.is_dir()):
             raise InvalidArgumentError(f"'{name}' in the repository is not a model folder")
         async with self._locks.setdefault(name, asyncio.Lock()):
-            await asyncio.to_thread(self._trial_load, name, model_path, staged)
+            await asyncio.to_thread(self._trial_load, model_path, staged)
             is_new_model = not model_path.is_dir()
             highest = 0 if is_new_model else max(_version_folders(model_path), default=0)
             number = version if version is not None else highest + 1
@@ -297,13 +324,11 @@ class ModelRepository:
             raise UnavailableError(f"model '{name}' version {number} failed to load: {reason}") from None
         return number
 
-    def _trial_load(self, name: str, model_path: Path, staged: Path) -> None:
+    def _trial_load(self, model_path: Path, staged: Path) -> None:
         """Runs in a worker thread: load one instance of the staged files with the model's config."""
         try:
             config = read_model_config(model_path) if model_path.is_dir() else ModelConfig()
-            trial = config.model_copy(update={"instance_count": 1})
-            # A trial load publishes nothing: its metrics go to a registry no one scrapes.
-            self._load_version(name, 0, staged, trial, (), Metrics(CollectorRegistry()).for_version(name, 0))
+            self._create_instances(staged, config.model_copy(update={"instance_count": 1}))
         except (ModelLoadError, ModelConfigError) as error:
             raise InvalidArgumentError(f"the uploaded model does not load: {error}") from None
 
@@ -359,6 +384,20 @@ class ModelRepository:
             if None in record.failures:
                 entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, record.failures[None]))
         return entries
+
+    def _retire(self, versions: Iterable[LoadedVersion]) -> None:
+        """Release versions that no longer serve once their queued and running requests have finished."""
+        loop = asyncio.get_running_loop()
+        for loaded in versions:
+            task = loop.create_task(self._drain(loaded))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+
+    @staticmethod
+    async def _drain(loaded: LoadedVersion) -> None:
+        logger.info("model %s version %d no longer serves; draining its requests", loaded.name, loaded.version)
+        await loaded.scheduler.drain()
+        logger.info("model %s version %d released", loaded.name, loaded.version)
 
     async def _load_quietly(self, name: str, fingerprint: Fingerprint | None = None) -> None:
         with contextlib.suppress(NotFoundError, UnavailableError):  # recorded in the index, and logged
@@ -418,6 +457,11 @@ class ModelRepository:
                 failures[version] = f"unexpected error: {error!r}"
             if version in failures and previous is not None:
                 versions[version] = previous
+        if any(version not in versions for version in failures):
+            # A version failed with nothing to fall back on: what serves now keeps serving (e.g. version
+            # 1 stays while a broken version 2 is fixed, although the policy "latest 1" selects only 2).
+            for version, loaded in current.items():
+                versions.setdefault(version, loaded)
         return _LoadOutcome(versions=versions, failures=failures)
 
     def _load_version(
@@ -429,15 +473,7 @@ class ModelRepository:
         fingerprint: Fingerprint,
         metrics: VersionMetrics,
     ) -> LoadedVersion:
-        backend_name = config.backend or detect_backend(path)
-        options = config.backend_options(backend_name)
-        declared = config.declared_signature()
-        cpu_threads = max(1, len(os.sched_getaffinity(0)) // config.instance_count)
-        instances = [
-            create_backend(backend_name, path, options, declared, cpu_threads=cpu_threads)
-            for _ in range(config.instance_count)
-        ]
-        completed = complete_config(config, backend_name, instances[0], self.default_max_batch_size)
+        instances, completed = self._create_instances(path, config)
         max_batch_size = completed.max_batch_size or 0
 
         def signatures(tensors: list[TensorConfig]) -> dict[str, TensorSignature]:
@@ -457,6 +493,25 @@ class ModelRepository:
             parity=_read_parity(path),
             backend_parameters=instances[0].metadata_parameters,
         )
+
+    def _create_instances(self, path: Path, config: ModelConfig) -> tuple[list[Backend], ModelConfig]:
+        """The ``instance_count`` backend sessions of the version files in ``path``, and the completed config.
+
+        The process's CPU cores (:attr:`cpu_cores`) are divided among the instances.
+
+        Raises:
+            ModelLoadError: the files do not load.
+            ModelConfigError: the config does not fit the model.
+        """
+        backend_name = config.backend or detect_backend(path)
+        options = config.backend_options(backend_name)
+        declared = config.declared_signature()
+        cpu_threads = max(1, self.cpu_cores // config.instance_count)
+        instances = [
+            create_backend(backend_name, path, options, declared, cpu_threads=cpu_threads)
+            for _ in range(config.instance_count)
+        ]
+        return instances, complete_config(config, backend_name, instances[0], self.default_max_batch_size)
 
     def _publish_ready(self, name: str) -> None:
         """Set ``gateway_model_ready`` to 1 for each version of ``name`` serving now, 0 for the others seen."""
@@ -480,8 +535,8 @@ class ModelRepository:
 def _scheduler(instances: list[Backend], config: ModelConfig, metrics: VersionMetrics) -> Scheduler:
     """The scheduler of a loaded version, with the batching its completed config asks for."""
     batching = config.dynamic_batching
-    if batching is None:
-        return Scheduler(instances, metrics)
+    if batching is None:  # Triton sets a queue's size under dynamic_batching only: a default bound here
+        return Scheduler(instances, metrics, max_queue_size=DEFAULT_MAX_QUEUE_SIZE)
     max_batch_size = config.max_batch_size or 0
     policy = BatchingPolicy(
         max_batch_size=max_batch_size,
@@ -491,9 +546,64 @@ def _scheduler(instances: list[Backend], config: ModelConfig, metrics: VersionMe
     return Scheduler(instances, metrics, policy, batching.max_queue_size)
 
 
+def _retired(current: dict[int, LoadedVersion], new: dict[int, LoadedVersion]) -> list[LoadedVersion]:
+    """The loaded versions of ``current`` that ``new`` does not hold (by identity: a reload is a new object)."""
+    kept = {id(loaded) for loaded in new.values()}
+    return [loaded for loaded in current.values() if id(loaded) not in kept]
+
+
+_STAGING_NAME = re.compile(r"upload-(?P<host>[A-Za-z0-9._]*)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+")
+
+
+def _staging_host() -> str:
+    """This host's name as it appears in staging folder names (no '-': it separates the fields)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", os.uname().nodename)[:64]
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging_folders(staging_root: Path) -> None:
+    """Remove the staging folders of dead processes of this host; other folders are left alone."""
+    host = _staging_host()
+    for entry in staging_root.iterdir():
+        match = _STAGING_NAME.fullmatch(entry.name)
+        if match is None or match["host"] != host or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        logger.info("removing %s, left by process %d, which is gone", entry, pid)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
 def valid_model_name(name: str) -> bool:
-    """Whether ``name`` is a model name: ``[A-Za-z0-9_.-]+`` not starting with a dot (hidden folders)."""
-    return bool(MODEL_NAME_PATTERN.fullmatch(name)) and not name.startswith(".")
+    """Whether ``name`` is a model name: ``[A-Za-z0-9_.-]+``, at most :data:`MAX_MODEL_NAME_LENGTH`
+    characters, not starting with a dot (hidden folders)."""
+    return (
+        len(name) <= MAX_MODEL_NAME_LENGTH and bool(MODEL_NAME_PATTERN.fullmatch(name)) and not name.startswith(".")
+    )
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a name that is not a model name (:func:`valid_model_name`).
+
+    Raises:
+        InvalidArgumentError: the message says what a model name may hold.
+    """
+    if not valid_model_name(name):
+        raise InvalidArgumentError(
+            f"invalid model name '{name[:MAX_MODEL_NAME_LENGTH]}': use letters, digits, '_', '.', '-' "
+            f"(at most {MAX_MODEL_NAME_LENGTH}, not starting with '.')"
+        )
 
 
 def _read_parity(version_path: Path) -> dict[str, Any] | None:

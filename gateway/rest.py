@@ -28,12 +28,14 @@ declares the infer routes too (same handler), so that its OpenAPI schema documen
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
 import numpy as np
 import orjson
@@ -51,9 +53,24 @@ from gateway.dataplane import (
     RequestedOutput,
     TensorMetadata,
 )
-from gateway.datatypes import BYTES, array_from_raw, array_from_values, array_to_raw
-from gateway.errors import GatewayError, InvalidArgumentError, UnauthenticatedError, http_status
+from gateway.datatypes import (
+    BYTES,
+    V2_TO_NUMPY,
+    BodyReader,
+    RequestLimits,
+    array_from_raw,
+    array_from_values,
+    array_to_raw,
+)
+from gateway.errors import (
+    GatewayError,
+    InvalidArgumentError,
+    PayloadTooLargeError,
+    UnauthenticatedError,
+    http_status,
+)
 from gateway.logs import REQUEST_ID_HEADER, request_id_header
+from gateway.scheduler import Disconnected
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +82,11 @@ INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
 OCTET_STREAM = "application/octet-stream"
 #: ``POST`` paths of inference: ``/v2/models/{m}/infer`` and ``/v2/models/{m}/versions/{v}/infer``.
 INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+#: ``Retry-After`` (seconds) sent with every 503: a full queue, a model loading, a server shutting down.
+RETRY_AFTER_SECONDS = 1
+_RETRY_AFTER = (b"retry-after", str(RETRY_AFTER_SECONDS).encode())
+#: Paths of the upload routes, whose bodies (model packages) are held to ``max_upload_bytes`` instead.
+UPLOAD_PATH = re.compile(r"/v2/repository/models/[^/]+/versions(?:/[^/]+)?")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -108,6 +130,190 @@ class RestIndexRequest(BaseModel):
     ready: bool = False
 
 
+# ----------------------------------------------------------------------------- OpenAPI documentation
+# The routes read their bodies raw and answer with orjson, so FastAPI cannot see their shapes: these
+# models and schemas document them (KServe v2 "HTTP/REST" JSON objects). They are never used to parse.
+
+
+class ErrorAnswer(BaseModel):
+    """Every error answer of the v2 routes (KServe v2: ``{"error": "<message>"}``)."""
+
+    error: str
+
+
+class LiveAnswer(BaseModel):
+    """``GET /v2/health/live``."""
+
+    live: bool
+
+
+class ReadyAnswer(BaseModel):
+    """``GET /v2/health/ready``: 200 with ``ready: true``, 400 with ``ready: false``."""
+
+    ready: bool
+
+
+class ServerMetadataAnswer(BaseModel):
+    """KServe v2 "Server Metadata Response JSON Object"."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadataAnswer(BaseModel):
+    """A model tensor: v2 datatype and shape (-1: variable)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadataAnswer(BaseModel):
+    """KServe v2 "Model Metadata Response JSON Object"."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadataAnswer]
+    outputs: list[TensorMetadataAnswer]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelReadyAnswer(BaseModel):
+    """``GET /v2/models/{m}[/versions/{v}]/ready``: 200 with ``ready: true``, 400 with ``ready: false``."""
+
+    name: str
+    ready: bool
+
+
+class IndexEntryAnswer(BaseModel):
+    """One entry of the repository index (Triton's repository extension)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class UploadAnswer(BaseModel):
+    """The version an upload created, and whether it serves."""
+
+    name: str
+    version: str
+    ready: bool
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error statuses answered with ``{"error": message}``."""
+    return {status: {"model": ErrorAnswer, "description": HTTPStatus(status).phrase} for status in statuses}
+
+
+_PARAMETERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Parameters (e.g. binary_data_size, binary_data, binary_data_output).",
+    "additionalProperties": True,
+}
+_SHAPE_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+_DATATYPE_SCHEMA: dict[str, Any] = {"type": "string", "enum": list(V2_TO_NUMPY)}
+#: KServe v2 "Inference Request JSON Object", with Triton's binary tensor data extension.
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": _PARAMETERS_SCHEMA,
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": _SHAPE_SCHEMA,
+                    "datatype": _DATATYPE_SCHEMA,
+                    "parameters": _PARAMETERS_SCHEMA,
+                    "data": {
+                        "type": "array",
+                        "description": "The values, flat or nested, row-major; left out when "
+                        "parameters.binary_data_size gives the length of the input's raw data after the JSON.",
+                    },
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": _PARAMETERS_SCHEMA},
+            },
+        },
+    },
+}
+#: KServe v2 "Inference Response JSON Object".
+INFER_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model_name", "model_version", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "parameters": _PARAMETERS_SCHEMA,
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": _SHAPE_SCHEMA,
+                    "datatype": _DATATYPE_SCHEMA,
+                    "parameters": _PARAMETERS_SCHEMA,
+                    "data": {"type": "array", "description": "The values, flat, row-major (NaN as null)."},
+                },
+            },
+        },
+    },
+}
+_BINARY_SCHEMA: dict[str, Any] = {"type": "string", "format": "binary"}
+_INFER_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": INFERENCE_HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "Binary tensor data extension: bytes of JSON at the start of the body.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        {
+            "name": "Content-Encoding",
+            "in": "header",
+            "required": False,
+            "description": "gzip or deflate: the body is compressed (the size limit applies after decompression).",
+            "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]},
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": INFER_REQUEST_SCHEMA},
+            OCTET_STREAM: {"schema": _BINARY_SCHEMA},
+        },
+    },
+}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The outputs: JSON, or with binary outputs, JSON then raw data "
+        f"({INFERENCE_HEADER_LENGTH} gives the JSON's length).",
+        "content": {JSON: {"schema": INFER_RESPONSE_SCHEMA}, OCTET_STREAM: {"schema": _BINARY_SCHEMA}},
+    },
+    **error_responses(400, 404, 413, 415, 500, 503, 504),
+}
+#: OpenAPI security requirement of the management routes (the admin token).
+ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
+
+
 def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type=JSON, headers=headers)
 
@@ -138,21 +344,32 @@ class EncodedResponse:
     json_length: int | None = None
 
 
+_DEFAULT_LIMITS = RequestLimits()
+
+
 def decode_infer_request(
-    raw: bytes, model_name: str, model_version: str | None, json_length: int | None = None
+    raw: bytes,
+    model_name: str,
+    model_version: str | None,
+    json_length: int | None = None,
+    limits: RequestLimits = _DEFAULT_LIMITS,
 ) -> InferRequest:
     """Decode a v2 REST inference request body into the data plane's request.
 
     Args:
-        raw: the whole body.
+        raw: the whole body (decompressed).
         model_name, model_version: the model the path names.
         json_length: the ``Inference-Header-Content-Length`` header (binary tensor data extension),
             or None when the body is all JSON.
+        limits: the JSON depth, tensor count and element count limits, checked before the JSON is
+            parsed and before any tensor is allocated.
 
     Raises:
-        InvalidArgumentError: malformed JSON, a missing field, data that does not fit the declared
-            datatype and shape, or binary data that does not add up to the ``binary_data_size``
-            of the inputs.
+        InvalidArgumentError: malformed JSON, JSON nested deeper than the limit, a missing field, a
+            bad shape, data that does not fit the declared datatype and shape, or binary data that
+            does not add up to the ``binary_data_size`` of the inputs.
+        PayloadTooLargeError: more inputs or requested outputs than the limit, or a shape that
+            declares more elements than the limit.
     """
     if json_length is None:
         header, binary = raw, memoryview(b"")
@@ -160,7 +377,10 @@ def decode_infer_request(
         header, binary = raw[:json_length], memoryview(raw)[json_length:]
     else:
         raise InvalidArgumentError(f"{INFERENCE_HEADER_LENGTH} is {json_length} but the body holds {len(raw)} bytes")
+    limits.check_json_depth(header)
     body = _parse(RestInferRequest, header)
+    limits.check_tensor_counts(len(body.inputs), len(body.outputs))
+    max_elements = limits.max_tensor_elements
     inputs: list[InferTensor] = []
     offset = 0
     for tensor in body.inputs:
@@ -173,12 +393,14 @@ def decode_infer_request(
                     f"input '{tensor.name}': binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} bytes of binary data left)"
                 )
-            data = array_from_raw(binary[offset : offset + size], tensor.datatype, tensor.shape, tensor.name)
+            data = array_from_raw(
+                binary[offset : offset + size], tensor.datatype, tensor.shape, tensor.name, max_elements
+            )
             offset += size
         elif tensor.data is None:
             raise InvalidArgumentError(f"input '{tensor.name}' has neither data nor parameters.binary_data_size")
         else:
-            data = array_from_values(tensor.data, tensor.datatype, tensor.shape, tensor.name)
+            data = array_from_values(tensor.data, tensor.datatype, tensor.shape, tensor.name, max_elements)
         inputs.append(InferTensor(tensor.name, tensor.datatype, tensor.shape, data, tensor.parameters))
     if offset != len(binary):
         raise InvalidArgumentError(
@@ -264,13 +486,22 @@ class _InferCall:
     Args:
         raw: the request body.
         json_length: the ``Inference-Header-Content-Length`` header as received, or None.
+        limits: the request limits the body is decoded within.
     """
 
-    def __init__(self, raw: bytes, model_name: str, model_version: str | None, json_length: str | None) -> None:
+    def __init__(
+        self,
+        raw: bytes,
+        model_name: str,
+        model_version: str | None,
+        json_length: str | None,
+        limits: RequestLimits = _DEFAULT_LIMITS,
+    ) -> None:
         self.raw = raw
         self.model_name = model_name
         self.model_version = model_version
         self.json_length = json_length
+        self.limits = limits
         self.is_binary: Callable[[str], bool] | None = None
 
     def decode(self) -> InferRequest:
@@ -281,7 +512,7 @@ class _InferCall:
                     f"{INFERENCE_HEADER_LENGTH} must be a number of bytes, got {self.json_length!r}"
                 )
             json_length = int(self.json_length)
-        request = decode_infer_request(self.raw, self.model_name, self.model_version, json_length)
+        request = decode_infer_request(self.raw, self.model_name, self.model_version, json_length, self.limits)
         self.is_binary = binary_outputs(request)
         return request
 
@@ -295,6 +526,7 @@ async def answer_infer(
     model_name: str,
     model_version: str | None,
     headers: Mapping[str, str],
+    disconnected: Disconnected | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """Answer ``POST /v2/models/{m}[/versions/{v}]/infer``: HTTP status, response headers and body.
 
@@ -302,10 +534,16 @@ async def answer_infer(
         raw: the request body.
         headers: the request headers, by lower-case name (``x-request-id``,
             ``inference-header-content-length``).
+        disconnected: a coroutine function returning when the client goes away; while the request
+            waits in the model's queue it is watched, and the request dropped when it returns.
 
-    Every error is answered (400 for a bad request, 404, 503, ...) with ``{"error": message}``.
+    Every error is answered (400 for a bad request, 404, 503, 504 ...) with ``{"error": message}``.
+
+    Raises:
+        asyncio.CancelledError: ``disconnected`` returned (the request was dropped), or the caller
+            was cancelled.
     """
-    call = _InferCall(raw, model_name, model_version, headers.get(INFERENCE_HEADER_LENGTH.lower()))
+    call = _InferCall(raw, model_name, model_version, headers.get(INFERENCE_HEADER_LENGTH.lower()), dataplane.limits)
     try:
         encoded = await dataplane.infer(
             PROTOCOL,
@@ -314,6 +552,7 @@ async def answer_infer(
             decode=call.decode,
             encode=call.encode,
             request_id=headers.get(REQUEST_ID_HEADER.lower()),
+            disconnected=disconnected,
         )
     except GatewayError as error:
         return error_answer(error)
@@ -336,6 +575,21 @@ def create_app(dataplane: DataPlane) -> FastAPI:
     registry = dataplane.repository.metrics.registry
     app.include_router(_v2_router(dataplane))
     app.include_router(compat_router(dataplane))  # TF Serving and TorchServe routes
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, plus the admin token's security scheme (bearer) that the management routes name."""
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["adminToken"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The admin token (--admin-token, or the generated token file).",
+            }
+        return app.openapi_schema or default_openapi()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -361,22 +615,24 @@ def create_app(dataplane: DataPlane) -> FastAPI:
 def _v2_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter(prefix="/v2")
 
-    @router.get("/health/live")
+    @router.get("/health/live", responses={200: {"model": LiveAnswer}})
     async def server_live() -> Response:
         return _json({"live": dataplane.live()})
 
-    @router.get("/health/ready")
+    @router.get("/health/ready", responses={200: {"model": ReadyAnswer}, 400: {"model": ReadyAnswer}})
     async def server_ready() -> Response:
         ready = dataplane.ready()
         return _json({"ready": ready}, 200 if ready else 400)
 
-    @router.get("")
+    @router.get("", responses={200: {"model": ServerMetadataAnswer}})
     async def server_metadata() -> Response:
         metadata = dataplane.server_metadata()
         return _json({"name": metadata.name, "version": metadata.version, "extensions": metadata.extensions})
 
-    @router.get("/models/{model_name}")
-    @router.get("/models/{model_name}/versions/{model_version}")
+    metadata_responses = {200: {"model": ModelMetadataAnswer}, **error_responses(400, 404, 503)}
+
+    @router.get("/models/{model_name}", responses=metadata_responses)
+    @router.get("/models/{model_name}/versions/{model_version}", responses=metadata_responses)
     async def model_metadata(model_name: str, model_version: str | None = None) -> Response:
         metadata = dataplane.model_metadata(model_name, model_version)
         return _json(
@@ -390,21 +646,43 @@ def _v2_router(dataplane: DataPlane) -> APIRouter:
             }
         )
 
-    @router.get("/models/{model_name}/ready")
-    @router.get("/models/{model_name}/versions/{model_version}/ready")
+    ready_responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": ModelReadyAnswer},
+        400: {
+            "description": "The model is not ready (ready: false), or the version is not an integer (error)",
+            "content": {
+                JSON: {"schema": {"anyOf": [ModelReadyAnswer.model_json_schema(), ErrorAnswer.model_json_schema()]}}
+            },
+        },
+        **error_responses(404),
+    }
+
+    @router.get("/models/{model_name}/ready", responses=ready_responses)
+    @router.get("/models/{model_name}/versions/{model_version}/ready", responses=ready_responses)
     async def model_ready(model_name: str, model_version: str | None = None) -> Response:
         ready = dataplane.model_ready(model_name, model_version)
         return _json({"name": model_name, "ready": ready}, 200 if ready else 400)
 
-    @router.post("/models/{model_name}/infer")
-    @router.post("/models/{model_name}/versions/{model_version}/infer")
+    @router.post("/models/{model_name}/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_OPENAPI)
+    @router.post(
+        "/models/{model_name}/versions/{model_version}/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_OPENAPI
+    )
     async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
         """KServe v2 inference; the server answers these paths in :class:`RestServer`, with the same handler."""
-        raw = await request.body()
-        status, headers, body = await answer_infer(dataplane, raw, model_name, model_version, request.headers)
+        raw = await receive_body(request.receive, request.headers, dataplane.limits.max_request_bytes)
+        status, headers, body = await answer_infer(dataplane, raw or b"", model_name, model_version, request.headers)
         return Response(body, status_code=status, headers=headers)
 
-    @router.post("/repository/index")
+    @router.post(
+        "/repository/index",
+        responses={200: {"model": list[IndexEntryAnswer]}, **error_responses(400, 413)},
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {JSON: {"schema": RestIndexRequest.model_json_schema()}},
+            }
+        },
+    )
     async def repository_index(request: Request) -> Response:
         body = _parse(RestIndexRequest, await request.body(), empty_ok=True)
         entries = dataplane.repository_index(ready_only=body.ready)
@@ -412,18 +690,55 @@ def _v2_router(dataplane: DataPlane) -> APIRouter:
             [{"name": e.name, "version": e.version, "state": e.state.value, "reason": e.reason} for e in entries]
         )
 
-    @router.post("/repository/models/{model_name}/load")
+    management = {"security": ADMIN_SECURITY}
+    control_responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {JSON: {"schema": {"type": "object"}}}},
+        **error_responses(400, 401, 404, 503),
+    }
+
+    @router.post(
+        "/repository/models/{model_name}/load",
+        responses=control_responses,
+        openapi_extra=management,
+    )
     async def repository_load(request: Request, model_name: str) -> Response:
         await dataplane.load_model(model_name, request.headers.get("authorization"))
         return _json({})
 
-    @router.post("/repository/models/{model_name}/unload")
+    @router.post(
+        "/repository/models/{model_name}/unload",
+        responses=control_responses,
+        openapi_extra=management,
+    )
     async def repository_unload(request: Request, model_name: str) -> Response:
         await dataplane.unload_model(model_name, request.headers.get("authorization"))
         return _json({})
 
-    @router.post("/repository/models/{model_name}/versions")
-    @router.put("/repository/models/{model_name}/versions/{model_version}")
+    upload_responses: dict[int | str, dict[str, Any]] = {
+        201: {"model": UploadAnswer},
+        **error_responses(400, 401, 409, 413, 503),
+    }
+    upload_openapi = {
+        "security": ADMIN_SECURITY,
+        "requestBody": {
+            "required": True,
+            "description": "A model package: a tar archive (gzip-compressed or not) of one version folder.",
+            "content": {OCTET_STREAM: {"schema": _BINARY_SCHEMA}},
+        },
+    }
+
+    @router.post(
+        "/repository/models/{model_name}/versions",
+        status_code=201,
+        responses=upload_responses,
+        openapi_extra=upload_openapi,
+    )
+    @router.put(
+        "/repository/models/{model_name}/versions/{model_version}",
+        status_code=201,
+        responses=upload_responses,
+        openapi_extra=upload_openapi,
+    )
     async def repository_upload(request: Request, model_name: str, model_version: str | None = None) -> Response:
         result = await dataplane.upload_version(
             model_name, model_version, request.stream(), request.headers.get("authorization")
@@ -433,11 +748,108 @@ def _v2_router(dataplane: DataPlane) -> APIRouter:
     return router
 
 
+async def receive_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes | None:
+    """Read an ASGI request body within ``limit`` bytes, decompressing a gzip or deflate body as it arrives.
+
+    The Content-Length header is checked before anything is read, then the body as it arrives and
+    what it decompresses to (see :class:`gateway.datatypes.BodyReader`); nothing past the limit is
+    buffered.
+
+    Args:
+        headers: the request headers, by lower-case name (``content-length``, ``content-encoding``).
+        limit: largest body in bytes (``max_request_bytes``).
+
+    Returns:
+        The body, decompressed; None if the client disconnected first.
+
+    Raises:
+        PayloadTooLargeError: the body, or what it decompresses to, is larger than ``limit`` (413).
+        UnsupportedMediaTypeError: a Content-Encoding other than gzip, deflate or identity (415).
+        InvalidArgumentError: a compressed body that does not decompress (400).
+    """
+    content_length = headers.get("content-length")
+    if (
+        content_length is not None
+        and "content-encoding" not in headers
+        and content_length.isdigit()
+        and int(content_length) <= limit
+    ):
+        # The HTTP server ends the body at Content-Length: there is nothing to count (the hot path).
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    reader = BodyReader(limit, headers.get("content-encoding"), content_length)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        reader.feed(message.get("body", b""))
+        if not message.get("more_body", False):
+            return reader.finish()
+
+
+def _limited_receive(receive: Receive, scope: Scope, limit: int) -> Receive:
+    """``receive`` of a request whose body may hold at most ``limit`` bytes (checked on Content-Length first).
+
+    Reading past the limit raises :class:`PayloadTooLargeError` inside the route reading the body,
+    which answers it in its own error format (413).
+    """
+    content_length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+            raise PayloadTooLargeError(
+                f"Content-Length {content_length.decode()} is larger than the server's limit of {limit} bytes "
+                "(--max-request-bytes)"
+            )
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise PayloadTooLargeError(
+                    f"the request body is larger than the server's limit of {limit} bytes (--max-request-bytes)"
+                )
+        return message
+
+    return limited
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    """Return when the client of a request whose body was read goes away.
+
+    uvicorn's ``receive`` answers ``http.disconnect`` once the connection is lost (it waits until then).
+    """
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _with_retry_after(send: Send) -> Send:
+    """``send`` adding ``Retry-After`` to a 503 answer (a full queue, a model loading, a shutdown) that has none."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 503:
+            headers = list(message.get("headers", ()))
+            if all(name.lower() != b"retry-after" for name, _ in headers):
+                message = {**message, "headers": [*headers, _RETRY_AFTER]}
+        await send(message)
+
+    return sending
+
+
 class RestServer:
     """The ASGI application the server runs: inference straight to the data plane, all else to FastAPI.
 
     ``POST /v2/models/{m}[/versions/{v}]/infer`` is answered by :func:`answer_infer` without
-    FastAPI's routing and middleware; any other request goes to ``app``.
+    FastAPI's routing and middleware; any other request goes to ``app``. Every 503 answer, on any
+    route, carries ``Retry-After: 1`` (:data:`RETRY_AFTER_SECONDS`). A client that disconnects while
+    its inference request waits in the model's queue has the request dropped (never run).
 
     Args:
         dataplane: the data plane answering inference.
@@ -450,27 +862,38 @@ class RestServer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = INFER_PATH.fullmatch(scope["path"])
-            if match is not None:
-                await self._infer(scope, receive, send, match["model"], match["version"])
-                return
+        if scope["type"] == "http":
+            if scope["method"] == "POST":
+                match = INFER_PATH.fullmatch(scope["path"])
+                if match is not None:
+                    await self._infer(scope, receive, send, match["model"], match["version"])
+                    return
+            if UPLOAD_PATH.fullmatch(scope["path"]) is None:  # uploads have their own limit, max_upload_bytes
+                receive = _limited_receive(receive, scope, self.dataplane.limits.max_request_bytes)
+            send = _with_retry_after(send)
         await self.app(scope, receive, send)
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         try:
+            raw = await receive_body(receive, headers, self.dataplane.limits.max_request_bytes)
+            if raw is None:  # the client went away
+                return
             status, response_headers, body = await answer_infer(
-                self.dataplane, b"".join(chunks), unquote(model), unquote(version) if version else None, headers
+                self.dataplane,
+                raw,
+                model,  # scope["path"] is percent-decoded already
+                version,
+                headers,
+                functools.partial(_until_disconnect, receive),
             )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return  # the client went away while its request waited: it was dropped, and no one is left to answer
+        except GatewayError as error:  # the body is too large, or in an encoding the server does not decode
+            status, response_headers, body = error_answer(error)
         except Exception as error:
             logger.exception("unexpected error answering POST %s", scope["path"])
             status, response_headers, body = (
@@ -480,5 +903,7 @@ class RestServer:
             )
         headers_out = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response_headers.items()]
         headers_out.append((b"content-length", str(len(body)).encode()))
+        if status == 503:
+            headers_out.append(_RETRY_AFTER)
         await send({"type": "http.response.start", "status": status, "headers": headers_out})
         await send({"type": "http.response.body", "body": body})

@@ -26,21 +26,36 @@ whose recent batches took less than :data:`INLINE_COMPUTE_SECONDS` runs them on 
 instead; it moves back to threads as soon as its batches get slower. Batches are timed in CPU
 seconds of the thread running them (a moving average), since a worker thread's wall time also holds
 its waits for the GIL.
+
+Queue, deadlines and cancellation: a request finding ``max_queue_size`` requests waiting is refused
+at once (:class:`~gateway.errors.UnavailableError`, 503). A request may carry a deadline (the
+earliest of a gRPC deadline, Triton's ``timeout`` parameter and the server's request timeout): when
+it passes, the request gets :class:`~gateway.errors.DeadlineExceededError` (504 / DEADLINE_EXCEEDED);
+if it was still queued it is taken off the queue and never runs, if it was running the backend
+finishes (a run cannot be interrupted) and the result is discarded. A request whose caller is
+cancelled (a gRPC client that cancels, or whose deadline passes) or whose client disconnects (the
+``disconnected`` watch of :meth:`Scheduler.run`) is likewise taken off the queue and never runs.
+
+Draining: when a version is retired (reloaded or unloaded), :meth:`Scheduler.drain` waits until no
+request is queued or running, then :meth:`Scheduler.close` releases the instances and the worker
+threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from backends import Backend
-from gateway.errors import InternalError, UnavailableError
+from gateway.errors import DeadlineExceededError, InternalError, UnavailableError
 from gateway.metrics import VersionMetrics
 
 #: Seconds: a version whose batches take less than this (moving average) runs them on the event loop.
@@ -49,6 +64,15 @@ INLINE_COMPUTE_SECONDS = 100e-6
 _AVERAGE_WEIGHT = 0.2
 #: Largest CPU time one batch adds to the moving average: three slow batches in a row move a version to threads.
 _CPU_SECONDS_CAP = 2 * INLINE_COMPUTE_SECONDS
+#: Most requests waiting for a version without dynamic batching (whose config has no ``max_queue_size``).
+DEFAULT_MAX_QUEUE_SIZE = 1024
+
+#: Seconds a request waits in the queue before its client is watched for a disconnect. Watching costs
+#: a task per request (about 5 us); requests that wait less run about as soon as a drop would happen.
+WATCH_CLIENT_AFTER_SECONDS = 0.05
+
+#: A coroutine function whose coroutine returns when the client of a request has gone away.
+Disconnected = Callable[[], Coroutine[Any, Any, object]]
 
 Tensors = dict[str, np.ndarray]
 
@@ -68,7 +92,7 @@ class BatchingPolicy:
     max_queue_delay_seconds: float
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: taken off the queue with deque.remove
 class _Request:
     inputs: Mapping[str, np.ndarray]
     output_names: Sequence[str]
@@ -77,6 +101,10 @@ class _Request:
     enqueued: float
     # Inputs' names, dtypes and shapes without the first dim: requests merge only when these agree.
     merge_key: tuple[tuple[str, str, tuple[int, ...]], ...] = field(default=())
+    # Set when the request is taken off the queue to run.
+    running: bool = False
+    # The task watching for the client's disconnect, once the request has waited a while.
+    watcher: asyncio.Task[object] | None = None
 
 
 class Scheduler:
@@ -86,7 +114,8 @@ class Scheduler:
         instances: one or more loaded instances of the same version.
         metrics: where queue time, compute time and batch sizes are recorded (None: nowhere).
         batching: how to merge requests; None runs each request alone.
-        max_queue_size: most requests waiting (not yet running); 0 for no limit.
+        max_queue_size: most requests waiting (not yet running); 0 for no limit (Triton's meaning
+            of ``dynamic_batching.max_queue_size: 0``).
     """
 
     def __init__(
@@ -107,8 +136,18 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=len(instances), thread_name_prefix="backend")
         self._average_compute_seconds = float("inf")  # unknown until a batch ran: start in threads
+        self._closed = False
+        # Set by drain(): resolved once no request is queued or running.
+        self._drained: asyncio.Future[None] | None = None
 
-    async def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], batch_size: int = 1) -> Tensors:
+    async def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        batch_size: int = 1,
+        deadline: float | None = None,
+        disconnected: Disconnected | None = None,
+    ) -> Tensors:
         """Queue one request, wait for its batch to run, and return its outputs.
 
         Args:
@@ -116,27 +155,146 @@ class Scheduler:
                 batching, the first dim of every input is the request's ``batch_size``.
             output_names: the outputs to return, a non-empty subset of the model's outputs.
             batch_size: items (first-dim rows) in the request; 1 for a model without a batch dim.
+            deadline: when the answer is due, in ``time.perf_counter()`` seconds, or None for no
+                deadline. Past it, a request still queued is dropped (never run) and one running
+                has its result discarded.
+            disconnected: a coroutine function whose coroutine returns when the client goes away;
+                called (watched in a task) only once the request has waited in the queue for
+                :data:`WATCH_CLIENT_AFTER_SECONDS`, so that a request that does not wait long costs
+                nothing more. When it returns, the request is dropped from the queue (or, if it
+                started meanwhile, its answer discarded) and this call raises ``asyncio.CancelledError``.
 
         Returns:
             The requested outputs; with batching, each holds this request's ``batch_size`` rows.
 
         Raises:
-            UnavailableError: the queue holds ``max_queue_size`` requests already.
+            UnavailableError: the queue holds ``max_queue_size`` requests already, or the version
+                was unloaded (the scheduler is closed).
+            DeadlineExceededError: ``deadline`` passed before the outputs were ready.
+            asyncio.CancelledError: the caller was cancelled, or ``disconnected`` returned; the
+                request was taken off the queue if it had not started.
             InferenceInputError: the backend rejected the inputs (see :meth:`backends.Backend.run`).
             InternalError: a merged batch's outputs do not have the batch's size along the first dim.
             Exception: whatever else the backend raised.
         """
+        if self._closed:
+            raise UnavailableError("the model version was unloaded while the request was on its way; retry it")
         if self._max_queue_size and len(self._queue) >= self._max_queue_size:
             raise UnavailableError(f"the model's queue is full ({self._max_queue_size} requests waiting)")
         loop = asyncio.get_running_loop()
-        request = _Request(inputs, output_names, batch_size, loop.create_future(), time.perf_counter())
+        enqueued = time.perf_counter()
+        if deadline is not None and deadline <= enqueued:
+            raise DeadlineExceededError("the request's deadline passed before it was queued; it was not run")
+        request = _Request(inputs, output_names, batch_size, loop.create_future(), enqueued)
         if self._batching is not None:
             request.merge_key = tuple(
                 (name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())
             )
         self._queue.append(request)
         self._dispatch()
-        return await request.future
+        future = request.future
+        if future.done():  # it ran on the event loop already: no waiting, so nothing to watch
+            return future.result()
+        return await self._wait(request, deadline, disconnected)
+
+    async def _wait(self, request: _Request, deadline: float | None, disconnected: Disconnected | None) -> Tensors:
+        """Await a queued or running request's answer, watching its deadline and its client."""
+        loop = asyncio.get_running_loop()
+        timer = None
+        if deadline is not None:
+            timer = loop.call_later(deadline - time.perf_counter(), self._expire, request)
+        watch = None
+        if disconnected is not None and not request.running:
+            watch = loop.call_later(WATCH_CLIENT_AFTER_SECONDS, self._watch_client, request, disconnected)
+        try:
+            return await request.future
+        except asyncio.CancelledError:  # the caller was cancelled (e.g. a gRPC client cancelled) or went away
+            self._withdraw(request)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if watch is not None:
+                watch.cancel()
+            if request.watcher is not None:
+                request.watcher.cancel()
+
+    def _watch_client(self, request: _Request, disconnected: Disconnected) -> None:
+        """The request has waited a while: if it is still queued, watch for its client going away."""
+        if request.running or request.future.done():
+            return
+        watcher = request.watcher = asyncio.get_running_loop().create_task(disconnected())
+        watcher.add_done_callback(functools.partial(self._on_disconnected, request))
+
+    def _withdraw(self, request: _Request) -> bool:
+        """Take a request that has not started off the queue (it will never run); False if it was not queued.
+
+        The caller settles the request's future.
+        """
+        try:
+            self._queue.remove(request)
+        except ValueError:  # running or answered already
+            return False
+        self._note_idle()
+        return True
+
+    def _expire(self, request: _Request) -> None:
+        """The request's deadline passed: drop it if queued, discard its result if running."""
+        if request.future.done():
+            return
+        if self._withdraw(request):
+            message = "the request's deadline passed while it waited in the queue; it was not run"
+        else:
+            message = "the request's deadline passed while the model ran it; its result was discarded"
+        request.future.set_exception(DeadlineExceededError(message))
+
+    def _on_disconnected(self, request: _Request, watcher: asyncio.Task[object]) -> None:
+        """The disconnect watch of a request ended: unless we stopped it, the client is gone."""
+        if watcher.cancelled():
+            return
+        watcher.exception()  # retrieved: a watch that failed counts as the client gone
+        if not request.future.done():
+            self._withdraw(request)  # if it is running instead, the backend finishes and the answer is dropped
+            request.future.cancel()
+
+    async def drain(self) -> None:
+        """Wait until no request is queued or running, then :meth:`close`.
+
+        Requests that arrive meanwhile are still served (the repository no longer routes any here,
+        but one may have been on its way); after the close, :meth:`run` raises UnavailableError.
+        """
+        if not self._closed and not self._is_idle():
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
+        self.close()
+
+    def close(self) -> None:
+        """Release the instances and worker threads now; requests still queued get UnavailableError.
+
+        A batch already running finishes in its worker thread and its requests get their answers.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        queue, self._queue = self._queue, deque()
+        for request in queue:
+            if not request.future.done():
+                request.future.set_exception(UnavailableError("the model version was unloaded; retry the request"))
+        self._idle.clear()
+        self._executor.shutdown(wait=False)
+
+    def _is_idle(self) -> bool:
+        return self._busy == 0 and all(request.future.done() for request in self._queue)
+
+    def _note_idle(self) -> None:
+        """Resolve a pending :meth:`drain` once nothing is queued or running."""
+        drained = self._drained
+        if drained is not None and not drained.done() and self._is_idle():
+            drained.set_result(None)
 
     def _dispatch(self) -> None:
         """Send batches to idle instances while there are requests that should go now."""
@@ -146,6 +304,8 @@ class Scheduler:
                 return
             instance = self._idle.pop()
             self._busy += 1
+            for request in batch:
+                request.running = True
             if self._average_compute_seconds < INLINE_COMPUTE_SECONDS:
                 self._finish(instance, batch, *self._compute(instance, batch))
             else:
@@ -217,7 +377,8 @@ class Scheduler:
         ran, ``cpu_seconds`` the CPU time of the thread that ran it.
         """
         self._busy -= 1
-        self._idle.append(instance)
+        if not self._closed:
+            self._idle.append(instance)
         # Clamped, so that one slow batch (a page fault, a garbage collection) cannot flip the choice.
         cpu_seconds = min(cpu_seconds, _CPU_SECONDS_CAP)
         average = self._average_compute_seconds
@@ -236,6 +397,8 @@ class Scheduler:
                 request.future.set_exception(answer)
             else:
                 request.future.set_result(answer)
+        if self._drained is not None:
+            self._note_idle()
 
     def _compute(
         self, instance: Backend, batch: list[_Request]

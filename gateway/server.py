@@ -1,7 +1,13 @@
 """One gateway process: REST (uvicorn) and gRPC (grpc.aio) on one event loop, over one data plane.
 
 Both servers listen before the models load, so liveness answers at once and readiness turns true
-when the start-up load is done. SIGINT or SIGTERM stops both.
+when the start-up load is done.
+
+SIGTERM or SIGINT starts a graceful shutdown: readiness turns false at once (REST ready endpoint
+and grpc.health), new inference requests get 503 / UNAVAILABLE while the listeners stay open, the
+requests in flight get up to ``exit_timeout_seconds`` to finish, then both servers stop and the
+process exits with status 0. Worker threads still busy then (a model run that never returns) are
+abandoned rather than waited for.
 """
 
 from __future__ import annotations
@@ -9,24 +15,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 
+import grpc
 import uvicorn
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
-from gateway.admin_token import AdminToken, generate_token, remove_token_file, token_file, write_token_file
+from gateway.admin_token import AdminToken, server_token
 from gateway.dataplane import DataPlane
-from gateway.grpc_service import create_grpc_server, set_serving
+from gateway.datatypes import RequestLimits
+from gateway.grpc_service import HealthStatus, create_grpc_server, set_serving
+from gateway.logs import REQUEST_ID_HEADER
 from gateway.metrics import Metrics
 from gateway.repository import ModelRepository
 from gateway.rest import RestServer, create_app
 from gateway.settings import GatewaySettings, ModelControlMode
+from gateway.workers import PeerWorkers
 
 logger = logging.getLogger(__name__)
 
-#: Seconds that calls in flight get to finish when the server stops.
-SHUTDOWN_GRACE_SECONDS = 5.0
+#: Seconds the servers get to close their connections once nothing is in flight.
+CLOSE_GRACE_SECONDS = 1.0
+
+
+class StartupError(RuntimeError):
+    """The server cannot start: a port cannot be bound, or the TLS files cannot be read."""
 
 
 class _HttpServer(uvicorn.Server):
@@ -41,83 +61,217 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-async def serve(settings: GatewaySettings) -> None:
-    """Serve the model repository named in ``settings`` until SIGINT or SIGTERM.
+def run_gateway(settings: GatewaySettings, peers_connection: Connection | None = None) -> None:
+    """Run :func:`serve` on uvloop (asyncio's own loop where uvloop is missing) until it returns.
+
+    Args:
+        settings: the server settings.
+        peers_connection: in a worker process, its pipe to the supervisor (:mod:`gateway.workers`).
 
     Raises:
-        RuntimeError: a port cannot be bound.
+        StartupError: a port cannot be bound, or the TLS files cannot be read.
     """
-    repository = ModelRepository(settings.model_repository, settings.default_max_batch_size, Metrics())
-    generated_token_file: Path | None = None
-    if settings.admin_token is not None and settings.admin_token.get_secret_value():
-        token = settings.admin_token.get_secret_value()
-    else:
-        token = generate_token()
-        generated_token_file = token_file(settings.admin_token_dir, settings.http_port)
-        write_token_file(generated_token_file, token)
-        logger.info("no --admin-token given: generated one, readable by this user in %s", generated_token_file)
-    dataplane = DataPlane(repository, settings.model_control_mode, AdminToken(token), settings.max_upload_bytes)
-    grpc_server, health_servicer = create_grpc_server(
-        dataplane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes
-    )
-    http_server = _HttpServer(
-        uvicorn.Config(
-            RestServer(dataplane, create_app(dataplane)),
-            host=settings.host,
-            port=settings.http_port,
-            log_level=settings.log_level,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-    )
-    await grpc_server.start()
-    http_task = asyncio.create_task(http_server.serve())
-    loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signal_number, _request_exit, http_server, signal_number)
-    poll_task: asyncio.Task[None] | None = None
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        drained = runner.run(serve(settings, peers_connection))
+    if not drained:
+        logging.shutdown()
+        os._exit(0)  # interpreter shutdown would wait for the model runs still going, without end
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (a faster loop for the same asyncio API), else asyncio's."""
     try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def serve(settings: GatewaySettings, peers_connection: Connection | None = None) -> bool:
+    """Serve the model repository named in ``settings`` until SIGINT or SIGTERM, then drain and stop.
+
+    Returns:
+        Whether every request in flight finished within the exit timeout.
+
+    Args:
+        settings: the server settings.
+        peers_connection: in a worker process, its pipe to the supervisor; the listening sockets
+            are then shared with the other workers (SO_REUSEPORT).
+
+    Raises:
+        StartupError: a port cannot be bound, or the TLS files cannot be read.
+    """
+    shared_ports = settings.workers > 1
+    repository = ModelRepository(
+        settings.model_repository,
+        settings.default_max_batch_size,
+        Metrics(),
+        cpu_cores=max(1, len(os.sched_getaffinity(0)) // settings.workers),
+    )
+    given_token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+    with server_token(given_token, settings.admin_token_dir, settings.http_port) as token:
+        dataplane = DataPlane(
+            repository,
+            settings.model_control_mode,
+            AdminToken(token),
+            settings.max_upload_bytes,
+            limits=RequestLimits.from_settings(settings),
+            request_timeout_seconds=settings.request_timeout_seconds,
+        )
+        if peers_connection is not None:
+            dataplane.peers = PeerWorkers(peers_connection, repository)
+            dataplane.peers.start()
+        try:
+            grpc_server, health_servicer = create_grpc_server(
+                dataplane,
+                f"{settings.host}:{settings.grpc_port}",
+                settings.max_request_bytes,
+                credentials=_grpc_credentials(settings),
+                reuse_port=shared_ports,
+            )
+        except RuntimeError as error:
+            raise StartupError(str(error)) from None
+        http_server = _HttpServer(
+            uvicorn.Config(
+                _rest_app(dataplane, settings),
+                log_level=settings.log_level,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                ssl_certfile=settings.tls_cert_file,
+                ssl_keyfile=settings.tls_key_file,
+                timeout_graceful_shutdown=int(CLOSE_GRACE_SECONDS),
+            )
+        )
+        try:
+            http_server.config.load()  # reads the TLS files
+        except (OSError, ssl.SSLError) as error:
+            raise StartupError(f"cannot read the TLS certificate or key: {error}") from None
+        http_socket = _listening_socket(settings.host, settings.http_port, reuse_port=shared_ports)
+        await grpc_server.start()
+        http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
+        stop_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, _request_stop, stop_requested, signal_number)
+        scheme = "https" if settings.tls_cert_file is not None else "http"
         logger.info(
-            "serving %s on http://%s:%d and grpc %s:%d (model control mode %s)",
+            "serving %s on %s://%s:%d and grpc %s:%d (model control mode %s%s)",
             settings.model_repository,
+            scheme,
             settings.host,
             settings.http_port,
             settings.host,
             settings.grpc_port,
             settings.model_control_mode,
+            ", TLS" if scheme == "https" else "",
         )
-        if settings.model_control_mode is not ModelControlMode.EXPLICIT:
-            await repository.load_all()
-        dataplane.is_ready = True
-        await set_serving(health_servicer, True)
-        logger.info("server ready")
-        if settings.model_control_mode is ModelControlMode.POLL:
-            poll_task = asyncio.create_task(_poll_forever(repository, settings.repository_poll_seconds))
-        await http_task
-    finally:
-        dataplane.is_ready = False
-        await set_serving(health_servicer, False)
-        if poll_task is not None:
-            poll_task.cancel()
+        running = asyncio.create_task(_run(settings, repository, dataplane, health_servicer))
+        stop_task = asyncio.create_task(stop_requested.wait())
+        try:
+            await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (running, stop_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            drained = await _drain(dataplane, health_servicer, settings.exit_timeout_seconds)
+            http_server.should_exit = True
+            await grpc_server.stop(CLOSE_GRACE_SECONDS)
             with contextlib.suppress(asyncio.CancelledError):
-                await poll_task
-        http_server.should_exit = True
-        await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
-        if generated_token_file is not None:
-            remove_token_file(generated_token_file, token)
-        logger.info("server stopped")
+                await http_task
+            logger.info("server stopped")
+    return drained
 
 
-def _request_exit(http_server: uvicorn.Server, signal_number: int) -> None:
-    logger.info("received %s; stopping", signal.Signals(signal_number).name)
-    http_server.should_exit = True
-
-
-async def _poll_forever(repository: ModelRepository, interval_seconds: float) -> None:
-    while True:
-        await asyncio.sleep(interval_seconds)
+async def _run(
+    settings: GatewaySettings, repository: ModelRepository, dataplane: DataPlane, health_servicer: HealthStatus
+) -> None:
+    """Load the repository and turn ready; in poll mode, then rescan the repository until cancelled."""
+    if settings.model_control_mode is not ModelControlMode.EXPLICIT:
+        await repository.load_all()
+    dataplane.is_ready = True
+    await set_serving(health_servicer, True)
+    logger.info("server ready")
+    while settings.model_control_mode is ModelControlMode.POLL:
+        await asyncio.sleep(settings.repository_poll_seconds)
         try:
             await repository.poll()
         except Exception:  # a scan that fails (e.g. a folder removed mid-scan) is retried next time
             logger.exception("repository poll failed")
+
+
+async def _drain(dataplane: DataPlane, health_servicer: HealthStatus, exit_timeout_seconds: float) -> bool:
+    """Turn not ready, refuse new inference requests, and wait up to the exit timeout for those in flight.
+
+    Returns:
+        Whether they all finished.
+    """
+    dataplane.start_draining()
+    await set_serving(health_servicer, False)
+    started = time.monotonic()
+    if await dataplane.wait_idle(exit_timeout_seconds):
+        logger.info("requests in flight finished in %.3f s", time.monotonic() - started)
+        return True
+    logger.warning("%d requests still in flight after %.1f s; stopping", dataplane.inflight, exit_timeout_seconds)
+    return False
+
+
+def _request_stop(stop_requested: asyncio.Event, signal_number: int) -> None:
+    logger.info("received %s; draining, then stopping", signal.Signals(signal_number).name)
+    stop_requested.set()
+
+
+def _rest_app(dataplane: DataPlane, settings: GatewaySettings) -> ASGIApp:
+    """The REST application, behind CORS only when origins are configured."""
+    app: ASGIApp = RestServer(dataplane, create_app(dataplane))
+    if settings.cors_allow_origins:
+        app = CORSMiddleware(
+            app,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER, "Inference-Header-Content-Length"],
+        )
+    return app
+
+
+def _grpc_credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the certificate and key files, or None for plaintext.
+
+    Raises:
+        StartupError: a file cannot be read.
+    """
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        key_pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    except OSError as error:
+        raise StartupError(f"cannot read the TLS certificate or key: {error}") from None
+    return grpc.ssl_server_credentials([key_pair])
+
+
+def _listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket listening on ``host:port``, with SO_REUSEPORT when other workers share the port.
+
+    Raises:
+        StartupError: the address cannot be resolved or bound.
+    """
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, protocol)
+    except OSError as error:
+        raise StartupError(f"cannot bind the REST server to {host}:{port}: {error}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(address)
+        listener.listen(2048)
+        listener.set_inheritable(False)
+    except OSError as error:
+        listener.close()
+        raise StartupError(f"cannot bind the REST server to {host}:{port}: {error}") from None
+    return listener

@@ -9,7 +9,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.logs import LogFormat
@@ -55,7 +55,10 @@ class GatewaySettings(BaseSettings):
         "input and output has a variable first dim.",
     )
     max_request_bytes: int = Field(
-        default=64 * 1024 * 1024, gt=0, description="Largest gRPC message accepted or sent, in bytes."
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="Largest request body (REST, after decompression) or gRPC message accepted or sent, in bytes "
+        "(Triton's default, 64 MiB).",
     )
     admin_token: SecretStr | None = Field(
         default=None,
@@ -72,10 +75,65 @@ class GatewaySettings(BaseSettings):
         gt=0,
         description="Largest model package accepted by an upload, in bytes, compressed and unpacked alike.",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Worker processes sharing the REST and gRPC ports (SO_REUSEPORT), each with the whole "
+        "repository loaded and its own batchers; the CPU cores are divided among them.",
+    )
+    exit_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds that requests in flight get to finish after SIGTERM or SIGINT (readiness turns "
+        "false at once and new requests get 503 / UNAVAILABLE); then the process exits.",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain) to serve REST and gRPC over TLS; needs tls-key-file."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls-cert-file.")
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins browsers may call the REST API from (CORS), e.g. https://app.example.com, or * "
+        "for any; none by default (no CORS headers are sent).",
+    )
+    max_tensor_elements: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="Most elements an input tensor's shape may declare (64 Mi = 67108864 by default); a larger "
+        "one gets 413 / RESOURCE_EXHAUSTED before anything is allocated.",
+    )
+    max_json_depth: int = Field(
+        default=32,
+        ge=1,
+        le=128,
+        description="Deepest nesting of arrays and objects in a JSON request body (32 levels by default, at most "
+        "128); a deeper body gets 400 / INVALID_ARGUMENT before it is parsed.",
+    )
+    max_inputs: int = Field(
+        default=64,
+        gt=0,
+        description="Most input tensors, and most requested outputs, in one inference request (64 by default); "
+        "more get 413 / RESOURCE_EXHAUSTED.",
+    )
+    request_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Longest an inference request may take, in seconds, REST and gRPC alike (none by default: no "
+        "limit). A gRPC deadline or the request's `timeout` parameter (microseconds, as Triton) may shorten it. "
+        "When it passes: 504 / DEADLINE_EXCEEDED; queued work is dropped, running work's result discarded.",
+    )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
     log_format: LogFormat = Field(
         default=LogFormat.TEXT, description="text, or json: one JSON object per line (with the request id)."
     )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls-cert-file and tls-key-file")
+        if self.workers > 1 and 0 in (self.http_port, self.grpc_port):
+            raise ValueError("several workers share fixed ports: http-port and grpc-port cannot be 0")
+        return self
 
 
 def default_admin_token_dir() -> Path:
