@@ -303,7 +303,7 @@ def main() -> int:
         with gateway(repository, None, *ports, workers=workers) as http:
             for name, path in WORKER_PATHS:
                 worker_rows[(workers, name, path)] = measure(
-                    http, folder, name, path, 32, args.seconds, None, ports, connections=4
+                    http, folder, name, path, 32, args.seconds, None, ports, connections=8
                 )
     print_table(limits, rows)
     print_worker_table(limits, worker_rows)
@@ -373,7 +373,7 @@ def print_table(limits: dict[str, tuple[Figure, Figure]], rows: dict[tuple[str, 
 
 
 def print_worker_table(limits: dict[str, tuple[Figure, Figure]], rows: dict[tuple[int, str, str], Figure]) -> None:
-    print("\nworker processes, concurrency 32 (gRPC: 4 connections of 8 streams); server and load generator unpinned")
+    print("\nworker processes, concurrency 32 (gRPC: 8 connections of 4 streams); server and load generator unpinned")
     print(f"{'model':6} {'path':28} {'workers':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  vs limit")
     for (workers, name, path), figure in rows.items():
         if figure.failed:

@@ -23,7 +23,7 @@ import numpy as np
 
 from backends import InferenceInputError
 from gateway.admin_token import AdminToken
-from gateway.datatypes import RequestLimits
+from gateway.datatypes import DEFAULT_LIMITS, RequestLimits
 from gateway.errors import (
     FailedPreconditionError,
     GatewayError,
@@ -166,7 +166,7 @@ class DataPlane:
         self.control_mode = control_mode
         self.admin_token = admin_token
         self.max_upload_bytes = max_upload_bytes
-        self.limits = limits if limits is not None else RequestLimits()
+        self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.request_timeout_seconds = request_timeout_seconds
         self.is_ready = False
         #: In a worker process, the link to the other workers (management requests are repeated there).
@@ -406,7 +406,8 @@ class DataPlane:
             UnauthenticatedError: no valid admin token.
             FailedPreconditionError: the server is not in explicit mode.
             NotFoundError: no such model folder.
-            UnavailableError: the load failed; the message says why.
+            UnavailableError: the load failed, here or in another worker process (``--workers``); the
+                message says why.
         """
         self.admin_token.check(authorization)
         self._require_explicit_mode("load")
@@ -422,6 +423,7 @@ class DataPlane:
             UnauthenticatedError: no valid admin token.
             FailedPreconditionError: the server is not in explicit mode.
             NotFoundError: the model is not loaded.
+            UnavailableError: another worker process failed to unload it (``--workers``).
         """
         self.admin_token.check(authorization)
         self._require_explicit_mode("unload")

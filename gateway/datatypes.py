@@ -21,14 +21,18 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from gateway.errors import InvalidArgumentError, PayloadTooLargeError, UnsupportedMediaTypeError
-
-if TYPE_CHECKING:
-    from gateway.settings import GatewaySettings
+from gateway.settings import (
+    DEFAULT_MAX_INPUTS,
+    DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TENSOR_ELEMENTS,
+    GatewaySettings,
+)
 
 BYTES = "BYTES"
 
@@ -86,14 +90,6 @@ def v2_datatype(dtype: np.dtype[Any]) -> str:
 
 #: Largest int64: v2 shapes are int64 (gRPC ``repeated int64 shape``), and so are numpy's sizes.
 INT64_MAX = 2**63 - 1
-#: Default of ``--max-request-bytes``: Triton's default largest request, 64 MiB.
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-#: Default of ``--max-tensor-elements``: 64 Mi elements (256 MiB of FP32).
-DEFAULT_MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
-#: Default of ``--max-json-depth``: levels of nested JSON arrays and objects.
-DEFAULT_MAX_JSON_DEPTH = 32
-#: Default of ``--max-inputs``: input tensors, and requested outputs, per request.
-DEFAULT_MAX_INPUTS = 64
 
 #: Up to this length, a JSON body's brackets are counted at once (cheaper than a few finds, see check_json_depth).
 _SHORT_JSON_BYTES = 1024
@@ -169,6 +165,10 @@ class RequestLimits:
                     _check_depth_exactly(raw, limit)
                     return
                 at = find(bracket, at + 1)
+
+
+#: The limits of a server started with default settings.
+DEFAULT_LIMITS = RequestLimits()
 
 
 def _check_depth_exactly(raw: bytes, max_depth: int) -> None:

@@ -25,6 +25,7 @@ from gateway.dataplane import (
 )
 from gateway.datatypes import (
     BYTES,
+    DEFAULT_LIMITS,
     RequestLimits,
     array_from_raw,
     array_from_values,
@@ -59,7 +60,6 @@ CONTENTS_FIELD = {
     BYTES: "bytes_contents",
 }
 
-_DEFAULT_LIMITS = RequestLimits()
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -114,7 +114,7 @@ def encode_parameters(values: dict[str, Any], target: Any) -> None:
             parameter.string_param = str(value)
 
 
-def decode_infer_request(request: pb.ModelInferRequest, limits: RequestLimits = _DEFAULT_LIMITS) -> InferRequest:
+def decode_infer_request(request: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> InferRequest:
     """Decode a ModelInferRequest into the data plane's request.
 
     The message's size was limited by grpc (``max_request_bytes``); ``limits`` bounds the number of

@@ -55,6 +55,7 @@ from gateway.dataplane import (
 )
 from gateway.datatypes import (
     BYTES,
+    DEFAULT_LIMITS,
     V2_TO_NUMPY,
     BodyReader,
     RequestLimits,
@@ -216,6 +217,26 @@ _PARAMETERS_SCHEMA: dict[str, Any] = {
 }
 _SHAPE_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 _DATATYPE_SCHEMA: dict[str, Any] = {"type": "string", "enum": list(V2_TO_NUMPY)}
+
+
+def _tensors_schema(data_description: str) -> dict[str, Any]:
+    """JSON schema of a list of v2 tensors (KServe v2 "Request Input" / "Response Output")."""
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "shape", "datatype"],
+            "properties": {
+                "name": {"type": "string"},
+                "shape": _SHAPE_SCHEMA,
+                "datatype": _DATATYPE_SCHEMA,
+                "parameters": _PARAMETERS_SCHEMA,
+                "data": {"type": "array", "description": data_description},
+            },
+        },
+    }
+
+
 #: KServe v2 "Inference Request JSON Object", with Triton's binary tensor data extension.
 INFER_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -223,24 +244,10 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
     "properties": {
         "id": {"type": "string"},
         "parameters": _PARAMETERS_SCHEMA,
-        "inputs": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "shape", "datatype"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "shape": _SHAPE_SCHEMA,
-                    "datatype": _DATATYPE_SCHEMA,
-                    "parameters": _PARAMETERS_SCHEMA,
-                    "data": {
-                        "type": "array",
-                        "description": "The values, flat or nested, row-major; left out when "
-                        "parameters.binary_data_size gives the length of the input's raw data after the JSON.",
-                    },
-                },
-            },
-        },
+        "inputs": _tensors_schema(
+            "The values, flat or nested, row-major; left out when parameters.binary_data_size gives the "
+            "length of the input's raw data after the JSON."
+        ),
         "outputs": {
             "type": "array",
             "items": {
@@ -260,20 +267,9 @@ INFER_RESPONSE_SCHEMA: dict[str, Any] = {
         "model_version": {"type": "string"},
         "id": {"type": "string"},
         "parameters": _PARAMETERS_SCHEMA,
-        "outputs": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "shape", "datatype"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "shape": _SHAPE_SCHEMA,
-                    "datatype": _DATATYPE_SCHEMA,
-                    "parameters": _PARAMETERS_SCHEMA,
-                    "data": {"type": "array", "description": "The values, flat, row-major (NaN as null)."},
-                },
-            },
-        },
+        "outputs": _tensors_schema(
+            "The values, flat, row-major (NaN as null); left out for an output sent as binary data."
+        ),
     },
 }
 _BINARY_SCHEMA: dict[str, Any] = {"type": "string", "format": "binary"}
@@ -344,15 +340,12 @@ class EncodedResponse:
     json_length: int | None = None
 
 
-_DEFAULT_LIMITS = RequestLimits()
-
-
 def decode_infer_request(
     raw: bytes,
     model_name: str,
     model_version: str | None,
     json_length: int | None = None,
-    limits: RequestLimits = _DEFAULT_LIMITS,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> InferRequest:
     """Decode a v2 REST inference request body into the data plane's request.
 
@@ -495,7 +488,7 @@ class _InferCall:
         model_name: str,
         model_version: str | None,
         json_length: str | None,
-        limits: RequestLimits = _DEFAULT_LIMITS,
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.raw = raw
         self.model_name = model_name

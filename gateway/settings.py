@@ -16,6 +16,15 @@ from gateway.logs import LogFormat
 
 ENV_PREFIX = "GATEWAY_"
 
+#: Default of ``--max-request-bytes``: Triton's default largest request, 64 MiB.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+#: Default of ``--max-tensor-elements``: 64 Mi elements (256 MiB of FP32).
+DEFAULT_MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
+#: Default of ``--max-json-depth``: levels of nested JSON arrays and objects.
+DEFAULT_MAX_JSON_DEPTH = 32
+#: Default of ``--max-inputs``: input tensors, and requested outputs, per request.
+DEFAULT_MAX_INPUTS = 64
+
 
 class ModelControlMode(StrEnum):
     """How the model repository is loaded, in Triton's terms."""
@@ -55,7 +64,7 @@ class GatewaySettings(BaseSettings):
         "input and output has a variable first dim.",
     )
     max_request_bytes: int = Field(
-        default=64 * 1024 * 1024,
+        default=DEFAULT_MAX_REQUEST_BYTES,
         gt=0,
         description="Largest request body (REST, after decompression) or gRPC message accepted or sent, in bytes "
         "(Triton's default, 64 MiB).",
@@ -97,20 +106,20 @@ class GatewaySettings(BaseSettings):
         "for any; none by default (no CORS headers are sent).",
     )
     max_tensor_elements: int = Field(
-        default=64 * 1024 * 1024,
+        default=DEFAULT_MAX_TENSOR_ELEMENTS,
         gt=0,
         description="Most elements an input tensor's shape may declare (64 Mi = 67108864 by default); a larger "
         "one gets 413 / RESOURCE_EXHAUSTED before anything is allocated.",
     )
     max_json_depth: int = Field(
-        default=32,
+        default=DEFAULT_MAX_JSON_DEPTH,
         ge=1,
         le=128,
         description="Deepest nesting of arrays and objects in a JSON request body (32 levels by default, at most "
         "128); a deeper body gets 400 / INVALID_ARGUMENT before it is parsed.",
     )
     max_inputs: int = Field(
-        default=64,
+        default=DEFAULT_MAX_INPUTS,
         gt=0,
         description="Most input tensors, and most requested outputs, in one inference request (64 by default); "
         "more get 413 / RESOURCE_EXHAUSTED.",
