@@ -90,13 +90,16 @@ def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def serve(settings: GatewaySettings, peers_connection: Connection | None = None) -> bool:
     """Serve the model repository named in ``settings`` until SIGINT or SIGTERM, then drain and stop.
 
-    Returns:
-        Whether every request in flight finished within the exit timeout.
+    A signal that arrives while the models are still loading stops the server once the load in
+    progress has returned (a model load cannot be interrupted).
 
     Args:
         settings: the server settings.
         peers_connection: in a worker process, its pipe to the supervisor; the listening sockets
             are then shared with the other workers (SO_REUSEPORT).
+
+    Returns:
+        Whether every request in flight finished within the exit timeout.
 
     Raises:
         StartupError: a port cannot be bound, or the TLS files cannot be read.
