@@ -53,9 +53,7 @@ def serve(
     exit_timeout_seconds: Annotated[float | None, _option("exit_timeout_seconds", "--exit-timeout-seconds")] = None,
     tls_cert_file: Annotated[Path | None, _option("tls_cert_file", "--tls-cert-file")] = None,
     tls_key_file: Annotated[Path | None, _option("tls_key_file", "--tls-key-file")] = None,
-    cors_allow_origins: Annotated[
-        list[str] | None, _option("cors_allow_origins", "--cors-allow-origin")
-    ] = None,
+    cors_allow_origins: Annotated[list[str] | None, _option("cors_allow_origins", "--cors-allow-origin")] = None,
     max_request_bytes: Annotated[int | None, _option("max_request_bytes", "--max-request-bytes")] = None,
     max_tensor_elements: Annotated[int | None, _option("max_tensor_elements", "--max-tensor-elements")] = None,
     max_json_depth: Annotated[int | None, _option("max_json_depth", "--max-json-depth")] = None,

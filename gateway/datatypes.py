@@ -221,8 +221,7 @@ class BodyReader:
         self._received = 0
         self._wbits = 0
         self._decompressor: Any = None
-        if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-            raise PayloadTooLargeError(_too_large(f"Content-Length {content_length}", limit))
+        check_content_length(content_length, limit)
         if content_encoding:
             encoding = content_encoding.strip().lower()
             if encoding not in _ENCODINGS:
@@ -242,8 +241,7 @@ class BodyReader:
             InvalidArgumentError: a compressed body that does not decompress (400).
         """
         self._received += len(chunk)
-        if self._received > self._limit:
-            raise PayloadTooLargeError(_too_large("the request body", self._limit))
+        check_received_bytes(self._received, self._limit)
         if self._decompressor is None:
             if chunk:
                 self._chunks.append(chunk)
@@ -277,6 +275,26 @@ class BodyReader:
 
 def _too_large(what: str, limit: int) -> str:
     return f"{what} is larger than the server's limit of {limit} bytes (--max-request-bytes)"
+
+
+def check_content_length(content_length: str | None, limit: int) -> None:
+    """Refuse a request whose ``Content-Length`` header declares more than ``limit`` bytes, before reading it.
+
+    Raises:
+        PayloadTooLargeError: the declared length is over the limit (413).
+    """
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise PayloadTooLargeError(_too_large(f"Content-Length {content_length}", limit))
+
+
+def check_received_bytes(received: int, limit: int) -> None:
+    """Refuse a request body once the bytes received so far pass ``limit``.
+
+    Raises:
+        PayloadTooLargeError: ``received`` is over the limit (413).
+    """
+    if received > limit:
+        raise PayloadTooLargeError(_too_large("the request body", limit))
 
 
 def element_count(shape: Sequence[int], tensor_name: str, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> int:

@@ -588,9 +588,7 @@ def _remove_stale_staging_folders(staging_root: Path) -> None:
 def valid_model_name(name: str) -> bool:
     """Whether ``name`` is a model name: ``[A-Za-z0-9_.-]+``, at most :data:`MAX_MODEL_NAME_LENGTH`
     characters, not starting with a dot (hidden folders)."""
-    return (
-        len(name) <= MAX_MODEL_NAME_LENGTH and bool(MODEL_NAME_PATTERN.fullmatch(name)) and not name.startswith(".")
-    )
+    return len(name) <= MAX_MODEL_NAME_LENGTH and bool(MODEL_NAME_PATTERN.fullmatch(name)) and not name.startswith(".")
 
 
 def check_model_name(name: str) -> None:

@@ -62,11 +62,12 @@ from gateway.datatypes import (
     array_from_raw,
     array_from_values,
     array_to_raw,
+    check_content_length,
+    check_received_bytes,
 )
 from gateway.errors import (
     GatewayError,
     InvalidArgumentError,
-    PayloadTooLargeError,
     UnauthenticatedError,
     http_status,
 )
@@ -792,23 +793,18 @@ def _limited_receive(receive: Receive, scope: Scope, limit: int) -> Receive:
     Reading past the limit raises :class:`PayloadTooLargeError` inside the route reading the body,
     which answers it in its own error format (413).
     """
-    content_length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+    content_length = next(
+        (value.decode("latin-1") for name, value in scope["headers"] if name == b"content-length"), None
+    )
     received = 0
 
     async def limited() -> Message:
         nonlocal received
-        if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-            raise PayloadTooLargeError(
-                f"Content-Length {content_length.decode()} is larger than the server's limit of {limit} bytes "
-                "(--max-request-bytes)"
-            )
+        check_content_length(content_length, limit)
         message = await receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
-            if received > limit:
-                raise PayloadTooLargeError(
-                    f"the request body is larger than the server's limit of {limit} bytes (--max-request-bytes)"
-                )
+            check_received_bytes(received, limit)
         return message
 
     return limited
