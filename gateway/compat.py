@@ -39,7 +39,6 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Coroutine
-from http import HTTPStatus
 from typing import Any
 
 import numpy as np
@@ -49,7 +48,14 @@ from pydantic import BaseModel
 
 from gateway.dataplane import DataPlane, InferRequest, InferResponse, InferTensor, ModelMetadata, TensorMetadata
 from gateway.datatypes import BYTES, RequestLimits, array_from_values
-from gateway.errors import GatewayError, InvalidArgumentError, NotFoundError, UnavailableError, http_status
+from gateway.errors import (
+    GatewayError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    http_status,
+    openapi_error_responses,
+)
 from gateway.logs import REQUEST_ID_HEADER, request_id_header
 from gateway.repository import ModelState
 
@@ -109,10 +115,6 @@ class PingAnswer(BaseModel):
     status: str
 
 
-def _errors(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": model, "description": HTTPStatus(status).phrase} for status in statuses}
-
-
 _JSON_BODY: dict[str, Any] = {"required": True, "content": {"application/json": {"schema": {}}}}
 _TF_PREDICT_OPENAPI: dict[str, Any] = {
     "requestBody": {
@@ -149,7 +151,7 @@ _TF_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         },
     },
-    **_errors(TfServingErrorAnswer, 400, 404, 413, 500, 503, 504),
+    **openapi_error_responses(TfServingErrorAnswer, 400, 404, 413, 500, 503, 504),
 }
 
 
@@ -430,7 +432,7 @@ def _tfserving_router(dataplane: DataPlane) -> APIRouter:
 
     status_responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {"application/json": {"schema": {"type": "object", "required": ["model_version_status"]}}}},
-        **_errors(TfServingErrorAnswer, 404, 503),
+        **openapi_error_responses(TfServingErrorAnswer, 404, 503),
     }
 
     @router.get("/{model_name}", responses=status_responses)
@@ -462,7 +464,7 @@ def _tfserving_router(dataplane: DataPlane) -> APIRouter:
 
     metadata_responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {"application/json": {"schema": {"type": "object", "required": ["model_spec", "metadata"]}}}},
-        **_errors(TfServingErrorAnswer, 400, 404, 503),
+        **openapi_error_responses(TfServingErrorAnswer, 400, 404, 503),
     }
 
     @router.get("/{model_name}/metadata", responses=metadata_responses)
@@ -521,7 +523,7 @@ def _torchserve_router(dataplane: DataPlane) -> APIRouter:
 
     predictions_responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {"application/json": {"schema": {"type": "array"}}}},
-        **_errors(TorchServeErrorAnswer, 400, 404, 413, 500, 503, 504),
+        **openapi_error_responses(TorchServeErrorAnswer, 400, 404, 413, 500, 503, 504),
     }
     predictions_openapi = {"requestBody": _JSON_BODY}
 

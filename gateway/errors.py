@@ -8,6 +8,7 @@ neither transport keeps a mapping of its own (KServe's two hand-kept mappings dr
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 import grpc
 
@@ -99,3 +100,8 @@ def http_status(error: GatewayError) -> int:
 def grpc_status(error: GatewayError) -> grpc.StatusCode:
     """The gRPC status code for ``error`` (e.g. INVALID_ARGUMENT for :class:`InvalidArgumentError`)."""
     return _lookup(error)[1]
+
+
+def openapi_error_responses(answer: type[Any], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries (FastAPI's form) for error ``statuses`` whose body is the pydantic ``answer``."""
+    return {status: {"model": answer, "description": HTTPStatus(status).phrase} for status in statuses}

@@ -34,7 +34,6 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any, TypeVar
 
 import numpy as np
@@ -70,6 +69,7 @@ from gateway.errors import (
     InvalidArgumentError,
     UnauthenticatedError,
     http_status,
+    openapi_error_responses,
 )
 from gateway.logs import REQUEST_ID_HEADER, request_id_header
 from gateway.scheduler import Disconnected
@@ -208,7 +208,7 @@ class UploadAnswer(BaseModel):
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for error statuses answered with ``{"error": message}``."""
-    return {status: {"model": ErrorAnswer, "description": HTTPStatus(status).phrase} for status in statuses}
+    return openapi_error_responses(ErrorAnswer, *statuses)
 
 
 _PARAMETERS_SCHEMA: dict[str, Any] = {
