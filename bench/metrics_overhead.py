@@ -1,7 +1,7 @@
 """What the metric updates of one inference request cost the hot path, in microseconds.
 
 Times ``--iterations`` rounds of exactly the metric work the server does for a successful request
-(in :meth:`gateway.dataplane.DataPlane.infer` and :meth:`gateway.scheduler.Scheduler._finish`):
+(in :meth:`gateway.core.dataplane.DataPlane.infer` and :meth:`gateway.runtime.scheduler.Scheduler._finish`):
 in-flight gauge inc and dec, :meth:`gateway.metrics.VersionMetrics.observe_request`, and the queue,
 compute and batch size observations; then the same with the five ``time.perf_counter()`` reads those
 measurements need. An empty loop of the same length is subtracted. Each figure is the median of

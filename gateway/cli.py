@@ -74,11 +74,12 @@ def serve(
     except ValidationError as error:
         raise typer.BadParameter(str(error)) from None
     configure_logging(settings.log_level, settings.log_format)
-    if settings.workers > 1:
-        from gateway.workers import run_supervisor
+    from gateway.process.server import StartupError, run_gateway, run_worker
 
-        raise typer.Exit(run_supervisor(settings))
-    from gateway.server import StartupError, run_gateway
+    if settings.workers > 1:
+        from gateway.process.supervisor import run_supervisor
+
+        raise typer.Exit(run_supervisor(settings, run_worker))
 
     try:
         run_gateway(settings)

@@ -9,23 +9,23 @@ Triton/KServe length-prefixed layout: for each element, a 4-byte little-endian u
 followed by that many bytes.
 
 The request limits both transports enforce live here too, in one place (:class:`RequestLimits`):
-the body size (REST bodies are read, and gzip or deflate bodies decompressed, by :class:`BodyReader`;
-gRPC messages are limited by grpc itself), the JSON nesting depth, the number of input and output
-tensors, and the element count of each tensor's declared shape, checked before anything is allocated.
+the body size (REST bodies are read, and gzip or deflate bodies decompressed, by
+:mod:`gateway.transports.rest.body`; gRPC messages are limited by grpc itself), the JSON nesting
+depth, the number of input and output tensors, and the element count of each tensor's declared
+shape, checked before anything is allocated.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from gateway.errors import InvalidArgumentError, PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.errors import InvalidArgumentError, PayloadTooLargeError
 from gateway.settings import (
     DEFAULT_MAX_INPUTS,
     DEFAULT_MAX_JSON_DEPTH,
@@ -96,9 +96,6 @@ _SHORT_JSON_BYTES = 1024
 # JSON depth scan: braces become brackets, every byte but brackets and quotes is dropped.
 _DEPTH_TABLE = bytes.maketrans(b"{}", b"[]")
 _DEPTH_DELETE = bytes(byte for byte in range(256) if byte not in b'[]{}"')
-#: Content-Encoding of a request body -> zlib ``wbits`` to decompress it (None: not compressed).
-_ENCODINGS: dict[str, int | None] = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
-                                     "deflate": zlib.MAX_WBITS}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,109 +189,6 @@ def _check_depth_exactly(raw: bytes, max_depth: int) -> None:
     if brackets.count(b"[") != brackets.count(b"]"):
         raise InvalidArgumentError("malformed JSON: its brackets do not balance")
     raise InvalidArgumentError(f"the JSON body nests arrays and objects deeper than {max_depth} levels")
-
-
-class BodyReader:
-    """Collects a request body as its chunks arrive, decompressing it, and refuses it past a size limit.
-
-    The limit applies to the body as received and, for a compressed body, to what it decompresses
-    to: decompression stops as soon as its output passes the limit (so a gzip bomb costs at most
-    ``limit`` bytes), and no more than the limit is ever buffered.
-
-    Args:
-        limit: largest body accepted, in bytes (``max_request_bytes``).
-        content_encoding: the ``Content-Encoding`` header: absent, ``identity``, ``gzip`` (or ``x-gzip``)
-            or ``deflate`` (zlib, RFC 9110 section 8.4.1).
-        content_length: the ``Content-Length`` header, checked before any byte is read.
-
-    Raises:
-        UnsupportedMediaTypeError: another content encoding (415).
-        PayloadTooLargeError: a Content-Length over the limit (413).
-    """
-
-    __slots__ = ("_chunks", "_decompressor", "_limit", "_received", "_size", "_wbits")
-
-    def __init__(self, limit: int, content_encoding: str | None = None, content_length: str | None = None) -> None:
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._received = 0
-        self._wbits = 0
-        self._decompressor: Any = None
-        check_content_length(content_length, limit)
-        if content_encoding:
-            encoding = content_encoding.strip().lower()
-            if encoding not in _ENCODINGS:
-                raise UnsupportedMediaTypeError(
-                    f"unsupported Content-Encoding '{content_encoding}'; the server decodes gzip, deflate or identity"
-                )
-            wbits = _ENCODINGS[encoding]
-            if wbits is not None:
-                self._wbits = wbits
-                self._decompressor = zlib.decompressobj(wbits)
-
-    def feed(self, chunk: bytes) -> None:
-        """Take the next chunk of the body.
-
-        Raises:
-            PayloadTooLargeError: the body, or what it decompresses to, passes the limit (413).
-            InvalidArgumentError: a compressed body that does not decompress (400).
-        """
-        self._received += len(chunk)
-        check_received_bytes(self._received, self._limit)
-        if self._decompressor is None:
-            if chunk:
-                self._chunks.append(chunk)
-            return
-        try:
-            while chunk:
-                # max_length: at most one byte past the limit, so that passing it is seen (0 would mean no limit).
-                output = self._decompressor.decompress(chunk, self._limit - self._size + 1)
-                self._size += len(output)
-                if self._size > self._limit:
-                    raise PayloadTooLargeError(_too_large("the decompressed request body", self._limit))
-                self._chunks.append(output)
-                chunk = self._decompressor.unconsumed_tail
-                if not chunk and self._decompressor.eof and self._decompressor.unused_data:
-                    chunk = self._decompressor.unused_data  # the next gzip member (RFC 1952 section 2.2)
-                    self._decompressor = zlib.decompressobj(self._wbits)
-        except zlib.error as error:
-            raise InvalidArgumentError(f"the request body does not decompress: {error}") from None
-
-    def finish(self) -> bytes:
-        """The whole body, decompressed.
-
-        Raises:
-            InvalidArgumentError: a compressed body that ends before its compressed stream does (400).
-        """
-        if self._decompressor is not None and not self._decompressor.eof:
-            raise InvalidArgumentError("the compressed request body is truncated")
-        chunks = self._chunks
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(what: str, limit: int) -> str:
-    return f"{what} is larger than the server's limit of {limit} bytes (--max-request-bytes)"
-
-
-def check_content_length(content_length: str | None, limit: int) -> None:
-    """Refuse a request whose ``Content-Length`` header declares more than ``limit`` bytes, before reading it.
-
-    Raises:
-        PayloadTooLargeError: the declared length is over the limit (413).
-    """
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise PayloadTooLargeError(_too_large(f"Content-Length {content_length}", limit))
-
-
-def check_received_bytes(received: int, limit: int) -> None:
-    """Refuse a request body once the bytes received so far pass ``limit``.
-
-    Raises:
-        PayloadTooLargeError: ``received`` is over the limit (413).
-    """
-    if received > limit:
-        raise PayloadTooLargeError(_too_large("the request body", limit))
 
 
 def element_count(shape: Sequence[int], tensor_name: str, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> int:

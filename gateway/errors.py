@@ -1,16 +1,15 @@
 """One error hierarchy for the gateway, and the one table that maps it to HTTP and gRPC status.
 
-Code raises these errors and never returns error values. The REST adapter turns them into
-``{"error": message}`` with :func:`http_status`, the gRPC adapter aborts with :func:`grpc_status`;
-neither transport keeps a mapping of its own (KServe's two hand-kept mappings drifted apart).
+Code raises these errors and never returns error values. The REST transport answers them with
+:func:`http_status`, the gRPC transport aborts with the code :func:`status_code_name` names; neither
+keeps a mapping of its own (KServe's two hand-kept mappings drifted apart). The gRPC codes are given
+by their canonical names (``google.rpc.Code``), so that this module, and the core that raises these
+errors, import no transport library.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
-
-import grpc
 
 
 class GatewayError(Exception):
@@ -70,22 +69,22 @@ class InternalError(GatewayError):
     """The backend failed while running a valid request (500 / INTERNAL)."""
 
 
-# The one mapping from error class to (HTTP status, gRPC status code).
-_STATUS: dict[type[GatewayError], tuple[HTTPStatus, grpc.StatusCode]] = {
-    InvalidArgumentError: (HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT),
-    NotFoundError: (HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND),
-    UnavailableError: (HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
-    DeadlineExceededError: (HTTPStatus.GATEWAY_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED),
-    FailedPreconditionError: (HTTPStatus.BAD_REQUEST, grpc.StatusCode.FAILED_PRECONDITION),
-    UnauthenticatedError: (HTTPStatus.UNAUTHORIZED, grpc.StatusCode.UNAUTHENTICATED),
-    AlreadyExistsError: (HTTPStatus.CONFLICT, grpc.StatusCode.ALREADY_EXISTS),
-    PayloadTooLargeError: (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    UnsupportedMediaTypeError: (HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT),
-    InternalError: (HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL),
+# The one mapping from error class to (HTTP status, gRPC status code name).
+_STATUS: dict[type[GatewayError], tuple[HTTPStatus, str]] = {
+    InvalidArgumentError: (HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT"),
+    NotFoundError: (HTTPStatus.NOT_FOUND, "NOT_FOUND"),
+    UnavailableError: (HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+    DeadlineExceededError: (HTTPStatus.GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
+    FailedPreconditionError: (HTTPStatus.BAD_REQUEST, "FAILED_PRECONDITION"),
+    UnauthenticatedError: (HTTPStatus.UNAUTHORIZED, "UNAUTHENTICATED"),
+    AlreadyExistsError: (HTTPStatus.CONFLICT, "ALREADY_EXISTS"),
+    PayloadTooLargeError: (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RESOURCE_EXHAUSTED"),
+    UnsupportedMediaTypeError: (HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "INVALID_ARGUMENT"),
+    InternalError: (HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL"),
 }
 
 
-def _lookup(error: GatewayError) -> tuple[HTTPStatus, grpc.StatusCode]:
+def _lookup(error: GatewayError) -> tuple[HTTPStatus, str]:
     for cls in type(error).__mro__:
         if cls in _STATUS:
             return _STATUS[cls]
@@ -97,11 +96,9 @@ def http_status(error: GatewayError) -> int:
     return int(_lookup(error)[0])
 
 
-def grpc_status(error: GatewayError) -> grpc.StatusCode:
-    """The gRPC status code for ``error`` (e.g. INVALID_ARGUMENT for :class:`InvalidArgumentError`)."""
+def status_code_name(error: GatewayError) -> str:
+    """The gRPC status code name for ``error`` (e.g. ``INVALID_ARGUMENT`` for :class:`InvalidArgumentError`).
+
+    The names are those of ``grpc.StatusCode`` and ``google.rpc.Code``.
+    """
     return _lookup(error)[1]
-
-
-def openapi_error_responses(answer: type[Any], *statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries (FastAPI's form) for error ``statuses`` whose body is the pydantic ``answer``."""
-    return {status: {"model": answer, "description": HTTPStatus(status).phrase} for status in statuses}

@@ -6,7 +6,7 @@ a SavedModel for Keras, TensorFlow and JAX), served by the gateway's torch or te
 The converted version folder (the artifact, ``parity.json``) is packed as a gzip-compressed tar and sent to
 ``PUT /v2/repository/models/{name}/versions/{version}`` (``POST .../versions`` for the next version)
 with the admin token; with ``--repository`` it is checked and installed into a local model repository
-by the same code the server runs (:meth:`gateway.repository.ModelRepository.install_version`).
+by the same code the server runs (:meth:`gateway.repository.model_repository.ModelRepository.install_version`).
 A push whose parity check fails uploads nothing.
 """
 
@@ -34,8 +34,8 @@ from converters.pipeline import ConversionResult, ExportFormat, ParityError, con
 from gateway.admin_token import read_token_file, token_file
 from gateway.datatypes import numpy_dtype, v2_datatype
 from gateway.errors import GatewayError, InvalidArgumentError
-from gateway.intake import check_version_files, pack_version
-from gateway.repository import ModelRepository, check_model_name
+from gateway.repository.model_repository import ModelRepository, check_model_name
+from gateway.repository.packages import check_version_files, pack_version
 from gateway.settings import ENV_PREFIX, default_admin_token_dir
 
 __all__ = [

@@ -134,7 +134,9 @@ def _tensor(model_datatype: str) -> st.SearchStrategy[Tensor]:
     return st.builds(
         Tensor,
         name=st.sampled_from(["input", "input", "input", "extra"]),
-        datatype=st.one_of(st.just(model_datatype), st.just(model_datatype), st.sampled_from(V2_DATATYPES + BOGUS_DATATYPES)),
+        datatype=st.one_of(
+            st.just(model_datatype), st.just(model_datatype), st.sampled_from(V2_DATATYPES + BOGUS_DATATYPES)
+        ),
         shape=st.one_of(st.lists(st.integers(0, 3), min_size=2, max_size=2), st.lists(_dims(), max_size=4)),
         kind=st.sampled_from(["int", "float", "nonfinite", "bool", "str"]),
         delta=st.sampled_from([0, 0, 0, 1, -1]),
@@ -145,7 +147,9 @@ def _tensor(model_datatype: str) -> st.SearchStrategy[Tensor]:
 def cases(draw: st.DrawFn) -> Case:
     datatype = draw(st.sampled_from(MODEL_DATATYPES))
     inputs = draw(st.lists(_tensor(datatype), max_size=MAX_INPUTS + 2))
-    outputs = draw(st.one_of(st.just([]), st.lists(st.sampled_from(["output", "output", "nope"]), max_size=MAX_INPUTS + 2)))
+    outputs = draw(
+        st.one_of(st.just([]), st.lists(st.sampled_from(["output", "output", "nope"]), max_size=MAX_INPUTS + 2))
+    )
     return Case(f"identity_{datatype.lower()}", inputs, outputs)
 
 
@@ -309,7 +313,10 @@ def test_shapes_are_checked_before_anything_is_allocated(limited_gateway, stub, 
 
 def test_too_many_inputs_and_outputs_are_413(limited_gateway, stub):
     tensor = {"name": "input", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}
-    for body in ({"inputs": [tensor] * (MAX_INPUTS + 1)}, {"inputs": [tensor], "outputs": [{"name": "output"}] * (MAX_INPUTS + 1)}):
+    for body in (
+        {"inputs": [tensor] * (MAX_INPUTS + 1)},
+        {"inputs": [tensor], "outputs": [{"name": "output"}] * (MAX_INPUTS + 1)},
+    ):
         response = limited_gateway.http.post("/v2/models/identity_fp32/infer", json=body)
         assert response.status_code == 413 and f"at most {MAX_INPUTS}" in response.json()["error"]
     request = service_pb2.ModelInferRequest(model_name="identity_fp32")
@@ -329,7 +336,9 @@ def test_too_many_inputs_and_outputs_are_413(limited_gateway, stub):
 
 
 def _valid_body(width: int = 3) -> bytes:
-    return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, width], "data": [0.5] * width}]}).encode()
+    return json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, width], "data": [0.5] * width}]}
+    ).encode()
 
 
 def _padded_body(size: int) -> bytes:
@@ -352,7 +361,7 @@ def test_body_size_limit_applies_with_and_without_content_length(limited_gateway
     assert http.post("/v2/models/identity_fp32/infer", content=chunks(MAX_REQUEST_BYTES)).status_code == 200
     response = http.post("/v2/models/identity_fp32/infer", content=chunks(4 * MAX_REQUEST_BYTES))
     assert response.status_code == 413
-    # The other routes too: the compat routes (in their own error shapes) and the repository index.
+    # The other routes too: the TF Serving and TorchServe routes (in their own error shapes) and the repository index.
     big = b"[" + b" " * MAX_REQUEST_BYTES + b"]"
     response = http.post("/v1/models/identity_fp32:predict", content=big)
     assert response.status_code == 413 and set(response.json()) == {"error"}
@@ -364,7 +373,9 @@ def test_body_size_limit_applies_with_and_without_content_length(limited_gateway
 
 def _rss(http: httpx.Client) -> float:
     metrics = http.get("/metrics").text
-    return float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("process_resident_memory_bytes")))
+    return float(
+        next(line.split()[1] for line in metrics.splitlines() if line.startswith("process_resident_memory_bytes"))
+    )
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "GZip"])
@@ -400,7 +411,12 @@ def test_a_gzip_bomb_costs_nothing(limited_gateway):
         (_valid_body(), {"content-encoding": "gzip, gzip"}, 415, "unsupported Content-Encoding"),
         (_valid_body(), {"content-encoding": "gzip"}, 400, "does not decompress"),
         (gzip.compress(_valid_body())[:-12], {"content-encoding": "gzip"}, 400, "truncated"),
-        (gzip.compress(_valid_body()) * 2, {"content-encoding": "gzip"}, 400, "malformed JSON"),  # two members: body twice
+        (
+            gzip.compress(_valid_body()) * 2,
+            {"content-encoding": "gzip"},
+            400,
+            "malformed JSON",
+        ),  # two members: body twice
         (gzip.compress(_valid_body()), {"content-encoding": "identity"}, 400, "malformed JSON"),
         (b"\x00\xff\xfe garbage \x80", {}, 400, "malformed JSON"),
         (b"", {}, 400, "malformed JSON"),
@@ -417,7 +433,11 @@ def test_encodings_content_types_and_garbage(limited_gateway, content, headers, 
 
 @given(
     garbage=st.binary(max_size=2048),
-    header=st.one_of(st.none(), st.integers(-5, 4096).map(str), st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=8)),
+    header=st.one_of(
+        st.none(),
+        st.integers(-5, 4096).map(str),
+        st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=8),
+    ),
 )
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
@@ -497,7 +517,7 @@ def test_unbalanced_deep_json_is_400(limited_gateway):
 def test_strings_that_look_deep_are_not_nesting(limited_gateway):
     body = {
         "id": "[" * 100 + '\\"[{' * 20,
-        "inputs": [{"name": "input", "datatype": "BYTES", "shape": [1, 2], "data": ["[" * 200, '"]]]\\[[['] }],
+        "inputs": [{"name": "input", "datatype": "BYTES", "shape": [1, 2], "data": ["[" * 200, '"]]]\\[[[']}],
     }
     response = limited_gateway.http.post("/v2/models/identity_bytes/infer", json=body)
     assert response.status_code == 200, response.text

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.config: config.yaml validation, version policy and completion."""
+"""Unit tests of gateway.repository.config: config.yaml validation, version policy and completion."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from backends import create_backend
 from backends.base import Backend, TensorSpec
 from backends.onnxruntime import select_providers
-from gateway.config import (
+from gateway.repository.config import (
     CONFIG_FILE,
     ModelConfig,
     ModelConfigError,

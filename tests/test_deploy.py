@@ -23,10 +23,11 @@ import yaml
 
 from gateway.admin_token import AdminToken
 from gateway.cli import app as cli_app
-from gateway.dataplane import DataPlane
-from gateway.repository import ModelRepository
-from gateway.rest import create_app
+from gateway.core.dataplane import DataPlane
+from gateway.core.repository_control import RepositoryControl
+from gateway.repository.model_repository import ModelRepository
 from gateway.settings import ENV_PREFIX, GatewaySettings, ModelControlMode
+from gateway.transports.rest.app import create_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = REPO_ROOT / "deploy"
@@ -228,13 +229,13 @@ def route_paths(routes: Any, prefix: str = "") -> set[str]:
 def routes(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """Paths served by the real REST app."""
     repository = ModelRepository(tmp_path_factory.mktemp("empty-repository"), 64)
-    dataplane = DataPlane(
+    control = RepositoryControl(
         repository,
         ModelControlMode.NONE,
         admin_token=AdminToken("deploy-test-token"),
         max_upload_bytes=GatewaySettings.model_fields["max_upload_bytes"].default,
     )
-    app = create_app(dataplane)
+    app = create_app(DataPlane(repository), control)
     paths = route_paths(app.routes) | set(app.openapi()["paths"])
     assert READY_PATH in paths and LIVE_PATH in paths
     return paths

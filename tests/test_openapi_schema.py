@@ -81,7 +81,9 @@ def test_every_answer_conforms_to_the_schema(api_schema, api_gateway, mode):
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+        )
         def call(case: Any) -> None:
             case.call_and_validate(
                 base_url=api_gateway.http_url,
@@ -104,11 +106,13 @@ def test_the_infer_routes_document_their_body_and_errors(api_gateway):
         assert body["required"] == ["inputs"]
         tensor = body["properties"]["inputs"]["items"]
         assert set(tensor["required"]) == {"name", "shape", "datatype"}
-        assert "FP32" in tensor["properties"]["datatype"]["enum"] and "BYTES" in tensor["properties"]["datatype"]["enum"]
+        assert (
+            "FP32" in tensor["properties"]["datatype"]["enum"] and "BYTES" in tensor["properties"]["datatype"]["enum"]
+        )
         assert {"200", "400", "404", "413", "503"} <= set(operation["responses"])
         error = operation["responses"]["413"]["content"]["application/json"]["schema"]
-        assert error == {"$ref": "#/components/schemas/ErrorAnswer"}
-    assert spec["components"]["schemas"]["ErrorAnswer"]["required"] == ["error"]
+        assert error == {"$ref": "#/components/schemas/ErrorJson"}
+    assert spec["components"]["schemas"]["ErrorJson"]["required"] == ["error"]
     load = spec["paths"]["/v2/repository/models/{model_name}/load"]["post"]
     assert "401" in load["responses"] and load["security"] == [{"adminToken": []}]
     assert "/metrics" not in spec["paths"]

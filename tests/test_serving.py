@@ -188,7 +188,6 @@ def test_a_slow_model_does_not_stall_the_server(gateway, stub):
 # ----------------------------------------------------------------------------- datatypes
 
 
-
 @pytest.mark.parametrize("datatype", list(SAMPLES))
 def test_every_datatype_round_trips_over_rest_json(gateway, datatype):
     sample = SAMPLES[datatype]
@@ -333,7 +332,10 @@ def test_error_over_grpc(gateway, stub, name, raw):
     ("body", "message"),
     [
         (b"{not json", "malformed JSON"),
-        (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2]}]}', "has neither data nor parameters.binary_data_size"),
+        (
+            b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2]}]}',
+            "has neither data nor parameters.binary_data_size",
+        ),
         (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": ["1", 64], "data": []}]}', "inputs.0.shape.0"),
         (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3]]}]}', "ragged"),
         (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": ["a", "b"]}]}', "string values"),

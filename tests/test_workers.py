@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.intake import pack_version
+from gateway.repository.packages import pack_version
 from tests.conftest import ADMIN_HEADERS, GatewayProcess, start_gateway
 
 WORKERS = 2

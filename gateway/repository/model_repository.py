@@ -14,7 +14,7 @@ policy would retire for it).
 A version that stops serving (replaced, retired by the policy, unloaded, or its folder removed) is
 taken out of routing at once, so that new requests go to its successor or get NOT_FOUND; the
 requests already queued or running on it finish, and then its instances are released
-(:meth:`gateway.scheduler.Scheduler.drain`, in the background).
+(:meth:`gateway.runtime.scheduler.Scheduler.drain`, in the background).
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from backends import Backend, ModelLoadError, create_backend, detect_backend
-from gateway.config import (
+from gateway.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
+from gateway.metrics import Metrics, VersionMetrics
+from gateway.repository.config import (
     ModelConfig,
     ModelConfigError,
     TensorConfig,
@@ -44,9 +46,7 @@ from gateway.config import (
     full_shape,
     read_model_config,
 )
-from gateway.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
-from gateway.metrics import Metrics, VersionMetrics
-from gateway.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
+from gateway.runtime.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A package is a tar archive, gzip-compressed or not, whose members are the files 
 folder (the artifact, ``model.onnx``, ``model.pt2`` or the ``model.savedmodel/`` folder, and
 ``parity.json`` at its top level, as ``gateway push`` writes them). It is
 received and unpacked in a staging folder inside the repository; nothing reaches the model's folder
-until every check passed (:meth:`gateway.repository.ModelRepository.install_version`).
+until every check passed (:meth:`gateway.repository.model_repository.ModelRepository.install_version`).
 
 Unpacking refuses absolute paths, ``..``, links of any kind, devices and FIFOs, and packages whose
 declared sizes add up past the upload limit (checked before anything is written, so a compressed

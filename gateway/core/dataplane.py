@@ -1,12 +1,12 @@
-"""The protocol-neutral data plane that REST and gRPC both call.
+"""Inference: the protocol-neutral data plane that every transport calls.
 
-The transports decode their wire format into the dataclasses below (tensors as numpy arrays), call
-one :class:`DataPlane` method, and encode what it returns. All checking of a request against the
-model, all scheduling and all repository control happens here; errors are raised as
-:mod:`gateway.errors` classes, which each transport maps through the one status table.
+The transports decode their wire format into the types of :mod:`gateway.core.types` (tensors as
+numpy arrays), call one :class:`DataPlane` method, and encode what it returns. All checking of a
+request against the model and all scheduling happens here; errors are raised as
+:mod:`gateway.errors` classes, which each transport maps through the one status table. Repository
+control (index, load, unload, upload) is :mod:`gateway.core.repository_control`'s.
 
-Semantics follow the KServe v2 / Open Inference Protocol (health, metadata, inference) and its
-model repository extension (index, load, unload).
+Semantics follow the KServe v2 / Open Inference Protocol ("Health", "Metadata", "Inference").
 """
 
 from __future__ import annotations
@@ -14,30 +14,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from backends import InferenceInputError
-from gateway.admin_token import AdminToken
-from gateway.datatypes import DEFAULT_LIMITS, RequestLimits
-from gateway.errors import (
-    FailedPreconditionError,
-    GatewayError,
-    InternalError,
-    InvalidArgumentError,
-    UnavailableError,
+from gateway.core.types import (
+    InferRequest,
+    InferResponse,
+    InferTensor,
+    ModelMetadata,
+    Parameters,
+    RequestedOutput,
+    ServerMetadata,
+    TensorMetadata,
 )
-from gateway.intake import check_version_files, receive_package, unpack_package
+from gateway.datatypes import DEFAULT_LIMITS, RequestLimits
+from gateway.errors import GatewayError, InternalError, InvalidArgumentError, UnavailableError
 from gateway.logs import new_request_id, set_request_id
 from gateway.metrics import SUCCESS, error_status
-from gateway.repository import IndexEntry, LoadedVersion, ModelRepository, ModelState, check_model_name
-from gateway.scheduler import Disconnected
-from gateway.settings import ModelControlMode
-from gateway.workers import PeerAction, PeerWorkers
+from gateway.repository.model_repository import LoadedVersion, ModelRepository
+from gateway.runtime.scheduler import Disconnected
 
 logger = logging.getLogger(__name__)
 
@@ -45,108 +44,15 @@ SERVER_NAME = "model-gateway"
 #: KServe v2 / Triton extensions this server implements.
 EXTENSIONS = ("model_repository", "model_upload", "parameters")
 
-Parameters = dict[str, Any]
 #: What a transport's encoder makes of a response (a JSON body, a protobuf message...).
 Encoded = TypeVar("Encoded")
 
 
-@dataclass(slots=True)
-class InferTensor:
-    """One input or output tensor: v2 datatype, shape, and the data as a numpy array of that shape.
-
-    BYTES data is an ``object`` array of ``bytes``.
-    """
-
-    name: str
-    datatype: str
-    shape: list[int]
-    data: np.ndarray
-    parameters: Parameters = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class RequestedOutput:
-    """An output the client asks for by name, with its parameters (e.g. binary_data)."""
-
-    name: str
-    parameters: Parameters = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class InferRequest:
-    """An inference request after decoding (KServe v2 "Inference Request JSON Object")."""
-
-    model_name: str
-    model_version: str | None
-    inputs: list[InferTensor]
-    outputs: list[RequestedOutput] = field(default_factory=list)
-    id: str | None = None
-    parameters: Parameters = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class InferResponse:
-    """An inference response before encoding (KServe v2 "Inference Response JSON Object")."""
-
-    model_name: str
-    model_version: str
-    outputs: list[InferTensor]
-    id: str | None = None
-    parameters: Parameters = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class TensorMetadata:
-    """Name, v2 datatype and shape (-1: variable, including the batch dim) of a model tensor."""
-
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelMetadata:
-    """KServe v2 "Model Metadata Response JSON Object"; ``platform`` in Triton's names.
-
-    ``parameters`` holds how the backend runs the model (e.g. ``execution_providers`` for ONNX
-    Runtime, ``device`` for PyTorch, ``signature_name`` for TensorFlow) and ``parity``, the
-    conversion's parity figures, when the version has them.
-    """
-
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-    parameters: Parameters = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class UploadResult:
-    """The model version an upload created, and whether it is ready (its version policy may not serve it)."""
-
-    name: str
-    version: int
-    ready: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ServerMetadata:
-    """KServe v2 "Server Metadata Response JSON Object"."""
-
-    name: str
-    version: str
-    extensions: list[str]
-
-
 class DataPlane:
-    """Health, metadata, inference and repository control over one model repository.
+    """Health, metadata and inference over the loaded versions of one model repository.
 
     Args:
         repository: the model repository whose loaded versions serve requests.
-        control_mode: the model control mode; load and unload requests need ``explicit``.
-        admin_token: the token the management API (upload, load, unload) requires.
-        max_upload_bytes: largest model package accepted, compressed and unpacked alike.
         limits: the limits inference requests are held to (body size, JSON depth, tensors, elements);
             the transports' decoders read them here. Default: :class:`RequestLimits`' defaults.
         request_timeout_seconds: longest an inference request may take, in seconds (None: no limit);
@@ -156,21 +62,13 @@ class DataPlane:
     def __init__(
         self,
         repository: ModelRepository,
-        control_mode: ModelControlMode,
-        admin_token: AdminToken,
-        max_upload_bytes: int,
         limits: RequestLimits | None = None,
         request_timeout_seconds: float | None = None,
     ) -> None:
         self.repository = repository
-        self.control_mode = control_mode
-        self.admin_token = admin_token
-        self.max_upload_bytes = max_upload_bytes
         self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.request_timeout_seconds = request_timeout_seconds
-        self.is_ready = False
-        #: In a worker process, the link to the other workers (management requests are repeated there).
-        self.peers: PeerWorkers | None = None
+        self._ready = False
         self._draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -186,7 +84,11 @@ class DataPlane:
 
     def ready(self) -> bool:
         """Whether the server is ready: the start-up load of the repository has finished, and no shutdown began."""
-        return self.is_ready and not self._draining
+        return self._ready and not self._draining
+
+    def mark_ready(self) -> None:
+        """Say that the start-up load of the repository has finished: readiness turns true (unless draining)."""
+        self._ready = True
 
     @property
     def inflight(self) -> int:
@@ -269,7 +171,7 @@ class DataPlane:
             timeout_seconds: the transport's own time limit from now, in seconds (the time left
                 until a gRPC deadline, ``context.time_remaining()``), or None.
             disconnected: a coroutine function returning when the client goes away (REST), watched
-                only while the request waits; see :meth:`gateway.scheduler.Scheduler.run`.
+                only while the request waits; see :meth:`gateway.runtime.scheduler.Scheduler.run`.
 
         The request's deadline is the earliest of ``timeout_seconds``, the server's
         ``request_timeout_seconds`` and the request's ``timeout`` parameter (Triton's: a non-negative
@@ -311,7 +213,7 @@ class DataPlane:
             deadline = None
             if timeout_seconds is not None or self.request_timeout_seconds is not None or request.parameters:
                 deadline = self._deadline(started, timeout_seconds, request.parameters)
-            return encode(await self._run(loaded, request, deadline, disconnected))
+            return encode(await self._check_and_run(loaded, request, deadline, disconnected))
         except GatewayError as error:
             status = error_status(error)
             logger.info("%s inference for model '%s' refused: %s", protocol, model_name, error.message)
@@ -356,7 +258,7 @@ class DataPlane:
                 limits.append(timeout / 1e6)
         return started + min(limits) if limits else None
 
-    async def _run(
+    async def _check_and_run(
         self,
         loaded: LoadedVersion,
         request: InferRequest,
@@ -390,105 +292,6 @@ class DataPlane:
                 for name in output_names
             ],
         )
-
-    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
-        """Every model in the repository with its state and, when not ready, the reason."""
-        entries = self.repository.index()
-        return [entry for entry in entries if entry.state is ModelState.READY] if ready_only else entries
-
-    async def load_model(self, name: str, authorization: str | None) -> None:
-        """Load or reload a model (explicit model control mode only).
-
-        Args:
-            authorization: the request's ``Authorization`` header or metadata value.
-
-        Raises:
-            UnauthenticatedError: no valid admin token.
-            FailedPreconditionError: the server is not in explicit mode.
-            NotFoundError: no such model folder.
-            UnavailableError: the load failed, here or in another worker process (``--workers``); the
-                message says why.
-        """
-        self.admin_token.check(authorization)
-        self._require_explicit_mode("load")
-        try:
-            await self.repository.load(name)
-        finally:
-            await self._tell_peers("load", name)
-
-    async def unload_model(self, name: str, authorization: str | None) -> None:
-        """Unload a model (explicit model control mode only).
-
-        Raises:
-            UnauthenticatedError: no valid admin token.
-            FailedPreconditionError: the server is not in explicit mode.
-            NotFoundError: the model is not loaded.
-            UnavailableError: another worker process failed to unload it (``--workers``).
-        """
-        self.admin_token.check(authorization)
-        self._require_explicit_mode("unload")
-        await self.repository.unload(name)
-        await self._tell_peers("unload", name)
-
-    async def upload_version(
-        self, name: str, version: str | None, package: AsyncIterator[bytes], authorization: str | None
-    ) -> UploadResult:
-        """Receive a model package, check it in a staging folder, install it as a new version and load it.
-
-        Our extension beside the repository API, allowed in every model control mode. The package
-        is a tar archive (gzip or not) of one version folder's files (see :mod:`gateway.intake`).
-        Nothing reaches the model's folder until the package unpacked safely, every ``.onnx`` passed
-        ``onnx.checker`` and the files loaded on their own; if anything fails the repository is as
-        it was and the versions already served keep serving.
-
-        Args:
-            name: the model name.
-            version: a positive integer as text, or None for one more than the highest version on disk.
-            package: the request body, in chunks.
-            authorization: the request's ``Authorization`` header value.
-
-        Raises:
-            UnauthenticatedError: no valid admin token (checked before the body is read).
-            InvalidArgumentError: a bad name, version or package (the message says which member or file).
-            PayloadTooLargeError: the package, or what it unpacks to, passes the upload limit.
-            AlreadyExistsError: the version exists already.
-            UnavailableError: the repository cannot be written, or the model failed to load the version.
-        """
-        self.admin_token.check(authorization)
-        check_model_name(name)  # before reading the body
-        number = None if version is None else _parse_new_version(version)
-        async with self.repository.staging_folder() as staging:
-            archive = staging / "package"
-            await receive_package(package, archive, self.max_upload_bytes)
-            version_dir = staging / "version"
-            await asyncio.to_thread(unpack_package, archive, version_dir, self.max_upload_bytes)
-            await asyncio.to_thread(check_version_files, version_dir)
-            installed = await self.repository.install_version(name, number, version_dir)
-        await self._tell_peers("load", name)
-        logger.info("model %s version %d uploaded", name, installed)
-        return UploadResult(name, installed, installed in self.repository.ready_versions(name))
-
-    async def _tell_peers(self, action: PeerAction, name: str) -> None:
-        """In a worker process, have the other workers load or unload ``name`` too (see :mod:`gateway.workers`).
-
-        Raises:
-            UnavailableError: some other worker failed.
-        """
-        if self.peers is not None:
-            await self.peers.follow(action, name)
-
-    def _require_explicit_mode(self, action: str) -> None:
-        if self.control_mode is not ModelControlMode.EXPLICIT:
-            raise FailedPreconditionError(
-                f"cannot {action} models in model control mode '{self.control_mode}'; "
-                "start the server with --model-control-mode explicit"
-            )
-
-
-def _parse_new_version(version: str) -> int:
-    if not version.isdigit() or int(version) < 1:
-        raise InvalidArgumentError(f"model version '{version}' is not a positive integer")
-    return int(version)
 
 
 def _check_inputs(loaded: LoadedVersion, inputs: list[InferTensor]) -> dict[str, np.ndarray]:

@@ -2,7 +2,8 @@
 
 ``gateway serve --workers N`` runs :func:`run_supervisor`. The supervisor starts N worker
 processes (``spawn``: each a fresh interpreter), restarts one that dies, and stops them all on
-SIGTERM or SIGINT. Each worker is a whole gateway (:func:`gateway.server.serve`): the REST and gRPC
+SIGTERM or SIGINT. Each worker is a whole gateway (the worker entry point the caller hands in,
+:func:`gateway.process.server.run_worker`; this module never imports the server): the REST and gRPC
 servers, every model loaded, its own batchers, and ``cores / N`` CPU cores for its model
 instances. Its listening sockets are opened with SO_REUSEPORT, so the kernel spreads new
 connections over the workers (a connection stays with one worker: a client that sends everything
@@ -13,134 +14,58 @@ before it starts them (see :mod:`gateway.metrics`) and, when a worker exits, mar
 
 A management request (upload, load, unload) reaches one worker. That worker does it, then asks the
 supervisor to have every other worker follow (load or unload the same model from the shared
-repository folder), and answers once they all have: the :class:`PeerWorkers` protocol below. The
-messages are small JSON objects over one pipe per worker. A worker started in place of one that died
-also loads the models loaded through the management API so far (what explicit mode needs), shortly
-after it turns ready.
+repository folder), and answers once they all have (:class:`gateway.process.peers.PeerWorkers` on
+the worker's side). The messages are the dataclasses of :mod:`gateway.process.messages`, over one
+pipe per worker. A worker started in place of one that died also loads the models loaded through
+the management API so far (what explicit mode needs), shortly after it turns ready.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
-import json
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any, Literal
+from typing import Any
 
 from prometheus_client.multiprocess import mark_process_dead
 from pydantic import SecretStr
 
 from gateway.admin_token import server_token
-from gateway.errors import GatewayError, NotFoundError, UnavailableError
-from gateway.logs import configure_logging
 from gateway.metrics import MULTIPROCESS_DIR_VARIABLE
-from gateway.repository import ModelRepository
+from gateway.process.messages import (
+    WORKER_START_FAILED,
+    Applied,
+    ApplyRequest,
+    FollowDone,
+    FollowKey,
+    FollowRequest,
+    SupervisorMessage,
+)
 from gateway.settings import GatewaySettings
 
-__all__ = ["WORKER_START_FAILED", "PeerWorkers", "run_supervisor"]
+__all__ = ["WorkerMain", "run_supervisor"]
 
 logger = logging.getLogger(__name__)
 
-#: Exit status of a worker that could not start (e.g. a port it cannot bind): the supervisor stops.
-WORKER_START_FAILED = 3
 #: Seconds between restarts of a worker that keeps dying.
 RESTART_DELAY_SECONDS = 1.0
 #: Seconds the supervisor waits for the workers beyond their exit timeout before it kills them.
 KILL_AFTER_EXTRA_SECONDS = 10.0
 
-PeerAction = Literal["load", "unload"]
-
-
-class PeerWorkers:
-    """A worker's link to the other workers, through the supervisor's pipe.
-
-    :meth:`follow` asks every other worker to do what this one just did; messages from the
-    supervisor asking this worker to follow another are applied to ``repository`` as they arrive.
-
-    Args:
-        connection: this worker's end of its pipe to the supervisor.
-        repository: this worker's model repository.
-    """
-
-    def __init__(self, connection: Connection, repository: ModelRepository) -> None:
-        self._connection = connection
-        self._repository = repository
-        self._waiting: dict[int, asyncio.Future[list[str]]] = {}
-        self._ids = itertools.count(1)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def start(self) -> None:
-        """Start reading the supervisor's messages on the running event loop."""
-        asyncio.get_running_loop().add_reader(self._connection.fileno(), self._on_readable)
-
-    async def follow(self, action: PeerAction, name: str) -> None:
-        """Have every other worker load (or unload) model ``name`` too; return once all have.
-
-        Raises:
-            UnavailableError: some worker failed (the message has each one's reason), or the
-                supervisor is gone.
-        """
-        request_id = next(self._ids)
-        answer = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = answer
-        try:
-            self._send({"kind": "follow", "id": request_id, "action": action, "model": name})
-            failures = await answer
-        finally:
-            self._waiting.pop(request_id, None)
-        if failures:
-            raise UnavailableError(f"model '{name}': {action} failed in other workers: " + "; ".join(failures))
-
-    def _send(self, message: dict[str, Any]) -> None:
-        try:
-            self._connection.send_bytes(json.dumps(message).encode())
-        except OSError as error:
-            raise UnavailableError(f"the worker supervisor cannot be reached: {error}") from None
-
-    def _on_readable(self) -> None:
-        try:
-            while self._connection.poll():
-                message = json.loads(self._connection.recv_bytes())
-                if message["kind"] == "done":
-                    answer = self._waiting.get(message["id"])
-                    if answer is not None and not answer.done():
-                        answer.set_result(message["failures"])
-                else:  # "apply": follow another worker
-                    task = asyncio.create_task(self._apply(message["key"], message["action"], message["model"]))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-        except (EOFError, OSError):  # the supervisor is gone: nothing more will come
-            asyncio.get_running_loop().remove_reader(self._connection.fileno())
-            for answer in self._waiting.values():
-                if not answer.done():
-                    answer.set_exception(UnavailableError("the worker supervisor is gone"))
-
-    async def _apply(self, key: list[int], action: PeerAction, name: str) -> None:
-        failure = None
-        try:
-            if action == "load":
-                await self._repository.load(name)
-            else:
-                await self._repository.unload(name)
-        except NotFoundError:
-            if action == "load":
-                failure = f"worker {os.getpid()}: model '{name}' not found"
-        except GatewayError as error:
-            failure = f"worker {os.getpid()}: {error.message}"
-        logger.info("followed another worker: %s model %s%s", action, name, f" ({failure})" if failure else "")
-        self._send({"kind": "applied", "key": key, "failure": failure})
+#: A worker process's entry point: it serves ``settings`` and talks to the supervisor over the
+#: connection; it exits with :data:`~gateway.process.messages.WORKER_START_FAILED` when it cannot start.
+#: It must be a module-level function (worker processes are spawned: it is pickled by name).
+WorkerMain = Callable[[GatewaySettings, Connection], None]
 
 
 @dataclass
@@ -163,11 +88,12 @@ class _Pending:
 class _Supervisor:
     """Starts, restarts and stops the workers, and relays follow requests between them."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, worker_main: WorkerMain) -> None:
         self.settings = settings
+        self.worker_main = worker_main
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, _Worker] = {}
-        self.pending: dict[tuple[int, int], _Pending] = {}
+        self.pending: dict[FollowKey, _Pending] = {}
         # Models loaded through the management API, in order: a restarted worker loads them too.
         self.requested_loads: dict[str, None] = {}
         self.stopping = False
@@ -177,14 +103,14 @@ class _Supervisor:
     def start_worker(self, index: int) -> None:
         parent_end, child_end = self.context.Pipe()
         process = self.context.Process(
-            target=_worker_main, args=(self.settings, child_end), name=f"gateway-worker-{index}", daemon=False
+            target=self.worker_main, args=(self.settings, child_end), name=f"gateway-worker-{index}", daemon=False
         )
         process.start()
         child_end.close()
         self.workers[index] = _Worker(index, process, parent_end)
         logger.info("worker %d started (pid %s)", index, process.pid)
         for name in self.requested_loads:  # read once the worker runs; no one waits for the answers
-            self.send(index, {"kind": "apply", "key": [-1, 0], "action": "load", "model": name})
+            self.send(index, ApplyRequest(None, "load", name))
 
     def stop(self, exit_status: int = 0) -> None:
         if not self.stopping:
@@ -224,48 +150,46 @@ class _Supervisor:
     def read_messages(self, worker: _Worker) -> None:
         try:
             while worker.connection.poll():
-                message = json.loads(worker.connection.recv_bytes())
-                if message["kind"] == "follow":
+                message = worker.connection.recv()
+                if isinstance(message, FollowRequest):
                     self.relay(worker.index, message)
-                else:  # "applied"
-                    self.applied(worker.index, tuple(message["key"]), message["failure"])
+                elif isinstance(message, Applied):
+                    self.applied(worker.index, message)
         except (EOFError, OSError):
             pass  # the worker is exiting; its sentinel tells the rest
 
-    def relay(self, origin: int, message: dict[str, Any]) -> None:
-        key = (origin, int(message["id"]))
-        self.requested_loads.pop(message["model"], None)
-        if message["action"] == "load":
-            self.requested_loads[message["model"]] = None
+    def relay(self, origin: int, request: FollowRequest) -> None:
+        key = (origin, request.request_id)
+        self.requested_loads.pop(request.model, None)
+        if request.action == "load":
+            self.requested_loads[request.model] = None
         others = {index for index in self.workers if index != origin}
-        self.pending[key] = _Pending(origin, key[1], others)
+        self.pending[key] = _Pending(origin, request.request_id, others)
         for index in others:
-            self.send(
-                index, {"kind": "apply", "key": list(key), "action": message["action"], "model": message["model"]}
-            )
+            self.send(index, ApplyRequest(key, request.action, request.model))
         self.settle(key)
 
-    def applied(self, index: int, key: tuple[int, ...], failure: str | None) -> None:
-        pending = self.pending.get((key[0], key[1]))
+    def applied(self, index: int, answer: Applied) -> None:
+        pending = self.pending.get(answer.key)
         if pending is None:
             return
         pending.waiting_for.discard(index)
-        if failure:
-            pending.failures.append(failure)
-        self.settle((key[0], key[1]))
+        if answer.failure:
+            pending.failures.append(answer.failure)
+        self.settle(answer.key)
 
-    def settle(self, key: tuple[int, int]) -> None:
+    def settle(self, key: FollowKey) -> None:
         """Answer a follow request once no worker is left to hear from."""
         pending = self.pending[key]
         if pending.waiting_for:
             return
         del self.pending[key]
         if pending.origin in self.workers:
-            self.send(pending.origin, {"kind": "done", "id": pending.request_id, "failures": pending.failures})
+            self.send(pending.origin, FollowDone(pending.request_id, tuple(pending.failures)))
 
-    def send(self, index: int, message: dict[str, Any]) -> None:
+    def send(self, index: int, message: SupervisorMessage) -> None:
         with contextlib.suppress(OSError):  # the worker is exiting; its sentinel tells the rest
-            self.workers[index].connection.send_bytes(json.dumps(message).encode())
+            self.workers[index].connection.send(message)
 
     def on_exit(self, worker: _Worker) -> None:
         worker.process.join()
@@ -294,11 +218,15 @@ class _Supervisor:
             self.start_worker(worker.index)
 
 
-def run_supervisor(settings: GatewaySettings) -> int:
+def run_supervisor(settings: GatewaySettings, worker_main: WorkerMain) -> int:
     """Serve with ``settings.workers`` worker processes until SIGTERM or SIGINT; return the exit status.
 
     The admin token (given, or generated once and written to the token file) is handed to every
     worker, and the metrics folder is made before and removed after them.
+
+    Args:
+        settings: the server settings, given to every worker.
+        worker_main: each worker process's entry point (:func:`gateway.process.server.run_worker`).
 
     Returns:
         0 after a requested stop, 1 when a worker could not start.
@@ -308,7 +236,7 @@ def run_supervisor(settings: GatewaySettings) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         os.environ[MULTIPROCESS_DIR_VARIABLE] = metrics_dir
         logger.info("starting %d workers; worker metrics in %s", settings.workers, metrics_dir)
-        supervisor = _Supervisor(settings.model_copy(update={"admin_token": SecretStr(token)}))
+        supervisor = _Supervisor(settings.model_copy(update={"admin_token": SecretStr(token)}), worker_main)
         previous = {
             signal_number: signal.signal(signal_number, supervisor.on_signal)
             for signal_number in (signal.SIGINT, signal.SIGTERM)
@@ -323,15 +251,3 @@ def run_supervisor(settings: GatewaySettings) -> int:
             del os.environ[MULTIPROCESS_DIR_VARIABLE]
     logger.info("all workers stopped")
     return supervisor.exit_status
-
-
-def _worker_main(settings: GatewaySettings, connection: Connection) -> None:
-    """A worker process: one gateway on shared ports, linked to the supervisor by ``connection``."""
-    configure_logging(settings.log_level, settings.log_format)
-    from gateway.server import StartupError, run_gateway
-
-    try:
-        run_gateway(settings, connection)
-    except StartupError as error:
-        logger.error("worker cannot start: %s", error)
-        sys.exit(WORKER_START_FAILED)

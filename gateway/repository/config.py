@@ -103,7 +103,7 @@ class VersionPolicy(_Strict):
 
 
 class DynamicBatchingConfig(_Strict):
-    """Triton's ``dynamic_batching``: merge requests along the batch dim (see :mod:`gateway.scheduler`)."""
+    """Triton's ``dynamic_batching``: merge requests along the batch dim (see :mod:`gateway.runtime.scheduler`)."""
 
     max_queue_delay_microseconds: int = Field(
         default=0,

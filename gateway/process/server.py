@@ -1,4 +1,7 @@
-"""One gateway process: REST (uvicorn) and gRPC (grpc.aio) on one event loop, over one data plane.
+"""One gateway process: REST (uvicorn) and gRPC (grpc.aio) on one event loop, over one core.
+
+This is the one place that wires the layers together: the model repository, the core's data plane
+and repository control, the transports, and (in a worker process) the link to the other workers.
 
 Both servers listen before the models load, so liveness answers at once and readiness turns true
 when the start-up load is done.
@@ -19,25 +22,26 @@ import os
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 
 import grpc
 import uvicorn
-from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp
 
 from gateway.admin_token import AdminToken, server_token
-from gateway.dataplane import DataPlane
+from gateway.core.dataplane import DataPlane
+from gateway.core.repository_control import RepositoryControl
 from gateway.datatypes import RequestLimits
-from gateway.grpc_service import HealthStatus, create_grpc_server, set_serving
-from gateway.logs import REQUEST_ID_HEADER
+from gateway.logs import configure_logging
 from gateway.metrics import Metrics
-from gateway.repository import ModelRepository
-from gateway.rest import RestServer, create_app
+from gateway.process.messages import WORKER_START_FAILED
+from gateway.process.peers import PeerWorkers
+from gateway.repository.model_repository import ModelRepository
 from gateway.settings import GatewaySettings, ModelControlMode
-from gateway.workers import PeerWorkers
+from gateway.transports.grpc.server import HealthStatus, create_grpc_server, set_serving
+from gateway.transports.rest.app import create_rest_app
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def run_gateway(settings: GatewaySettings, peers_connection: Connection | None =
 
     Args:
         settings: the server settings.
-        peers_connection: in a worker process, its pipe to the supervisor (:mod:`gateway.workers`).
+        peers_connection: in a worker process, its pipe to the supervisor (:mod:`gateway.process.supervisor`).
 
     Raises:
         StartupError: a port cannot be bound, or the TLS files cannot be read.
@@ -76,6 +80,25 @@ def run_gateway(settings: GatewaySettings, peers_connection: Connection | None =
     if not drained:
         logging.shutdown()
         os._exit(0)  # interpreter shutdown would wait for the model runs still going, without end
+
+
+def run_worker(settings: GatewaySettings, connection: Connection) -> None:
+    """A worker process's entry point (``--workers N``): one gateway on shared ports, linked to the supervisor.
+
+    Handed to :func:`gateway.process.supervisor.run_supervisor`, which spawns a process running it.
+
+    Args:
+        settings: the server settings.
+        connection: this worker's pipe to the supervisor.
+
+    Exits with :data:`~gateway.process.messages.WORKER_START_FAILED` when the gateway cannot start.
+    """
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        run_gateway(settings, connection)
+    except StartupError as error:
+        logger.error("worker cannot start: %s", error)
+        sys.exit(WORKER_START_FAILED)
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -115,18 +138,19 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
     with server_token(given_token, settings.admin_token_dir, settings.http_port) as token:
         dataplane = DataPlane(
             repository,
-            settings.model_control_mode,
-            AdminToken(token),
-            settings.max_upload_bytes,
             limits=RequestLimits.from_settings(settings),
             request_timeout_seconds=settings.request_timeout_seconds,
         )
-        if peers_connection is not None:
-            dataplane.peers = PeerWorkers(peers_connection, repository)
-            dataplane.peers.start()
+        peers = PeerWorkers(peers_connection, repository) if peers_connection is not None else None
+        control = RepositoryControl(
+            repository, settings.model_control_mode, AdminToken(token), settings.max_upload_bytes, peers=peers
+        )
+        if peers is not None:
+            peers.start()
         try:
             grpc_server, health_servicer = create_grpc_server(
                 dataplane,
+                control,
                 f"{settings.host}:{settings.grpc_port}",
                 settings.max_request_bytes,
                 credentials=_grpc_credentials(settings),
@@ -136,7 +160,7 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
             raise StartupError(str(error)) from None
         http_server = _HttpServer(
             uvicorn.Config(
-                _rest_app(dataplane, settings),
+                create_rest_app(dataplane, control, settings.cors_allow_origins),
                 log_level=settings.log_level,
                 log_config=None,
                 access_log=False,
@@ -169,7 +193,7 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
             settings.model_control_mode,
             ", TLS" if scheme == "https" else "",
         )
-        running = asyncio.create_task(_run(settings, repository, dataplane, health_servicer))
+        running = asyncio.create_task(_load_and_poll(settings, repository, dataplane, health_servicer))
         stop_task = asyncio.create_task(stop_requested.wait())
         try:
             await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -187,13 +211,13 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
     return drained
 
 
-async def _run(
+async def _load_and_poll(
     settings: GatewaySettings, repository: ModelRepository, dataplane: DataPlane, health_servicer: HealthStatus
 ) -> None:
     """Load the repository and turn ready; in poll mode, then rescan the repository until cancelled."""
     if settings.model_control_mode is not ModelControlMode.EXPLICIT:
         await repository.load_all()
-    dataplane.is_ready = True
+    dataplane.mark_ready()
     await set_serving(health_servicer, True)
     logger.info("server ready")
     while settings.model_control_mode is ModelControlMode.POLL:
@@ -223,20 +247,6 @@ async def _drain(dataplane: DataPlane, health_servicer: HealthStatus, exit_timeo
 def _request_stop(stop_requested: asyncio.Event, signal_number: int) -> None:
     logger.info("received %s; draining, then stopping", signal.Signals(signal_number).name)
     stop_requested.set()
-
-
-def _rest_app(dataplane: DataPlane, settings: GatewaySettings) -> ASGIApp:
-    """The REST application, behind CORS only when origins are configured."""
-    app: ASGIApp = RestServer(dataplane, create_app(dataplane))
-    if settings.cors_allow_origins:
-        app = CORSMiddleware(
-            app,
-            allow_origins=settings.cors_allow_origins,
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=["*"],
-            expose_headers=[REQUEST_ID_HEADER, "Inference-Header-Content-Length"],
-        )
-    return app
 
 
 def _grpc_credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:

@@ -1,0 +1,166 @@
+"""Repository control: the repository index, and the management API (load, unload, upload).
+
+Semantics follow the KServe v2 model repository extension and Triton's (index, load, unload), plus
+our upload extension. Load, unload and upload need the admin token; the index is open.
+
+In a worker process (``gateway serve --workers N``) a management request reaches one worker, which
+does it and then has every other worker follow through the :class:`Peers` it was given at
+construction, so that the next request finds the change wherever it lands. The process layer
+provides that link (:class:`gateway.process.peers.PeerWorkers`); this module never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
+
+from gateway.admin_token import AdminToken
+from gateway.core.types import UploadResult
+from gateway.errors import FailedPreconditionError, InvalidArgumentError
+from gateway.repository.model_repository import IndexEntry, ModelRepository, ModelState, check_model_name
+from gateway.repository.packages import check_version_files, receive_package, unpack_package
+from gateway.settings import ModelControlMode
+
+logger = logging.getLogger(__name__)
+
+#: What another worker is asked to do with a model after a management request.
+PeerAction = Literal["load", "unload"]
+
+
+class Peers(Protocol):
+    """The other worker processes serving the same repository, as repository control sees them."""
+
+    async def follow(self, action: PeerAction, name: str) -> None:
+        """Have every other worker load (or unload) model ``name`` from the repository; return once all have.
+
+        Raises:
+            UnavailableError: some worker failed (the message says why), or they cannot be reached.
+        """
+
+
+class RepositoryControl:
+    """The repository index and the management API over one model repository.
+
+    Args:
+        repository: the model repository.
+        control_mode: the model control mode; load and unload requests need ``explicit``.
+        admin_token: the token the management API (upload, load, unload) requires.
+        max_upload_bytes: largest model package accepted, compressed and unpacked alike, in bytes.
+        peers: in a worker process, the other workers, which follow every load, unload and upload;
+            None in a single process.
+    """
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        control_mode: ModelControlMode,
+        admin_token: AdminToken,
+        max_upload_bytes: int,
+        peers: Peers | None = None,
+    ) -> None:
+        self.repository = repository
+        self.control_mode = control_mode
+        self.admin_token = admin_token
+        self.max_upload_bytes = max_upload_bytes
+        self._peers = peers
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """Every model in the repository with its state and, when not ready, the reason (one entry per version)."""
+        entries = self.repository.index()
+        return [entry for entry in entries if entry.state is ModelState.READY] if ready_only else entries
+
+    async def load_model(self, name: str, authorization: str | None) -> None:
+        """Load or reload a model (explicit model control mode only).
+
+        Args:
+            authorization: the request's ``Authorization`` header or metadata value.
+
+        Raises:
+            UnauthenticatedError: no valid admin token.
+            FailedPreconditionError: the server is not in explicit mode.
+            NotFoundError: no such model folder.
+            UnavailableError: the load failed, here or in another worker process (``--workers``); the
+                message says why.
+        """
+        self.admin_token.check(authorization)
+        self._require_explicit_mode("load")
+        try:
+            await self.repository.load(name)
+        finally:
+            await self._tell_peers("load", name)
+
+    async def unload_model(self, name: str, authorization: str | None) -> None:
+        """Unload a model (explicit model control mode only).
+
+        Raises:
+            UnauthenticatedError: no valid admin token.
+            FailedPreconditionError: the server is not in explicit mode.
+            NotFoundError: the model is not loaded.
+            UnavailableError: another worker process failed to unload it (``--workers``).
+        """
+        self.admin_token.check(authorization)
+        self._require_explicit_mode("unload")
+        await self.repository.unload(name)
+        await self._tell_peers("unload", name)
+
+    async def upload_version(
+        self, name: str, version: str | None, package: AsyncIterator[bytes], authorization: str | None
+    ) -> UploadResult:
+        """Receive a model package, check it in a staging folder, install it as a new version and load it.
+
+        Our extension beside the repository API, allowed in every model control mode. The package
+        is a tar archive (gzip or not) of one version folder's files (see
+        :mod:`gateway.repository.packages`). Nothing reaches the model's folder until the package
+        unpacked safely, every ``.onnx`` passed ``onnx.checker`` and the files loaded on their own; if
+        anything fails the repository is as it was and the versions already served keep serving.
+
+        Args:
+            name: the model name.
+            version: a positive integer as text, or None for one more than the highest version on disk.
+            package: the request body, in chunks.
+            authorization: the request's ``Authorization`` header value.
+
+        Raises:
+            UnauthenticatedError: no valid admin token (checked before the body is read).
+            InvalidArgumentError: a bad name, version or package (the message says which member or file).
+            PayloadTooLargeError: the package, or what it unpacks to, passes the upload limit.
+            AlreadyExistsError: the version exists already.
+            UnavailableError: the repository cannot be written, or the model failed to load the version.
+        """
+        self.admin_token.check(authorization)
+        check_model_name(name)  # before reading the body
+        number = None if version is None else _parse_new_version(version)
+        async with self.repository.staging_folder() as staging:
+            archive = staging / "package"
+            await receive_package(package, archive, self.max_upload_bytes)
+            version_dir = staging / "version"
+            await asyncio.to_thread(unpack_package, archive, version_dir, self.max_upload_bytes)
+            await asyncio.to_thread(check_version_files, version_dir)
+            installed = await self.repository.install_version(name, number, version_dir)
+        await self._tell_peers("load", name)
+        logger.info("model %s version %d uploaded", name, installed)
+        return UploadResult(name, installed, installed in self.repository.ready_versions(name))
+
+    async def _tell_peers(self, action: PeerAction, name: str) -> None:
+        """In a worker process, have the other workers load or unload ``name`` too.
+
+        Raises:
+            UnavailableError: some other worker failed.
+        """
+        if self._peers is not None:
+            await self._peers.follow(action, name)
+
+    def _require_explicit_mode(self, action: str) -> None:
+        if self.control_mode is not ModelControlMode.EXPLICIT:
+            raise FailedPreconditionError(
+                f"cannot {action} models in model control mode '{self.control_mode}'; "
+                "start the server with --model-control-mode explicit"
+            )
+
+
+def _parse_new_version(version: str) -> int:
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgumentError(f"model version '{version}' is not a positive integer")
+    return int(version)

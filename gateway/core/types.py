@@ -1,0 +1,103 @@
+"""The request and response types of the core, as every transport decodes into and encodes from them.
+
+They follow the JSON objects of the KServe v2 / Open Inference Protocol ("Inference Request JSON
+Object", "Model Metadata Response JSON Object", ...), with tensors held as numpy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Parameters = dict[str, Any]
+
+
+@dataclass(slots=True)
+class InferTensor:
+    """One input or output tensor: v2 datatype, shape, and the data as a numpy array of that shape.
+
+    BYTES data is an ``object`` array of ``bytes``.
+    """
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """An output the client asks for by name, with its parameters (e.g. binary_data)."""
+
+    name: str
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """An inference request after decoding (KServe v2 "Inference Request JSON Object")."""
+
+    model_name: str
+    model_version: str | None
+    inputs: list[InferTensor]
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    id: str | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """An inference response before encoding (KServe v2 "Inference Response JSON Object")."""
+
+    model_name: str
+    model_version: str
+    outputs: list[InferTensor]
+    id: str | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    """Name, v2 datatype and shape (-1: variable, including the batch dim) of a model tensor."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """KServe v2 "Model Metadata Response JSON Object"; ``platform`` in Triton's names.
+
+    ``parameters`` holds how the backend runs the model (e.g. ``execution_providers`` for ONNX
+    Runtime, ``device`` for PyTorch, ``signature_name`` for TensorFlow) and ``parity``, the
+    conversion's parity figures, when the version has them.
+    """
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    """The model version an upload created, and whether it is ready (its version policy may not serve it)."""
+
+    name: str
+    version: int
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    """KServe v2 "Server Metadata Response JSON Object"."""
+
+    name: str
+    version: str
+    extensions: list[str]

@@ -1,0 +1,102 @@
+"""A worker process's link to the other workers, through its pipe to the supervisor.
+
+:class:`PeerWorkers` is the :class:`gateway.core.repository_control.Peers` the server hands to
+repository control in a worker process: :meth:`PeerWorkers.follow` asks every other worker to do what
+this one just did, and the supervisor's requests that this worker follow another are applied to its
+repository as they arrive. The messages are those of :mod:`gateway.process.messages`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from multiprocessing.connection import Connection
+
+from gateway.core.repository_control import PeerAction
+from gateway.errors import GatewayError, NotFoundError, UnavailableError
+from gateway.process.messages import Applied, ApplyRequest, FollowDone, FollowRequest, WorkerMessage
+from gateway.repository.model_repository import ModelRepository
+
+logger = logging.getLogger(__name__)
+
+
+class PeerWorkers:
+    """The other workers, as one worker's repository control sees them.
+
+    Args:
+        connection: this worker's end of its pipe to the supervisor.
+        repository: this worker's model repository, which follows the other workers' requests.
+    """
+
+    def __init__(self, connection: Connection, repository: ModelRepository) -> None:
+        self._connection = connection
+        self._repository = repository
+        self._waiting: dict[int, asyncio.Future[tuple[str, ...]]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start reading the supervisor's messages on the running event loop."""
+        asyncio.get_running_loop().add_reader(self._connection.fileno(), self._on_readable)
+
+    async def follow(self, action: PeerAction, name: str) -> None:
+        """Have every other worker load (or unload) model ``name`` too; return once all have.
+
+        Raises:
+            UnavailableError: some worker failed (the message has each one's reason), or the
+                supervisor is gone.
+        """
+        request_id = next(self._ids)
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = answer
+        try:
+            self._send(FollowRequest(request_id, action, name))
+            failures = await answer
+        finally:
+            self._waiting.pop(request_id, None)
+        if failures:
+            raise UnavailableError(f"model '{name}': {action} failed in other workers: " + "; ".join(failures))
+
+    def _send(self, message: WorkerMessage) -> None:
+        try:
+            self._connection.send(message)
+        except OSError as error:
+            raise UnavailableError(f"the worker supervisor cannot be reached: {error}") from None
+
+    def _on_readable(self) -> None:
+        try:
+            while self._connection.poll():
+                message = self._connection.recv()
+                if isinstance(message, FollowDone):
+                    answer = self._waiting.get(message.request_id)
+                    if answer is not None and not answer.done():
+                        answer.set_result(message.failures)
+                elif isinstance(message, ApplyRequest):
+                    task = asyncio.create_task(self._apply(message))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        except (EOFError, OSError):  # the supervisor is gone: nothing more will come
+            asyncio.get_running_loop().remove_reader(self._connection.fileno())
+            for answer in self._waiting.values():
+                if not answer.done():
+                    answer.set_exception(UnavailableError("the worker supervisor is gone"))
+
+    async def _apply(self, request: ApplyRequest) -> None:
+        failure = None
+        try:
+            if request.action == "load":
+                await self._repository.load(request.model)
+            else:
+                await self._repository.unload(request.model)
+        except NotFoundError:
+            if request.action == "load":
+                failure = f"worker {os.getpid()}: model '{request.model}' not found"
+        except GatewayError as error:
+            failure = f"worker {os.getpid()}: {error.message}"
+        logger.info(
+            "followed another worker: %s model %s%s", request.action, request.model, f" ({failure})" if failure else ""
+        )
+        if request.key is not None:
+            self._send(Applied(request.key, failure))

@@ -1,0 +1,11 @@
+"""The model repository: which models and versions exist, how each is configured, and which are loaded.
+
+- :mod:`gateway.repository.model_repository`: the models under a folder, their load states (Triton's
+  model control modes) and the loaded version that serves a request.
+- :mod:`gateway.repository.config`: ``config.yaml`` (inputs, outputs, batching, instance group,
+  version policy), completed from the artifact.
+- :mod:`gateway.repository.packages`: model packages (a tar of one version folder) received,
+  unpacked safely and checked before they are installed.
+
+It builds each loaded version's scheduler from :mod:`gateway.runtime`, and imports nothing above it.
+"""

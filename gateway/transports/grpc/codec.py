@@ -1,0 +1,131 @@
+"""The codec of KServe v2 inference over gRPC: protobuf messages to and from the core's types.
+
+Messages of ``inference.GRPCInferenceService`` (KServe's grpc_predict_v2.proto, ``protos/``). Inputs
+come as typed ``contents`` or as ``raw_input_contents``; values are checked and turned into numpy by
+:mod:`gateway.datatypes`, as the REST codec does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.core.types import InferRequest, InferResponse, InferTensor, RequestedOutput
+from gateway.datatypes import (
+    BYTES,
+    DEFAULT_LIMITS,
+    RequestLimits,
+    array_from_raw,
+    array_from_values,
+    array_to_raw,
+    check_value_count,
+    element_count,
+    numpy_dtype,
+)
+from gateway.errors import InvalidArgumentError
+from protos import grpc_predict_v2_pb2 as pb
+
+#: Which InferTensorContents field carries each datatype (FP16 has none: it travels raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    BYTES: "bytes_contents",
+}
+
+
+def decode_parameters(parameters: Any) -> dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as a plain dict of bool/int/float/str values."""
+    decoded: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        decoded[key] = getattr(parameter, choice) if choice else None
+    return decoded
+
+
+def encode_parameters(values: dict[str, Any], target: Any) -> None:
+    """Write a dict of bool/int/float/str values into a ``map<string, InferParameter>``."""
+    for key, value in values.items():
+        parameter = target[key]
+        if isinstance(value, bool):
+            parameter.bool_param = value
+        elif isinstance(value, int):
+            parameter.int64_param = value
+        elif isinstance(value, float):
+            parameter.double_param = value
+        else:
+            parameter.string_param = str(value)
+
+
+def decode_infer_request(request: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> InferRequest:
+    """Decode a ModelInferRequest into the data plane's request.
+
+    The message's size was limited by grpc (``max_request_bytes``); ``limits`` bounds the number of
+    inputs and requested outputs and each shape's element count, before any tensor is built.
+
+    Raises:
+        InvalidArgumentError: raw contents that do not pair up with the inputs, FP16 sent as typed
+            contents, a bad shape, or data that does not fit the declared datatype and shape.
+        PayloadTooLargeError: more inputs or requested outputs than the limit, or a shape that
+            declares more elements than the limit (RESOURCE_EXHAUSTED).
+    """
+    limits.check_tensor_counts(len(request.inputs), len(request.outputs))
+    max_elements = limits.max_tensor_elements
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise InvalidArgumentError(
+            f"raw_input_contents holds {len(raw_contents)} entries for {len(request.inputs)} inputs"
+        )
+    inputs: list[InferTensor] = []
+    for index, tensor in enumerate(request.inputs):
+        shape = list(tensor.shape)
+        if raw_contents:
+            data = array_from_raw(raw_contents[index], tensor.datatype, shape, tensor.name, max_elements)
+        else:
+            field = CONTENTS_FIELD.get(tensor.datatype)
+            if field is None:
+                numpy_dtype(tensor.datatype)  # raises for an unknown datatype
+                raise InvalidArgumentError(
+                    f"input '{tensor.name}': {tensor.datatype} has no typed contents field; "
+                    "send it in raw_input_contents"
+                )
+            contents = getattr(tensor.contents, field)
+            # Counted before the contents are copied into a list (a Python object per element).
+            count = element_count(shape, tensor.name, max_elements)
+            check_value_count(count, len(contents), tensor.datatype, shape, tensor.name)
+            data = array_from_values(list(contents), tensor.datatype, shape, tensor.name, max_elements)
+        inputs.append(InferTensor(tensor.name, tensor.datatype, shape, data, decode_parameters(tensor.parameters)))
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version or None,
+        id=request.id or None,
+        parameters=decode_parameters(request.parameters),
+        inputs=inputs,
+        outputs=[RequestedOutput(o.name, decode_parameters(o.parameters)) for o in request.outputs],
+    )
+
+
+def encode_infer_response(response: InferResponse, raw: bool) -> pb.ModelInferResponse:
+    """Encode a data plane response; ``raw`` writes ``raw_output_contents`` instead of typed contents.
+
+    Typed contents cannot carry FP16, so a response with an FP16 output is written raw.
+    """
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id or ""
+    )
+    encode_parameters(response.parameters, message.parameters)
+    raw = raw or any(tensor.datatype not in CONTENTS_FIELD for tensor in response.outputs)
+    for tensor in response.outputs:
+        output = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if raw:
+            message.raw_output_contents.append(array_to_raw(tensor.data))
+        else:
+            getattr(output.contents, CONTENTS_FIELD[tensor.datatype]).extend(tensor.data.ravel().tolist())
+    return message

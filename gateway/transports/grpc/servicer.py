@@ -1,0 +1,164 @@
+"""KServe v2 gRPC API: the RPC methods of ``inference.GRPCInferenceService``, a thin adapter over the core.
+
+Service ``inference.GRPCInferenceService`` as in KServe's grpc_predict_v2.proto, with the repository
+RPCs of Triton's superset (``protos/grpc_predict_v2.proto``). Messages are decoded and encoded by
+:mod:`gateway.transports.grpc.codec`; a request with raw inputs gets ``raw_output_contents`` back, as
+Triton does. Errors are aborted with the status code of :mod:`gateway.errors`' one table.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+from gateway.core.dataplane import DataPlane
+from gateway.core.repository_control import RepositoryControl
+from gateway.core.types import TensorMetadata
+from gateway.errors import GatewayError, status_code_name
+from gateway.logs import current_request_id
+from gateway.transports.grpc.codec import decode_infer_request, encode_infer_response
+from protos import grpc_predict_v2_pb2 as pb
+from protos import grpc_predict_v2_pb2_grpc as pb_grpc
+
+#: The ``protocol`` label of the gRPC service's metrics.
+PROTOCOL = "v2-grpc"
+REQUEST_ID_KEY = "x-request-id"
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+_Method = Callable[[Any, _Request, Context], Awaitable[_Response]]
+
+
+def grpc_status(error: GatewayError) -> grpc.StatusCode:
+    """The gRPC status code for ``error`` (e.g. INVALID_ARGUMENT for :class:`~gateway.errors.InvalidArgumentError`)."""
+    return grpc.StatusCode[status_code_name(error)]
+
+
+def _abort_on_error(method: _Method[_Request, _Response]) -> _Method[_Request, _Response]:
+    """Turn a :class:`GatewayError` raised by an RPC into a gRPC status with its message."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: _Request, context: Context) -> _Response:
+        try:
+            return await method(self, request, context)
+        except GatewayError as error:
+            request_id = current_request_id()
+            if request_id:
+                context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            await context.abort(grpc_status(error), error.message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def _metadata_value(context: Context, wanted: str) -> str | None:
+    """The value of metadata key ``wanted`` (lower case, as gRPC sends keys) of a call, or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == wanted:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """``inference.GRPCInferenceService`` over the core.
+
+    Args:
+        dataplane: answers health, metadata and inference.
+        control: answers the repository RPCs (index, load, unload).
+    """
+
+    def __init__(self, dataplane: DataPlane, control: RepositoryControl) -> None:
+        self.dataplane = dataplane
+        self.control = control
+
+    @_abort_on_error
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        """KServe v2 ServerLive."""
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    @_abort_on_error
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        """KServe v2 ServerReady."""
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    @_abort_on_error
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        """KServe v2 ModelReady; NOT_FOUND for an unknown model."""
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version or None))
+
+    @_abort_on_error
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
+        """KServe v2 ServerMetadata."""
+        metadata = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=metadata.name, version=metadata.version, extensions=metadata.extensions)
+
+    @_abort_on_error
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
+        """KServe v2 ModelMetadata."""
+        metadata = self.dataplane.model_metadata(request.name, request.version or None)
+        return pb.ModelMetadataResponse(
+            name=metadata.name,
+            versions=metadata.versions,
+            platform=metadata.platform,
+            inputs=[_tensor_metadata(t) for t in metadata.inputs],
+            outputs=[_tensor_metadata(t) for t in metadata.outputs],
+        )
+
+    @_abort_on_error
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        """KServe v2 ModelInfer; raw inputs get raw outputs.
+
+        The call's gRPC deadline (``context.time_remaining()``) bounds the request, with Triton's
+        ``timeout`` parameter and the server's request timeout: past it, DEADLINE_EXCEEDED and queued
+        work is dropped. A client that cancels has grpc.aio cancel this coroutine, which takes the
+        request off the model's queue (see :meth:`gateway.runtime.scheduler.Scheduler.run`).
+        """
+        raw = bool(request.raw_input_contents)
+        response: pb.ModelInferResponse = await self.dataplane.infer(
+            PROTOCOL,
+            request.model_name,
+            request.model_version or None,
+            decode=lambda: decode_infer_request(request, self.dataplane.limits),
+            encode=lambda answer: encode_infer_response(answer, raw=raw),
+            request_id=_metadata_value(context, REQUEST_ID_KEY),
+            timeout_seconds=context.time_remaining(),
+        )
+        # Trailing, not initial, metadata: it travels with the status instead of costing a send of its own.
+        context.set_trailing_metadata(((REQUEST_ID_KEY, current_request_id() or ""),))
+        return response
+
+    @_abort_on_error
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
+        """Triton's RepositoryIndex."""
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state.value, reason=e.reason
+                )
+                for e in self.control.index(ready_only=request.ready)
+            ]
+        )
+
+    @_abort_on_error
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        """Triton's RepositoryModelLoad (explicit mode only; ``authorization: Bearer <admin token>`` metadata)."""
+        await self.control.load_model(request.model_name, _metadata_value(context, "authorization"))
+        return pb.RepositoryModelLoadResponse()
+
+    @_abort_on_error
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        """Triton's RepositoryModelUnload (explicit mode only; ``authorization: Bearer <admin token>`` metadata)."""
+        await self.control.unload_model(request.model_name, _metadata_value(context, "authorization"))
+        return pb.RepositoryModelUnloadResponse()

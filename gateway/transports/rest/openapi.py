@@ -1,0 +1,201 @@
+"""What the OpenAPI schema (``/openapi.json``, ``/docs``) says about the REST routes.
+
+The routes read their bodies raw and answer with pre-encoded JSON, so FastAPI cannot see their shapes:
+the pydantic models and JSON schemas here document the KServe v2 ones ("HTTP/REST" JSON objects). They
+are never used to parse a request. The TF Serving and TorchServe routes document their own bodies beside
+them, with :func:`error_responses` for their error shapes.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from gateway.datatypes import V2_TO_NUMPY
+from gateway.transports.rest.codec import INFERENCE_HEADER_LENGTH
+from gateway.transports.rest.responses import JSON, OCTET_STREAM
+
+
+class ErrorJson(BaseModel):
+    """Every error answer of the v2 routes (KServe v2: ``{"error": "<message>"}``)."""
+
+    error: str
+
+
+class LiveJson(BaseModel):
+    """``GET /v2/health/live``."""
+
+    live: bool
+
+
+class ReadyJson(BaseModel):
+    """``GET /v2/health/ready``: 200 with ``ready: true``, 400 with ``ready: false``."""
+
+    ready: bool
+
+
+class ServerMetadataJson(BaseModel):
+    """KServe v2 "Server Metadata Response JSON Object"."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadataJson(BaseModel):
+    """A model tensor: v2 datatype and shape (-1: variable)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadataJson(BaseModel):
+    """KServe v2 "Model Metadata Response JSON Object"."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadataJson]
+    outputs: list[TensorMetadataJson]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelReadyJson(BaseModel):
+    """``GET /v2/models/{m}[/versions/{v}]/ready``: 200 with ``ready: true``, 400 with ``ready: false``."""
+
+    name: str
+    ready: bool
+
+
+class IndexEntryJson(BaseModel):
+    """One entry of the repository index (Triton's repository extension)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class UploadJson(BaseModel):
+    """The version an upload created, and whether it serves."""
+
+    name: str
+    version: str
+    ready: bool
+
+
+def error_responses(*statuses: int, body: type[BaseModel] = ErrorJson) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries (FastAPI's form) for error ``statuses`` answered with ``body``.
+
+    The default body is the v2 (and TF Serving) error, ``{"error": message}``.
+    """
+    return {status: {"model": body, "description": HTTPStatus(status).phrase} for status in statuses}
+
+
+_PARAMETERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Parameters (e.g. binary_data_size, binary_data, binary_data_output).",
+    "additionalProperties": True,
+}
+_SHAPE_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+_DATATYPE_SCHEMA: dict[str, Any] = {"type": "string", "enum": list(V2_TO_NUMPY)}
+
+
+def _tensors_schema(data_description: str) -> dict[str, Any]:
+    """JSON schema of a list of v2 tensors (KServe v2 "Request Input" / "Response Output")."""
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "shape", "datatype"],
+            "properties": {
+                "name": {"type": "string"},
+                "shape": _SHAPE_SCHEMA,
+                "datatype": _DATATYPE_SCHEMA,
+                "parameters": _PARAMETERS_SCHEMA,
+                "data": {"type": "array", "description": data_description},
+            },
+        },
+    }
+
+
+#: KServe v2 "Inference Request JSON Object", with Triton's binary tensor data extension.
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": _PARAMETERS_SCHEMA,
+        "inputs": _tensors_schema(
+            "The values, flat or nested, row-major; left out when parameters.binary_data_size gives the "
+            "length of the input's raw data after the JSON."
+        ),
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": _PARAMETERS_SCHEMA},
+            },
+        },
+    },
+}
+#: KServe v2 "Inference Response JSON Object".
+INFER_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model_name", "model_version", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "parameters": _PARAMETERS_SCHEMA,
+        "outputs": _tensors_schema(
+            "The values, flat, row-major (NaN as null); left out for an output sent as binary data."
+        ),
+    },
+}
+BINARY_SCHEMA: dict[str, Any] = {"type": "string", "format": "binary"}
+INFER_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": INFERENCE_HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "Binary tensor data extension: bytes of JSON at the start of the body.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        {
+            "name": "Content-Encoding",
+            "in": "header",
+            "required": False,
+            "description": "gzip or deflate: the body is compressed (the size limit applies after decompression).",
+            "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]},
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": INFER_REQUEST_SCHEMA},
+            OCTET_STREAM: {"schema": BINARY_SCHEMA},
+        },
+    },
+}
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The outputs: JSON, or with binary outputs, JSON then raw data "
+        f"({INFERENCE_HEADER_LENGTH} gives the JSON's length).",
+        "content": {JSON: {"schema": INFER_RESPONSE_SCHEMA}, OCTET_STREAM: {"schema": BINARY_SCHEMA}},
+    },
+    **error_responses(400, 404, 413, 415, 500, 503, 504),
+}
+#: OpenAPI security requirement of the management routes (the admin token).
+ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
+#: The security scheme ``ADMIN_SECURITY`` names: a bearer token.
+ADMIN_TOKEN_SCHEME: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The admin token (--admin-token, or the generated token file).",
+}
