@@ -28,16 +28,14 @@ import onnx
 
 from converters.model import (
     ConversionError,
-    Dim,
     DynamicAxes,
     InputSpec,
     SourceModel,
     default_output_names,
     parameter_names,
-    rename_dim_params,
-    save_onnx,
     specs_from_examples,
 )
+from converters.onnx_graph import rename_dim_params, save_onnx, set_dims
 
 __all__ = ["DEFAULT_OPSET", "JaxSource"]
 
@@ -63,18 +61,6 @@ def _import_jax() -> Any:
     except ImportError as error:
         raise ImportError("JAX sources need jax and jax2onnx: pip install jax jax2onnx") from error
     return jax
-
-
-def _set_dims(value: onnx.ValueInfoProto, dims: Sequence[Dim]) -> None:
-    """Replace the shape of a graph input: ``int`` -> ``dim_value``, ``str`` -> ``dim_param``."""
-    shape = value.type.tensor_type.shape
-    shape.Clear()
-    for dim in dims:
-        entry = shape.dim.add()
-        if isinstance(dim, str):
-            entry.dim_param = dim
-        else:
-            entry.dim_value = dim
 
 
 def _error_chain(error: BaseException) -> list[BaseException]:
@@ -224,7 +210,7 @@ class JaxSource(SourceModel):
                 f"{got_outputs}, expected {[spec.name for spec in self.input_specs]} and {self._output_names}"
             )
         for value, spec in zip(graph_inputs, self.input_specs, strict=True):
-            _set_dims(value, spec.dims)
+            set_dims(value, spec.dims)
         try:
             onnx.checker.check_model(model)
         except Exception as error:  # the checker raises ValidationError and others

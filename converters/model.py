@@ -13,8 +13,6 @@ names that dim with the label (an ONNX ``dim_param``).
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from backends.base import default_output_names
 
@@ -34,10 +31,7 @@ __all__ = [
     "InputSpec",
     "SourceModel",
     "default_output_names",
-    "graph_dims",
     "parameter_names",
-    "rename_dim_params",
-    "save_onnx",
     "specs_from_examples",
 ]
 
@@ -200,50 +194,3 @@ def parameter_names(function: Callable[..., Any], count: int, *, skip_self: bool
     if len(positional) >= count:
         return positional[:count]
     return [f"input_{index}" for index in range(count)] if count > 1 else ["input"]
-
-
-def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
-    """Write ``model`` to ``path`` as one self-contained file, atomically.
-
-    The file is written into a private folder beside ``path`` (same filesystem) and moved into place
-    with ``os.replace``, so readers never see a partial file. The parent folder is created if missing.
-
-    Raises:
-        ConversionError: some initializer refers to external data (the file would not be self-contained).
-        OSError: the file cannot be written.
-    """
-    external = [init.name for init in model.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        raise ConversionError(f"the converted model stores weights in external data: {external[:5]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
-        staged = Path(staging) / path.name
-        onnx.save_model(model, staged)
-        os.replace(staged, path)
-    return path
-
-
-def rename_dim_params(model: onnx.ModelProto, labels: Mapping[str, str]) -> None:
-    """Rename symbolic dims (ONNX ``dim_param``) in the graph's inputs, outputs and value infos, in place.
-
-    Args:
-        labels: old symbol -> new label, e.g. ``{"s31": "batch", "s64": "sequence"}``.
-    """
-    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
-    for value in values:
-        if not value.type.tensor_type.HasField("shape"):
-            continue
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param") and dim.dim_param in labels:
-                dim.dim_param = labels[dim.dim_param]
-
-
-def graph_dims(value: onnx.ValueInfoProto) -> list[Dim]:
-    """The dims of a graph input or output: ``int`` sizes, ``str`` symbols, ``"?"`` where unknown."""
-    tensor_type = value.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return []
-    return [
-        dim.dim_param if dim.HasField("dim_param") else dim.dim_value if dim.HasField("dim_value") else "?"
-        for dim in tensor_type.shape.dim
-    ]

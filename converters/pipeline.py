@@ -24,7 +24,8 @@ from onnx import helper
 
 from backends import BACKEND_RUNTIMES, Backend, ModelLoadError, create_backend, detect_backend
 from backends.onnxruntime import ARTIFACT as MODEL_FILE
-from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel, graph_dims
+from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel
+from converters.onnx_graph import graph_dims
 from converters.parity import ParityReport, compare_outputs
 
 __all__ = [

@@ -46,9 +46,9 @@ from converters.model import (
     InputSpec,
     SourceModel,
     default_output_names,
-    save_onnx,
     specs_from_examples,
 )
+from converters.onnx_graph import graph_dims, save_onnx, set_dims
 
 __all__ = [
     "EXAMPLE_AXIS_LENGTH",
@@ -262,29 +262,6 @@ def _untranslated_ops(graph: onnx.GraphProto, found: Counter[str] | None = None)
     return found
 
 
-def _set_dims(value: onnx.ValueInfoProto, dims: Sequence[Dim | None]) -> None:
-    """Replace a graph value's shape: ``int`` -> ``dim_value``, ``str`` -> ``dim_param``, None -> unknown."""
-    shape = value.type.tensor_type.shape
-    shape.Clear()
-    for dim in dims:
-        entry = shape.dim.add()
-        if isinstance(dim, str):
-            entry.dim_param = dim
-        elif dim is not None:
-            entry.dim_value = dim
-
-
-def _graph_dims(value: onnx.ValueInfoProto) -> list[Dim | None] | None:
-    """Dims of a graph value: ``int``, ``str`` symbol, or None where unknown; None if the rank is unknown."""
-    tensor_type = value.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return None
-    return [
-        dim.dim_param if dim.HasField("dim_param") else dim.dim_value if dim.HasField("dim_value") else None
-        for dim in tensor_type.shape.dim
-    ]
-
-
 def _inferred_output_dims(model: onnx.ModelProto) -> dict[str, list[Dim | None]]:
     """Output dims as ONNX shape inference derives them from the (already labelled) graph inputs.
 
@@ -298,12 +275,7 @@ def _inferred_output_dims(model: onnx.ModelProto) -> dict[str, list[Dim | None]]
         inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort
         return {}
-    result: dict[str, list[Dim | None]] = {}
-    for value in inferred.graph.output:
-        dims = _graph_dims(value)
-        if dims is not None:
-            result[value.name] = dims
-    return result
+    return {value.name: graph_dims(value, unknown=None) for value in inferred.graph.output}
 
 
 def _label_output_dims(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> None:
@@ -317,8 +289,8 @@ def _label_output_dims(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> No
     has_batch = any(spec.dims and spec.dims[0] == BATCH_LABEL for spec in specs)
     inferred = _inferred_output_dims(model)
     for value in model.graph.output:
-        dims = _graph_dims(value)
-        if dims is None:
+        dims = graph_dims(value, unknown=None)
+        if not dims:  # unknown rank, or a scalar: no dim to name
             continue
         guess = inferred.get(value.name, [])
         new_dims: list[Dim | None] = []
@@ -333,7 +305,7 @@ def _label_output_dims(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> No
                 new_dims.append(BATCH_LABEL)
             else:
                 new_dims.append(f"{value.name}_{axis}")
-        _set_dims(value, new_dims)
+        set_dims(value, new_dims)
 
 
 def _finish_graph(
@@ -374,7 +346,7 @@ def _finish_graph(
     if renames:
         _rename_values(model.graph, renames)
     for value, spec in zip(graph_inputs, specs, strict=True):
-        _set_dims(value, spec.dims)
+        set_dims(value, spec.dims)
 
     by_name = {value.name: value for value in model.graph.output}
     if sorted(by_name) != sorted(output_names):
