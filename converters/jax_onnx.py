@@ -220,14 +220,14 @@ class JaxSource(SourceModel):
     def export_native(self, version_dir: Path) -> None:
         """Convert with ``jax2tf.convert`` (shape-polymorphic along the labelled dims, lowered for CPU
         and CUDA, without gradients) and save as ``version_dir/model.savedmodel/`` (see
-        :func:`converters.tensorflow_onnx.write_saved_model`).
+        :func:`converters.tensorflow_function.write_saved_model`).
 
         Raises:
             ImportError: tensorflow is not installed.
             ConversionError: jax2tf cannot convert the function, or saving fails.
         """
         jax = _import_jax()
-        from converters.tensorflow_onnx import write_saved_model
+        from converters.tensorflow_function import write_saved_model
 
         try:
             from jax.experimental import jax2tf
