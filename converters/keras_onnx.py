@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.model import ConversionError, DynamicAxes, SourceModel, default_output_names, specs_from_examples
+from converters.model import ConversionError, DynamicAxes, ExampleDescribedSource
 from converters.onnx_graph import save_onnx
 from converters.tensorflow_function import (
     EXAMPLE_AXIS_LENGTH,
@@ -92,13 +92,13 @@ def _require_tensorflow_keras(action: str) -> None:
         )
 
 
-class KerasSource(SourceModel):
+class KerasSource(ExampleDescribedSource):
     """A Keras 3 model, exported through a temporary TF SavedModel and tf2onnx.
 
     Inputs are named after the model's inputs (``model.inputs[i].name``; ``input`` / ``input_<i>``
     when the model has no symbolic inputs, e.g. a subclassed model) and described by the example
-    arrays (:func:`~converters.model.specs_from_examples`: dim 0 is ``batch``, other dims fixed unless
-    ``dynamic_axes`` labels them). Outputs are the model's outputs flattened (dict outputs by sorted
+    arrays (:class:`~converters.model.ExampleDescribedSource`: dim 0 is ``batch``, other dims fixed
+    unless ``dynamic_axes`` labels them). Outputs are the model's outputs flattened (dict outputs by sorted
     key), named ``output`` or ``output_0, output_1, ...``. Export needs the TensorFlow Keras backend.
 
     Args:
@@ -125,31 +125,21 @@ class KerasSource(SourceModel):
         *,
         opset: int | None = None,
     ) -> None:
-        arrays = [np.asarray(array) for array in example_inputs]
-        names = _keras_input_names(model, len(arrays))
-        self.input_specs = specs_from_examples(names, arrays, dynamic_axes)
-        self.example_inputs = dict(zip(names, arrays, strict=True))
         self.model = model
         self.opset = opset
-        try:
-            outputs = self._call(arrays)
-        except Exception as error:  # any framework error on the examples
-            raise ValueError(
-                f"the Keras model fails on the example inputs "
-                f"({', '.join(spec.describe() for spec in self.input_specs)}): {error}"
-            ) from error
-        self._output_names = default_output_names(len(outputs))
+        super().__init__(
+            example_inputs,
+            dynamic_axes,
+            input_names=lambda count: _keras_input_names(model, count),
+            count_outputs=lambda arrays: len(self._call(arrays)),
+            what="the Keras model",
+        )
 
     def _call(self, arrays: Sequence[Any]) -> list[Any]:
         """Call the model (inference mode) on one array/tensor per input; return its outputs, flattened."""
         keras = _import_keras()
         outputs = self.model(_keras_structure(self.model, arrays), training=False)
         return list(keras.tree.flatten(outputs))
-
-    @property
-    def output_names(self) -> list[str]:
-        """``output`` for one output, else ``output_0, output_1, ...``."""
-        return list(self._output_names)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call the Keras model (``training=False``) on ``inputs``; return numpy outputs by name."""

@@ -28,6 +28,7 @@ __all__ = [
     "ConversionError",
     "Dim",
     "DynamicAxes",
+    "ExampleDescribedSource",
     "InputSpec",
     "SourceModel",
     "default_output_names",
@@ -136,6 +137,58 @@ class SourceModel(ABC):
             ConversionError: the model cannot be exported; the message names what failed and what
                 to try next.
         """
+
+
+class ExampleDescribedSource(SourceModel):
+    """A source described by example arrays and by one call of the model on them (a Keras model, a JAX function).
+
+    The constructor names the inputs (``input_names``), describes them by the example arrays
+    (:func:`specs_from_examples`: dim 0 is ``batch``, other dims fixed unless ``dynamic_axes`` labels
+    them), keeps the arrays as :attr:`example_inputs`, and runs the model once on them
+    (``count_outputs``) to count its outputs, which are named ``output`` or ``output_0, output_1,
+    ...`` (:func:`default_output_names`). Subclasses set what ``count_outputs`` needs (the model)
+    before calling it.
+
+    Args:
+        example_inputs: one array (or array-like) per input, in the model's order, batch first, e.g.
+            float32 ``[2, 64]``.
+        dynamic_axes: per input name, axis -> label for dims other than the batch.
+        input_names: given the number of inputs, their names (e.g. the function's parameter names).
+        count_outputs: runs the model on the example arrays (in input order) and returns how many
+            outputs it gives.
+        what: the model, for error messages (e.g. ``"the Keras model"``).
+
+    Raises:
+        ValueError: bad examples or dynamic axes (see :func:`specs_from_examples`), or the model fails
+            on the examples (the message names the inputs' dtypes and dims).
+    """
+
+    def __init__(
+        self,
+        example_inputs: Sequence[np.ndarray],
+        dynamic_axes: DynamicAxes | None,
+        *,
+        input_names: Callable[[int], list[str]],
+        count_outputs: Callable[[list[np.ndarray]], int],
+        what: str,
+    ) -> None:
+        arrays = [np.asarray(array) for array in example_inputs]
+        names = input_names(len(arrays))
+        self.input_specs = specs_from_examples(names, arrays, dynamic_axes)
+        self.example_inputs = dict(zip(names, arrays, strict=True))
+        try:
+            count = count_outputs(arrays)
+        except Exception as error:  # any framework error on the examples
+            raise ValueError(
+                f"{what} fails on the example inputs ({', '.join(spec.describe() for spec in self.input_specs)}): "
+                f"{error}"
+            ) from error
+        self._output_names = default_output_names(count)
+
+    @property
+    def output_names(self) -> list[str]:
+        """``output`` for one output, else ``output_0, output_1, ...``."""
+        return list(self._output_names)
 
 
 def specs_from_examples(
