@@ -19,15 +19,16 @@ It also builds example inputs from declared shapes (:func:`examples_for_specs`),
 bring none (``.keras`` files, SavedModels).
 
 tensorflow and tf2onnx are imported lazily, inside the functions that need them: this module imports
-with only numpy and onnx installed. tf2onnx's log records are captured during a conversion (and used
-in error messages) instead of being printed.
+with only numpy and onnx installed. tensorflow is imported through the gateway's tensorflow backend
+(:func:`import_tensorflow`), so converters and server quiet TensorFlow's C++ logging alike
+(``TF_CPP_MIN_LOG_LEVEL=2``, errors only, unless set). tf2onnx's log records are captured during a
+conversion (and used in error messages) instead of being printed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from backends import tensorflow_savedmodel as tensorflow_backend
+from backends.base import ModelLoadError
 from backends.tensorflow_savedmodel import ARTIFACT as SAVED_MODEL
 from backends.tensorflow_savedmodel import DEFAULT_SIGNATURE
 from converters.model import BATCH_LABEL, ConversionError, DynamicAxes, InputSpec
@@ -77,19 +80,26 @@ def _advice(opset: int | None) -> str:
 
 
 def import_tensorflow() -> Any:
-    """Import tensorflow with its C++ logging quieted (``TF_CPP_MIN_LOG_LEVEL=3`` unless already set).
+    """Import tensorflow as the gateway's tensorflow backend does, with the converters' install advice.
+
+    The import is :func:`backends.tensorflow_savedmodel.import_tensorflow`'s: TensorFlow's C++
+    logging limited to errors (``TF_CPP_MIN_LOG_LEVEL=2`` unless set).
+
+    Returns:
+        The ``tensorflow`` module.
 
     Raises:
-        ImportError: tensorflow is not installed (the message says what to install).
+        ImportError: tensorflow cannot be imported (the message says what to install:
+            ``pip install tensorflow-cpu tf2onnx``; the failed import is chained as its cause).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        import tensorflow as tf
-    except ImportError as error:
+        return tensorflow_backend.import_tensorflow()
+    except ModelLoadError as error:
+        # The backend raises its error "from None" inside the except block of the failed import: that
+        # ImportError is its __context__. Chain it, not the backend's error and its install advice.
         raise ImportError(
             "TensorFlow/Keras sources need tensorflow and tf2onnx: pip install tensorflow-cpu tf2onnx"
-        ) from error
-    return tf
+        ) from (error.__context__ or error)
 
 
 def _import_tf2onnx() -> Any:
