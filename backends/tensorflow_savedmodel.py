@@ -4,7 +4,9 @@ The signature is ``serving_default`` unless the ``tensorflow:`` options name ano
 its keyword arguments, sorted by name; its outputs are the keys of the dict it returns, sorted. Dtypes
 and shapes come from the signature (None dims are -1). BYTES tensors are TensorFlow strings.
 
-tensorflow is imported on first load, so a server that serves only ONNX never imports it.
+tensorflow is imported on first load, so a server that serves only ONNX never imports it;
+:func:`import_tensorflow` is the one place that imports it, for this backend and for the converters
+(which wrap its error in their own).
 """
 
 from __future__ import annotations
@@ -40,11 +42,18 @@ class TensorFlowOptions(BaseModel):
     )
 
 
-def _import_tensorflow() -> Any:
+def import_tensorflow() -> Any:
     """Import tensorflow with its C++ logging limited to errors (``TF_CPP_MIN_LOG_LEVEL=2`` unless set).
 
+    Level 2 drops TensorFlow's C++ info and warning lines and keeps its errors. An environment that
+    sets ``TF_CPP_MIN_LOG_LEVEL`` itself (e.g. to 3, no errors either) keeps its own level.
+
+    Returns:
+        The ``tensorflow`` module.
+
     Raises:
-        ModelLoadError: TensorFlow is not installed (the message says what to install).
+        ModelLoadError: TensorFlow cannot be imported (the message says what to install:
+            ``pip install 'model-gateway[tensorflow]'``).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -75,7 +84,7 @@ def _spec(name: str, tensor_spec: Any, what: str) -> TensorSpec:
     Raises:
         ModelLoadError: an unknown rank, a non-tensor, or a dtype the gateway cannot serve.
     """
-    tf = _import_tensorflow()
+    tf = import_tensorflow()
     if not isinstance(tensor_spec, tf.TensorSpec):
         raise ModelLoadError(f"{what} '{name}' is a {type(tensor_spec).__name__}, not a dense tensor")
     if tensor_spec.shape.rank is None:
@@ -116,7 +125,7 @@ class TensorFlowBackend(Backend):
     platform = "tensorflow_savedmodel"
 
     def __init__(self, version_path: Path, options: TensorFlowOptions) -> None:
-        tf = _import_tensorflow()
+        tf = import_tensorflow()
         folder = version_path / ARTIFACT
         if not (folder / "saved_model.pb").is_file():
             raise ModelLoadError(f"no SavedModel {ARTIFACT}/ (with saved_model.pb) in {version_path.name}/")
@@ -162,7 +171,7 @@ class TensorFlowBackend(Backend):
         Raises:
             InferenceInputError: TensorFlow rejected the inputs (e.g. sizes that do not fit together).
         """
-        tf = _import_tensorflow()
+        tf = import_tensorflow()
         try:
             tensors = {name: tf.convert_to_tensor(array, dtype=self._tf_dtypes[name]) for name, array in inputs.items()}
             results = self._function(**tensors)

@@ -26,18 +26,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters.model import (
-    ConversionError,
-    Dim,
-    DynamicAxes,
-    InputSpec,
-    SourceModel,
-    default_output_names,
-    parameter_names,
-    rename_dim_params,
-    save_onnx,
-    specs_from_examples,
-)
+from converters.model import ConversionError, DynamicAxes, ExampleDescribedSource, InputSpec, parameter_names
+from converters.onnx_graph import rename_dim_params, save_onnx, set_dims
 
 __all__ = ["DEFAULT_OPSET", "JaxSource"]
 
@@ -63,18 +53,6 @@ def _import_jax() -> Any:
     except ImportError as error:
         raise ImportError("JAX sources need jax and jax2onnx: pip install jax jax2onnx") from error
     return jax
-
-
-def _set_dims(value: onnx.ValueInfoProto, dims: Sequence[Dim]) -> None:
-    """Replace the shape of a graph input: ``int`` -> ``dim_value``, ``str`` -> ``dim_param``."""
-    shape = value.type.tensor_type.shape
-    shape.Clear()
-    for dim in dims:
-        entry = shape.dim.add()
-        if isinstance(dim, str):
-            entry.dim_param = dim
-        else:
-            entry.dim_value = dim
 
 
 def _error_chain(error: BaseException) -> list[BaseException]:
@@ -113,12 +91,12 @@ def _conversion_error(error: Exception) -> ConversionError:
     return ConversionError(f"cannot convert the JAX function to ONNX: {type(error).__name__}: {text}. {_ADVICE}")
 
 
-class JaxSource(SourceModel):
+class JaxSource(ExampleDescribedSource):
     """A JAX callable (parameters closed over) exported with jax2onnx.
 
     Inputs are named after the function's positional parameters
     (:func:`~converters.model.parameter_names`, else ``input`` / ``input_<i>``) and described by the
-    example arrays (:func:`~converters.model.specs_from_examples`: dim 0 is ``batch``, other dims
+    example arrays (:class:`~converters.model.ExampleDescribedSource`: dim 0 is ``batch``, other dims
     fixed unless ``dynamic_axes`` labels them). Outputs are the leaves of what the function returns
     (one array, or a tuple/list of arrays), named ``output`` or ``output_0, output_1, ...``.
 
@@ -146,25 +124,15 @@ class JaxSource(SourceModel):
         opset: int = DEFAULT_OPSET,
     ) -> None:
         jax = _import_jax()
-        arrays = [np.asarray(array) for array in example_inputs]
-        names = parameter_names(function, len(arrays))
-        self.input_specs = specs_from_examples(names, arrays, dynamic_axes)
-        self.example_inputs = dict(zip(names, arrays, strict=True))
         self.function = function
         self.opset = opset
-        try:
-            shapes = jax.eval_shape(function, *arrays)
-        except Exception as error:  # any JAX error on the examples
-            raise ValueError(
-                f"the JAX function fails on the example inputs "
-                f"({', '.join(spec.describe() for spec in self.input_specs)}): {error}"
-            ) from error
-        self._output_names = default_output_names(len(jax.tree_util.tree_leaves(shapes)))
-
-    @property
-    def output_names(self) -> list[str]:
-        """``output`` for one output, else ``output_0, output_1, ...``."""
-        return list(self._output_names)
+        super().__init__(
+            example_inputs,
+            dynamic_axes,
+            input_names=lambda count: parameter_names(function, count),
+            count_outputs=lambda arrays: len(jax.tree_util.tree_leaves(jax.eval_shape(function, *arrays))),
+            what="the JAX function",
+        )
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call the function on ``inputs`` as JAX arrays; return numpy outputs by name."""
@@ -224,7 +192,7 @@ class JaxSource(SourceModel):
                 f"{got_outputs}, expected {[spec.name for spec in self.input_specs]} and {self._output_names}"
             )
         for value, spec in zip(graph_inputs, self.input_specs, strict=True):
-            _set_dims(value, spec.dims)
+            set_dims(value, spec.dims)
         try:
             onnx.checker.check_model(model)
         except Exception as error:  # the checker raises ValidationError and others
@@ -234,14 +202,14 @@ class JaxSource(SourceModel):
     def export_native(self, version_dir: Path) -> None:
         """Convert with ``jax2tf.convert`` (shape-polymorphic along the labelled dims, lowered for CPU
         and CUDA, without gradients) and save as ``version_dir/model.savedmodel/`` (see
-        :func:`converters.tensorflow_onnx.write_saved_model`).
+        :func:`converters.tensorflow_function.write_saved_model`).
 
         Raises:
             ImportError: tensorflow is not installed.
             ConversionError: jax2tf cannot convert the function, or saving fails.
         """
         jax = _import_jax()
-        from converters.tensorflow_onnx import write_saved_model
+        from converters.tensorflow_function import write_saved_model
 
         try:
             from jax.experimental import jax2tf

@@ -13,8 +13,6 @@ names that dim with the label (an ONNX ``dim_param``).
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from backends.base import default_output_names
 
@@ -31,13 +28,11 @@ __all__ = [
     "ConversionError",
     "Dim",
     "DynamicAxes",
+    "ExampleDescribedSource",
     "InputSpec",
     "SourceModel",
     "default_output_names",
-    "graph_dims",
     "parameter_names",
-    "rename_dim_params",
-    "save_onnx",
     "specs_from_examples",
 ]
 
@@ -144,6 +139,58 @@ class SourceModel(ABC):
         """
 
 
+class ExampleDescribedSource(SourceModel):
+    """A source described by example arrays and by one call of the model on them (a Keras model, a JAX function).
+
+    The constructor names the inputs (``input_names``), describes them by the example arrays
+    (:func:`specs_from_examples`: dim 0 is ``batch``, other dims fixed unless ``dynamic_axes`` labels
+    them), keeps the arrays as :attr:`example_inputs`, and runs the model once on them
+    (``count_outputs``) to count its outputs, which are named ``output`` or ``output_0, output_1,
+    ...`` (:func:`default_output_names`). Subclasses set what ``count_outputs`` needs (the model)
+    before calling it.
+
+    Args:
+        example_inputs: one array (or array-like) per input, in the model's order, batch first, e.g.
+            float32 ``[2, 64]``.
+        dynamic_axes: per input name, axis -> label for dims other than the batch.
+        input_names: given the number of inputs, their names (e.g. the function's parameter names).
+        count_outputs: runs the model on the example arrays (in input order) and returns how many
+            outputs it gives.
+        what: the model, for error messages (e.g. ``"the Keras model"``).
+
+    Raises:
+        ValueError: bad examples or dynamic axes (see :func:`specs_from_examples`), or the model fails
+            on the examples (the message names the inputs' dtypes and dims).
+    """
+
+    def __init__(
+        self,
+        example_inputs: Sequence[np.ndarray],
+        dynamic_axes: DynamicAxes | None,
+        *,
+        input_names: Callable[[int], list[str]],
+        count_outputs: Callable[[list[np.ndarray]], int],
+        what: str,
+    ) -> None:
+        arrays = [np.asarray(array) for array in example_inputs]
+        names = input_names(len(arrays))
+        self.input_specs = specs_from_examples(names, arrays, dynamic_axes)
+        self.example_inputs = dict(zip(names, arrays, strict=True))
+        try:
+            count = count_outputs(arrays)
+        except Exception as error:  # any framework error on the examples
+            raise ValueError(
+                f"{what} fails on the example inputs ({', '.join(spec.describe() for spec in self.input_specs)}): "
+                f"{error}"
+            ) from error
+        self._output_names = default_output_names(count)
+
+    @property
+    def output_names(self) -> list[str]:
+        """``output`` for one output, else ``output_0, output_1, ...``."""
+        return list(self._output_names)
+
+
 def specs_from_examples(
     names: Sequence[str], arrays: Sequence[np.ndarray], dynamic_axes: DynamicAxes | None = None
 ) -> list[InputSpec]:
@@ -200,50 +247,3 @@ def parameter_names(function: Callable[..., Any], count: int, *, skip_self: bool
     if len(positional) >= count:
         return positional[:count]
     return [f"input_{index}" for index in range(count)] if count > 1 else ["input"]
-
-
-def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
-    """Write ``model`` to ``path`` as one self-contained file, atomically.
-
-    The file is written into a private folder beside ``path`` (same filesystem) and moved into place
-    with ``os.replace``, so readers never see a partial file. The parent folder is created if missing.
-
-    Raises:
-        ConversionError: some initializer refers to external data (the file would not be self-contained).
-        OSError: the file cannot be written.
-    """
-    external = [init.name for init in model.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        raise ConversionError(f"the converted model stores weights in external data: {external[:5]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
-        staged = Path(staging) / path.name
-        onnx.save_model(model, staged)
-        os.replace(staged, path)
-    return path
-
-
-def rename_dim_params(model: onnx.ModelProto, labels: Mapping[str, str]) -> None:
-    """Rename symbolic dims (ONNX ``dim_param``) in the graph's inputs, outputs and value infos, in place.
-
-    Args:
-        labels: old symbol -> new label, e.g. ``{"s31": "batch", "s64": "sequence"}``.
-    """
-    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
-    for value in values:
-        if not value.type.tensor_type.HasField("shape"):
-            continue
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param") and dim.dim_param in labels:
-                dim.dim_param = labels[dim.dim_param]
-
-
-def graph_dims(value: onnx.ValueInfoProto) -> list[Dim]:
-    """The dims of a graph input or output: ``int`` sizes, ``str`` symbols, ``"?"`` where unknown."""
-    tensor_type = value.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return []
-    return [
-        dim.dim_param if dim.HasField("dim_param") else dim.dim_value if dim.HasField("dim_value") else "?"
-        for dim in tensor_type.shape.dim
-    ]

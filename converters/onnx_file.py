@@ -11,7 +11,8 @@ import onnx
 from onnx import helper
 
 from backends.onnxruntime import ARTIFACT as ONNX_ARTIFACT
-from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel, graph_dims
+from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel
+from converters.onnx_graph import UNKNOWN_DIM, graph_dims
 
 __all__ = ["OnnxFileSource"]
 
@@ -82,7 +83,7 @@ def _spec(value: onnx.ValueInfoProto) -> InputSpec:
             f"input {value.name!r} has ONNX element type {element_type}, which numpy cannot hold"
         ) from None
     dims = [
-        BATCH_LABEL if axis == 0 and dim == "?" else f"{value.name}_{axis}" if dim == "?" else dim
+        BATCH_LABEL if axis == 0 and dim == UNKNOWN_DIM else f"{value.name}_{axis}" if dim == UNKNOWN_DIM else dim
         for axis, dim in enumerate(graph_dims(value))
     ]
     return InputSpec(value.name, dtype, tuple(dims))

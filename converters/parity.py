@@ -1,19 +1,41 @@
-"""Numerical parity between a reference model's outputs and a converted model's outputs.
+"""Numerical parity between a reference model's outputs and a converted model's outputs, and its file.
 
 Typical use: run the same input batches through the framework model (reference) and through the
 converted artifact (candidate), collect one ``{output_name: array}`` mapping per batch from each,
 and pass both sequences to :func:`compare_outputs`.
+
+The report is stored beside the model it checks, as ``parity.json`` (:data:`PARITY_FILE`) in the
+version folder: :func:`write_parity_file` writes it (the conversion pipeline), :func:`read_parity_file`
+reads it back (the server, to show it in the model's metadata). This module imports only the standard
+library and numpy, so the server can import it without any framework installed.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["OutputParity", "ParityReport", "compare_outputs"]
+__all__ = [
+    "PARITY_FILE",
+    "OutputParity",
+    "ParityReport",
+    "compare_outputs",
+    "parity_to_json",
+    "read_parity_file",
+    "write_parity_file",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the parity report in a model version folder.
+PARITY_FILE = "parity.json"
 
 # Output dtypes that can be compared numerically: bool, signed/unsigned integers, floats.
 _NUMERIC_KINDS = frozenset("biuf")
@@ -188,3 +210,59 @@ def compare_outputs(
         for name, results in per_output.items()
     ]
     return ParityReport(outputs=outputs, atol=atol, rtol=rtol)
+
+
+def parity_to_json(report: ParityReport) -> dict[str, Any]:
+    """The report as JSON-ready values: the content of :data:`PARITY_FILE`.
+
+    Returns:
+        ``{"atol": float, "rtol": float, "passed": bool, "outputs": [{"name": str, "max_abs_error":
+        float | None, "max_rel_error": float | None, "inputs_tried": int, "within_tolerance": bool},
+        ...]}``, outputs in the report's order; infinite errors become None (JSON ``null``).
+    """
+
+    def number(value: float) -> float | None:
+        return value if np.isfinite(value) else None
+
+    return {
+        "atol": report.atol,
+        "rtol": report.rtol,
+        "passed": report.ok,
+        "outputs": [
+            {
+                "name": output.name,
+                "max_abs_error": number(output.max_abs_error),
+                "max_rel_error": number(output.max_rel_error),
+                "inputs_tried": output.inputs_tried,
+                "within_tolerance": output.within_tolerance,
+            }
+            for output in report.outputs
+        ],
+    }
+
+
+def write_parity_file(version_dir: Path, report: ParityReport) -> None:
+    """Write ``report`` as ``version_dir/parity.json`` (:func:`parity_to_json`, indented), replacing any.
+
+    Raises:
+        OSError: the file cannot be written (e.g. ``version_dir`` does not exist).
+    """
+    (version_dir / PARITY_FILE).write_text(json.dumps(parity_to_json(report), indent=2) + "\n", encoding="utf-8")
+
+
+def read_parity_file(version_dir: Path) -> dict[str, Any] | None:
+    """The parity figures stored in ``version_dir/parity.json``, as written by :func:`write_parity_file`.
+
+    Returns:
+        The file's JSON object; None when the file is absent, cannot be read or parsed (a warning
+        is logged), or holds something other than a JSON object. Never raises for a bad file.
+    """
+    parity_file = version_dir / PARITY_FILE
+    if not parity_file.exists():
+        return None
+    try:
+        parity = json.loads(parity_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring %s: %s", parity_file, error)
+        return None
+    return parity if isinstance(parity, dict) else None

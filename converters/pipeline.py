@@ -5,18 +5,16 @@
 loads the artifact with the gateway's own backend (:func:`backends.create_backend`, as the server
 will), runs it and the original model on the example inputs and on random batches drawn from the
 input specs (several batch sizes and several lengths along every dynamic axis), and compares them
-(:mod:`converters.parity`). The report is written beside the model as ``parity.json`` so the server
-can show it in the model's metadata.
+(:mod:`converters.parity`). The report is written beside the model as ``parity.json``
+(:func:`converters.parity.write_parity_file`) so the server can show it in the model's metadata.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -24,8 +22,9 @@ from onnx import helper
 
 from backends import BACKEND_RUNTIMES, Backend, ModelLoadError, create_backend, detect_backend
 from backends.onnxruntime import ARTIFACT as MODEL_FILE
-from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel, graph_dims
-from converters.parity import ParityReport, compare_outputs
+from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel
+from converters.onnx_graph import graph_dims
+from converters.parity import PARITY_FILE, ParityReport, compare_outputs, write_parity_file
 
 __all__ = [
     "MODEL_FILE",
@@ -37,8 +36,6 @@ __all__ = [
     "example_from_specs",
     "random_batches",
 ]
-
-PARITY_FILE = "parity.json"
 
 #: Batch sizes of the random batches, in order (cycled when more batches are asked for).
 RANDOM_BATCH_SIZES = (1, 2, 3, 4, 5, 7, 8, 11, 16, 1, 2, 6, 9, 13, 32, 3)
@@ -249,29 +246,6 @@ def check_parity(
     return compare_outputs(reference, converted, atol=atol, rtol=rtol)
 
 
-def parity_to_json(report: ParityReport) -> dict[str, Any]:
-    """The report as JSON-ready values (infinite errors become null)."""
-
-    def number(value: float) -> float | None:
-        return value if np.isfinite(value) else None
-
-    return {
-        "atol": report.atol,
-        "rtol": report.rtol,
-        "passed": report.ok,
-        "outputs": [
-            {
-                "name": output.name,
-                "max_abs_error": number(output.max_abs_error),
-                "max_rel_error": number(output.max_rel_error),
-                "inputs_tried": output.inputs_tried,
-                "within_tolerance": output.within_tolerance,
-            }
-            for output in report.outputs
-        ],
-    }
-
-
 def convert_model(
     source: SourceModel,
     version_dir: Path,
@@ -327,7 +301,7 @@ def convert_model(
     tried = batches + (1 if source.example_inputs else 0)
     report(f"checking parity with {runtime} on {tried} input batches")
     parity = check_parity(source, candidate, runtime=runtime, atol=atol, rtol=rtol, batches=batches)
-    (version_dir / PARITY_FILE).write_text(json.dumps(parity_to_json(parity), indent=2) + "\n")
+    write_parity_file(version_dir, parity)
     if not parity.ok:
         raise ParityError(parity)
     if backend_name == "onnxruntime":

@@ -177,7 +177,7 @@ def _torch_script(model: Any, examples: Sequence[Any], dynamic_axes: DynamicAxes
 
 
 def _keras_model(model: Any, examples: Sequence[Any], dynamic_axes: DynamicAxes | None) -> SourceModel:
-    from converters.tensorflow_onnx import KerasSource
+    from converters.keras_onnx import KerasSource
 
     return KerasSource(model, [np.asarray(value) for value in examples], dynamic_axes)
 
@@ -227,9 +227,9 @@ def load_source(
 
         return load_torch_file(path, input_specs=input_specs, example_inputs=example_inputs, dynamic_axes=dynamic_axes)
     if detected == "keras":
-        from converters.tensorflow_onnx import load_keras_file
+        from converters.keras_onnx import load_keras_file
 
         return load_keras_file(path, dynamic_axes=dynamic_axes)
-    from converters.tensorflow_onnx import load_saved_model
+    from converters.saved_model_onnx import load_saved_model
 
     return load_saved_model(path, dynamic_axes=dynamic_axes)

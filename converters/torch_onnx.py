@@ -32,12 +32,10 @@ from converters.model import (
     InputSpec,
     SourceModel,
     default_output_names,
-    graph_dims,
     parameter_names,
-    rename_dim_params,
-    save_onnx,
     specs_from_examples,
 )
+from converters.onnx_graph import graph_dims, rename_dim_params, save_onnx
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +160,7 @@ def export_torch_to_onnx(
     The module is traced in eval mode (its training mode is restored afterwards). Each labelled dim
     of ``input_specs`` becomes a ``torch.export.Dim`` of that name, so the graph's symbolic dims are
     the labels (``batch``, ``sequence``) and inputs with the same label share one symbol. The file
-    is written atomically (:func:`converters.model.save_onnx`).
+    is written atomically (:func:`converters.onnx_graph.save_onnx`).
 
     Args:
         module: the model; its ``forward`` takes the tensors of ``example_inputs`` positionally.

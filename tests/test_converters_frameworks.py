@@ -28,13 +28,9 @@ import jax.numpy as jnp  # noqa: E402
 import onnx  # noqa: E402
 
 from converters.jax_onnx import JaxSource  # noqa: E402
+from converters.keras_onnx import KerasSource, load_keras_file  # noqa: E402
 from converters.model import ConversionError, SourceModel  # noqa: E402
-from converters.tensorflow_onnx import (  # noqa: E402
-    KerasSource,
-    SavedModelSource,
-    load_keras_file,
-    load_saved_model,
-)
+from converters.saved_model_onnx import SavedModelSource, load_saved_model  # noqa: E402
 from examples.digits import load_digits_split  # noqa: E402
 from tests.framework_models import mlp_logits, train_jax_mlp  # noqa: E402
 
