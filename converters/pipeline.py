@@ -24,11 +24,10 @@ from backends import BACKEND_RUNTIMES, Backend, ModelLoadError, create_backend, 
 from backends.onnxruntime import ARTIFACT as MODEL_FILE
 from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel
 from converters.onnx_graph import graph_dims
-from converters.parity import PARITY_FILE, ParityReport, compare_outputs, write_parity_file
+from converters.parity import ParityReport, compare_outputs, write_parity_file
 
 __all__ = [
     "MODEL_FILE",
-    "PARITY_FILE",
     "ConversionResult",
     "ExportFormat",
     "ParityError",

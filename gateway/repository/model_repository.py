@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import Backend, ModelLoadError, create_backend, detect_backend
+from converters.parity import read_parity_file
 from gateway.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.repository.config import (
@@ -55,8 +55,6 @@ MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_MODEL_NAME_LENGTH = 200
 #: Folder inside the repository where uploads are received and checked (hidden: not a model).
 STAGING_FOLDER = ".staging"
-#: File in a version folder holding the parity figures `gateway push` measured.
-PARITY_FILE = "parity.json"
 
 # (relative path, size in bytes, modification time in ns) of every file under a folder.
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -490,7 +488,7 @@ class ModelRepository:
             scheduler=_scheduler(instances, completed, metrics),
             fingerprint=fingerprint,
             metrics=metrics,
-            parity=_read_parity(path),
+            parity=read_parity_file(path),
             backend_parameters=instances[0].metadata_parameters,
         )
 
@@ -602,19 +600,6 @@ def check_model_name(name: str) -> None:
             f"invalid model name '{name[:MAX_MODEL_NAME_LENGTH]}': use letters, digits, '_', '.', '-' "
             f"(at most {MAX_MODEL_NAME_LENGTH}, not starting with '.')"
         )
-
-
-def _read_parity(version_path: Path) -> dict[str, Any] | None:
-    """The parity figures in ``parity.json``, or None when absent or unreadable (a warning is logged)."""
-    parity_file = version_path / PARITY_FILE
-    if not parity_file.exists():
-        return None
-    try:
-        parity = json.loads(parity_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        logger.warning("ignoring %s: %s", parity_file, error)
-        return None
-    return parity if isinstance(parity, dict) else None
 
 
 def _move_into_place(staged: Path, model_path: Path, version: int) -> Path:

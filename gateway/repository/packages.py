@@ -22,6 +22,7 @@ import onnx
 
 from backends.base import ModelLoadError
 from backends.onnxruntime import check_external_data
+from converters.parity import PARITY_FILE
 from gateway.errors import InvalidArgumentError, PayloadTooLargeError
 
 __all__ = ["MAX_PACKAGE_MEMBERS", "check_version_files", "pack_version", "receive_package", "unpack_package"]
@@ -122,14 +123,14 @@ def check_version_files(version_dir: Path) -> None:
         except Exception as error:  # checker and protobuf raise several types for a bad file
             relative = model_file.relative_to(version_dir)
             raise InvalidArgumentError(f"{relative} is not a valid ONNX model: {error}") from None
-    parity_file = version_dir / "parity.json"
+    parity_file = version_dir / PARITY_FILE
     if parity_file.exists():
         try:
             parity = json.loads(parity_file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as error:
-            raise InvalidArgumentError(f"parity.json is not valid JSON: {error}") from None
+            raise InvalidArgumentError(f"{PARITY_FILE} is not valid JSON: {error}") from None
         if not isinstance(parity, dict):
-            raise InvalidArgumentError("parity.json must hold a JSON object")
+            raise InvalidArgumentError(f"{PARITY_FILE} must hold a JSON object")
 
 
 def pack_version(version_dir: Path, package: Path) -> None:
