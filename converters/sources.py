@@ -89,6 +89,7 @@ def resolve_entry_point(source: str) -> Callable[..., Any]:
         if spec is None or spec.loader is None:
             raise ValueError(f"cannot import {target}")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import does: dataclasses and pickling look the module up
         sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
         try:
             spec.loader.exec_module(module)
