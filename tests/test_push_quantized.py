@@ -187,12 +187,15 @@ def test_api_int8_static_torch_cnn_calibrated_by_an_entry_point(
     x_train, x_test, _, y_test = digits_split
     cnn = trained["cnn"]
     np.save(tmp_path / "calibration.npy", x_train[:256])
+    # A dataclass with string annotations: the file must be in sys.modules while it runs, as an import.
     (tmp_path / "calibration.py").write_text(
-        "import numpy as np\n\n"
+        "from __future__ import annotations\n\nfrom dataclasses import dataclass\n\nimport numpy as np\n\n"
+        "@dataclass(frozen=True)\nclass Rows:\n    path: str\n    size: int = 64\n\n"
         "def batches():\n"
-        f"    data = np.load({str(tmp_path / 'calibration.npy')!r})\n"
-        "    for start in range(0, len(data), 64):\n"
-        "        yield {'input': data[start : start + 64]}\n"
+        f"    rows = Rows({str(tmp_path / 'calibration.npy')!r})\n"
+        "    data = np.load(rows.path)\n"
+        "    for start in range(0, len(data), rows.size):\n"
+        "        yield {'input': data[start : start + rows.size]}\n"
     )
     result = gateway.push(
         cnn,
