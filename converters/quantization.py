@@ -36,7 +36,7 @@ as the server will load it.
 **The guard.** A model over ``max_accuracy_drop`` (points of accuracy on the eval data) or
 ``max_abs_error`` (on any output, parity inputs and eval data) raises :class:`GuardError`, which names
 each figure over its limit, by how much, and the operator types that contribute most (see
-:func:`operator_contributions`).
+:class:`GuardError` for how they are found).
 """
 
 from __future__ import annotations
@@ -94,7 +94,6 @@ __all__ = [
     "Reference",
     "compress_model",
     "load_compression_data",
-    "operator_contributions",
 ]
 
 #: Timed calls per model and batch size; the latency figure is their median.
@@ -122,7 +121,7 @@ class QuantizationError(Exception):
 
 @dataclass(frozen=True)
 class OperatorContribution:
-    """The error of a model in which only one operator type is compressed (see :func:`operator_contributions`).
+    """The error of a model in which only one operator type is compressed (see :class:`GuardError`).
 
     Attributes:
         op_type: the ONNX operator type (e.g. ``MatMul``).
@@ -142,6 +141,16 @@ class OperatorContribution:
 
 class GuardError(QuantizationError):
     """The compressed model is over a limit (``max_accuracy_drop``, ``max_abs_error``): it must not be published.
+
+    The message names each figure over its limit and by how much, then the operator types the error
+    comes from. They are found by compressing the model again once per operator type of the original
+    graph that the compression handles (int8 dynamic: ONNX Runtime's integer-op registry, Gemm counted
+    as MatMul, as its quantizer turns Gemm into MatMul + Add; int8 static: its QDQ registry; fp16:
+    every type not in the converter's block list), with only that type compressed and the same
+    settings (``op_types_to_quantize``; for fp16, every other type in the block list), and measuring
+    each such model on the same data. The types are ranked by accuracy drop when the accuracy limit
+    failed, else by max abs error; the first :data:`TOP_OPERATORS` with an error are named. An
+    optimization alone names none.
 
     Attributes:
         report: the figures measured, with the failures in ``report.guard``.
@@ -771,17 +780,8 @@ class _Work:
         return compression
 
 
-def operator_contributions(work: _Work, guard: Guard) -> list[OperatorContribution]:
-    """The operator types that contribute most to a compressed model's error, largest first.
-
-    How it is found: for each operator type of the original graph that the compression handles
-    (int8 dynamic: ONNX Runtime's integer-op registry, Gemm counted as MatMul; int8 static: its QDQ
-    registry; fp16: every type not in the converter's block list), a model with only that type
-    compressed is made with the same settings (``op_types_to_quantize``, or every other type in the
-    fp16 block list) and measured on the same data. The types are ranked by accuracy drop when the
-    accuracy limit failed, else by max abs error; the first :data:`TOP_OPERATORS` with an error are
-    returned. Nothing is returned for an optimization alone.
-    """
+def _operator_contributions(work: _Work, guard: Guard) -> list[OperatorContribution]:
+    """The operator types contributing most to a compressed model's error, largest first (see :class:`GuardError`)."""
     options = work.options
     graph_types = {node.op_type for node in onnx.load(str(work.original)).graph.node}
     if options.quantize is not None and work.data.calibration is None:
@@ -883,5 +883,5 @@ def compress_model(
         )
         if not guard.passed:
             report("the guard is not met: compressing each operator type alone to find where the error comes from")
-            raise GuardError(result, operator_contributions(work, guard))
+            raise GuardError(result, _operator_contributions(work, guard))
     return result

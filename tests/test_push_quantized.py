@@ -417,7 +417,17 @@ def test_options_that_do_not_fit_fail_before_converting(quant_gateway, trained, 
         "one integer class index per row": {"optimize": True, "eval_data": {"input": x_test, "labels": y_test[:5]}},
         "has shape [360]": {"quantize": "int8", "eval_data": {"input": x_test[:, 0]}},
     }
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        refused_data["--optimize with --precision fp16 needs the CUDA provider"] = {
+            "precision": "fp16",
+            "optimize": True,
+        }
     for message, options in refused_data.items():
         with pytest.raises(PushError, match=message.replace("[", r"\[").replace("]", r"\]")):
             push(**options)()
+    with pytest.raises(PushError, match="found no operator to quantize among the model's Relu"):
+        gateway.push(
+            torch.nn.ReLU(), (x_test[:4],), name="bad", repository=tmp_path / "repository", quantize="int8",
+            verbose=False,
+        )  # fmt: skip
     assert snapshot(quant_gateway.repository) == before
