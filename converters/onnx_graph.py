@@ -1,5 +1,6 @@
 """ONNX graph helpers every converter shares: reading and setting value dims, renaming dim symbols and
-values, labelling output dims, finding untranslated operators, saving a model atomically.
+values, labelling output dims, finding untranslated operators, dropping the bias a Gemm ignores, saving
+a model atomically.
 
 Framework-free: this module needs only ``onnx`` (and :mod:`converters.model` for the dim types). A dim
 is an ``int`` when fixed and a ``str`` when symbolic (an ONNX ``dim_param``, e.g. ``"batch"``); see
@@ -21,6 +22,7 @@ from converters.model import BATCH_LABEL, ConversionError, Dim, InputSpec
 
 __all__ = [
     "UNKNOWN_DIM",
+    "drop_ignored_gemm_bias",
     "graph_dims",
     "label_output_dims",
     "rename_dim_params",
@@ -145,6 +147,60 @@ def rename_values(graph: onnx.GraphProto, names: Mapping[str, str]) -> None:
                 rename_values(attribute.g, names)
             for subgraph in attribute.graphs:
                 rename_values(subgraph, names)
+
+
+def drop_ignored_gemm_bias(graph: onnx.GraphProto) -> int:
+    """Remove the bias input ``C`` of every ``Gemm`` whose ``beta`` is 0, in place (subgraphs included).
+
+    ``Gemm(A, B, C, beta=0)`` computes ``alpha * A' * B'`` and ignores ``C`` (jax2onnx writes its
+    matrix products so, with a scalar zero bias); without ``C`` and ``beta`` the node means the same,
+    and ONNX Runtime's quantization tools, which take only ``beta == 1`` Gemms apart into MatMul + Add,
+    can quantize it. Initializers of ``graph`` that no node uses any more are removed.
+
+    Returns:
+        The number of nodes changed.
+    """
+    dropped: set[str] = set()
+    changed = _drop_ignored_gemm_bias(graph, dropped)
+    unused = dropped - _used_values(graph) - {value.name for value in graph.output}
+    kept = [initializer for initializer in graph.initializer if initializer.name not in unused]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return changed
+
+
+def _drop_ignored_gemm_bias(graph: onnx.GraphProto, dropped: set[str]) -> int:
+    changed = 0
+    for node in graph.node:
+        beta = next((attribute for attribute in node.attribute if attribute.name == "beta"), None)
+        if node.op_type == "Gemm" and node.domain in ("", "ai.onnx") and beta is not None and beta.f == 0.0:
+            dropped.update(node.input[2:])
+            del node.input[2:]
+            node.attribute.remove(beta)
+            changed += 1
+        for subgraph in _subgraphs(node):
+            changed += _drop_ignored_gemm_bias(subgraph, dropped)
+    return changed
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node's attributes hold (If, Loop, Scan bodies)."""
+    graphs: list[onnx.GraphProto] = []
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            graphs.append(attribute.g)
+        graphs.extend(attribute.graphs)
+    return graphs
+
+
+def _used_values(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a node of ``graph`` or of its subgraphs takes as input."""
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(node.input)
+        for subgraph in _subgraphs(node):
+            used |= _used_values(subgraph)
+    return used
 
 
 def untranslated_ops(graph: onnx.GraphProto, found: Counter[str] | None = None) -> Counter[str]:

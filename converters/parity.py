@@ -6,8 +6,10 @@ and pass both sequences to :func:`compare_outputs`.
 
 The report is stored beside the model it checks, as ``parity.json`` (:data:`PARITY_FILE`) in the
 version folder: :func:`write_parity_file` writes it (the conversion pipeline), :func:`read_parity_file`
-reads it back (the server, to show it in the model's metadata). This module imports only the standard
-library and numpy, so the server can import it without any framework installed.
+reads it back (the server, to show it in the model's metadata). :func:`write_json_report` and
+:func:`read_json_report` are the one way every report a push stores is written and read
+(``quantization.json`` too, :mod:`converters.quantization_report`). This module imports only the
+standard library and numpy, so the server can import it without any framework installed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ __all__ = [
     "ParityReport",
     "compare_outputs",
     "parity_to_json",
+    "read_json_report",
     "read_parity_file",
+    "write_json_report",
     "write_parity_file",
 ]
 
@@ -241,28 +245,45 @@ def parity_to_json(report: ParityReport) -> dict[str, Any]:
     }
 
 
+def write_json_report(path: Path, report: Mapping[str, Any]) -> None:
+    """Write a report's JSON-ready values to ``path`` (indented, UTF-8), replacing any file there.
+
+    Raises:
+        OSError: the file cannot be written (e.g. its folder does not exist).
+    """
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def read_json_report(path: Path) -> dict[str, Any] | None:
+    """A report written by :func:`write_json_report`, as the JSON object it holds.
+
+    Returns:
+        The file's JSON object; None when the file is absent, cannot be read or parsed (a warning
+        is logged), or holds something other than a JSON object. Never raises for a bad file.
+    """
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring %s: %s", path, error)
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def write_parity_file(version_dir: Path, report: ParityReport) -> None:
     """Write ``report`` as ``version_dir/parity.json`` (:func:`parity_to_json`, indented), replacing any.
 
     Raises:
         OSError: the file cannot be written (e.g. ``version_dir`` does not exist).
     """
-    (version_dir / PARITY_FILE).write_text(json.dumps(parity_to_json(report), indent=2) + "\n", encoding="utf-8")
+    write_json_report(version_dir / PARITY_FILE, parity_to_json(report))
 
 
 def read_parity_file(version_dir: Path) -> dict[str, Any] | None:
     """The parity figures stored in ``version_dir/parity.json``, as written by :func:`write_parity_file`.
 
     Returns:
-        The file's JSON object; None when the file is absent, cannot be read or parsed (a warning
-        is logged), or holds something other than a JSON object. Never raises for a bad file.
+        The file's JSON object; None when the file is absent or bad (see :func:`read_json_report`).
     """
-    parity_file = version_dir / PARITY_FILE
-    if not parity_file.exists():
-        return None
-    try:
-        parity = json.loads(parity_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        logger.warning("ignoring %s: %s", parity_file, error)
-        return None
-    return parity if isinstance(parity, dict) else None
+    return read_json_report(version_dir / PARITY_FILE)

@@ -25,6 +25,14 @@ from backends.onnxruntime import ARTIFACT as MODEL_FILE
 from converters.model import BATCH_LABEL, ConversionError, InputSpec, SourceModel
 from converters.onnx_graph import graph_dims
 from converters.parity import ParityReport, compare_outputs, write_parity_file
+from converters.quantization import (
+    CompressionData,
+    CompressionOptions,
+    Reference,
+    compress_model,
+    load_compression_data,
+)
+from converters.quantization_report import QuantizationReport, write_quantization_file
 
 __all__ = [
     "MODEL_FILE",
@@ -33,6 +41,7 @@ __all__ = [
     "ParityError",
     "convert_model",
     "example_from_specs",
+    "parity_inputs",
     "random_batches",
 ]
 
@@ -76,6 +85,7 @@ class ConversionResult:
         output_specs: the model's outputs, in order, described as inputs are: dtype and dims
             (a label for a dynamic dim, ``?`` where the artifact does not say).
         parity: the parity figures, or None for a source without a reference (an ONNX file).
+        quantization: the price of the compression (int8, fp16, optimization), or None without one.
     """
 
     version_dir: Path
@@ -83,6 +93,7 @@ class ConversionResult:
     input_specs: list[InputSpec]
     output_specs: list[InputSpec]
     parity: ParityReport | None
+    quantization: QuantizationReport | None = None
 
 
 def _axis_lengths(specs: Sequence[InputSpec], examples: Mapping[str, np.ndarray] | None) -> dict[str, int]:
@@ -187,32 +198,63 @@ def _describe_shapes(batch: Mapping[str, np.ndarray]) -> str:
     return ", ".join(f"{name} {list(array.shape)}" for name, array in batch.items())
 
 
-def check_parity(
-    source: SourceModel,
-    candidate: Backend,
-    *,
-    runtime: str,
-    atol: float,
-    rtol: float,
-    batches: int = 16,
-    seed: int = 0,
-) -> ParityReport:
-    """Compare the source model with the converted artifact, loaded by the gateway's backend.
-
-    Runs the example inputs (if any) and ``batches`` random batches (:func:`random_batches`).
+def parity_inputs(
+    source: SourceModel, batches: int = 16, seed: int = 0, examples: Mapping[str, np.ndarray] | None = None
+) -> list[dict[str, np.ndarray]]:
+    """The input batches of the parity check: the examples (if any), then ``batches`` random batches.
 
     Args:
-        source: the original model.
-        candidate: the artifact loaded by its backend (e.g. ``create_backend("onnxruntime", folder)``).
-        runtime: the candidate's runtime as people call it, for messages (e.g. ``ONNX Runtime``).
-        atol, rtol: the tolerances of the report.
-        batches: the number of random batches.
-        seed: the random batches' seed.
+        source: the model.
+        batches, seed: as :func:`random_batches`.
+        examples: example arrays by input name; None: the source's own example inputs.
 
     Raises:
-        ConversionError: the candidate's inputs or outputs are not named as the source's, or the
-            original model or the candidate fails on a batch (the message names the shapes).
+        ConversionError: an input's dtype is not bool, int or float.
     """
+    examples = source.example_inputs if examples is None else examples
+    return ([dict(examples)] if examples else []) + random_batches(source.input_specs, examples, batches, seed)
+
+
+def _run_source(source: SourceModel, inputs: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The original model's outputs, batch by batch.
+
+    Raises:
+        ConversionError: the model fails on a batch (the message names the shapes).
+    """
+    outputs = []
+    for batch in inputs:
+        try:
+            outputs.append(source.run(batch))
+        except Exception as error:
+            raise ConversionError(
+                f"the original model failed on inputs {_describe_shapes(batch)}: {error}. The parity check "
+                "draws random values within the example inputs' range: give examples whose values and shapes "
+                "are typical"
+            ) from error
+    return outputs
+
+
+def _run_candidate(
+    candidate: Backend, inputs: Sequence[Mapping[str, np.ndarray]], output_names: Sequence[str], runtime: str
+) -> list[dict[str, np.ndarray]]:
+    """The converted model's outputs, batch by batch.
+
+    Raises:
+        ConversionError: the runtime fails on a batch (the message names the shapes).
+    """
+    outputs = []
+    for batch in inputs:
+        try:
+            outputs.append(candidate.run(batch, output_names))
+        except Exception as error:
+            raise ConversionError(
+                f"{runtime} failed on the converted model with inputs {_describe_shapes(batch)}: {error}"
+            ) from error
+    return outputs
+
+
+def _check_names(source: SourceModel, candidate: Backend) -> None:
+    """Raise ConversionError unless the candidate's inputs and outputs are named as the source's."""
     input_names = sorted(spec.name for spec in candidate.inputs)
     output_names = [spec.name for spec in candidate.outputs]
     if input_names != sorted(spec.name for spec in source.input_specs) or sorted(output_names) != sorted(
@@ -222,27 +264,6 @@ def check_parity(
             f"the exported model takes {input_names} and returns {output_names}, but the original takes "
             f"{sorted(spec.name for spec in source.input_specs)} and returns {source.output_names}"
         )
-    inputs = ([dict(source.example_inputs)] if source.example_inputs else []) + random_batches(
-        source.input_specs, source.example_inputs, batches, seed
-    )
-    reference: list[dict[str, np.ndarray]] = []
-    converted: list[dict[str, np.ndarray]] = []
-    for batch in inputs:
-        try:
-            reference.append(source.run(batch))
-        except Exception as error:
-            raise ConversionError(
-                f"the original model failed on random inputs ({_describe_shapes(batch)}): {error}. "
-                "Give example inputs whose values and shapes are typical (random values are drawn "
-                "within their range)"
-            ) from error
-        try:
-            converted.append(candidate.run(batch, source.output_names))
-        except Exception as error:
-            raise ConversionError(
-                f"{runtime} failed on the converted model with inputs {_describe_shapes(batch)}: {error}"
-            ) from error
-    return compare_outputs(reference, converted, atol=atol, rtol=rtol)
 
 
 def convert_model(
@@ -253,9 +274,18 @@ def convert_model(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     batches: int = 16,
+    compression: CompressionOptions | None = None,
+    max_batch_size: int = 64,
     progress: Progress | None = None,
 ) -> ConversionResult:
     """Export ``source`` into ``version_dir``, check parity with the gateway's backend, write ``parity.json``.
+
+    With ``compression`` (int8, fp16, offline optimization; ONNX only), the fp32 export is checked
+    first, then compressed in place and its price measured against the original model on the same
+    parity inputs (:func:`converters.quantization.compress_model`), stored as ``quantization.json``.
+    An ONNX file has no original model: its compression is measured against the fp32 file, run by
+    ONNX Runtime, on random batches drawn from its input specs, within the range of the user's
+    calibration or eval data when given.
 
     Args:
         source: the model to convert.
@@ -265,18 +295,31 @@ def convert_model(
             Keras, TensorFlow and JAX).
         atol, rtol: parity tolerances, ``|converted - original| <= atol + rtol * |original|``.
         batches: number of random batches besides the examples (at least 16 recommended).
+        compression: what to do to the exported ONNX model, and the limits it must meet; None: nothing.
+        max_batch_size: the gateway's max_batch_size for the model: the compression's latency is
+            measured at it, and its calibration and eval data run in batches of that many rows.
         progress: called with a line of text before each long step.
 
     Returns:
         The result; ``parity`` is None when the source has no reference (an ONNX file).
 
     Raises:
-        ConversionError: the export fails, the backend cannot load what was exported, or a model
-            fails to run on a parity batch.
+        ConversionError: the export fails, the backend cannot load what was exported, a model
+            fails to run on a parity batch, or compression is asked with the native format.
         ParityError: outputs differ beyond the tolerance (nothing is wrong with the files written,
             but they must not be served).
+        QuantizationError: the compression data cannot be used, or a compression step fails.
+        GuardError: the compressed model does not meet its limits (it must not be served).
     """
     report = progress or (lambda _: None)
+    if compression is not None and not compression.active:
+        compression = None
+    if compression is not None and export_format is not ExportFormat.ONNX:
+        raise ConversionError(
+            "--quantize, --precision and --optimize compress ONNX models, served by ONNX Runtime: "
+            "leave out --format native"
+        )
+    data = None if compression is None else load_compression_data(compression, source.input_specs, max_batch_size)
     version_dir.mkdir(parents=True, exist_ok=True)
     if export_format is ExportFormat.ONNX:
         report(f"exporting the {source.framework} model to ONNX")
@@ -288,7 +331,7 @@ def convert_model(
         backend_name = detect_backend(version_dir)
     except ModelLoadError as error:
         raise ConversionError(f"the export wrote no servable model: {error}") from None
-    if not source.has_reference:
+    if not source.has_reference and data is None:
         return ConversionResult(
             version_dir, backend_name, source.input_specs, _onnx_output_specs(version_dir / MODEL_FILE), None
         )
@@ -297,17 +340,58 @@ def convert_model(
         candidate = create_backend(backend_name, version_dir)
     except ModelLoadError as error:
         raise ConversionError(f"{runtime} cannot load the exported model: {error}") from None
-    tried = batches + (1 if source.example_inputs else 0)
-    report(f"checking parity with {runtime} on {tried} input batches")
-    parity = check_parity(source, candidate, runtime=runtime, atol=atol, rtol=rtol, batches=batches)
-    write_parity_file(version_dir, parity)
-    if not parity.ok:
-        raise ParityError(parity)
+    _check_names(source, candidate)
+    inputs = parity_inputs(source, batches, examples=_user_examples(source, data))
+    parity = None
+    if source.has_reference:
+        report(f"checking parity with {runtime} on {len(inputs)} input batches")
+        reference = _run_source(source, inputs)
+        parity = compare_outputs(
+            reference, _run_candidate(candidate, inputs, source.output_names, runtime), atol=atol, rtol=rtol
+        )
+        write_parity_file(version_dir, parity)
+        if not parity.ok:
+            raise ParityError(parity)
+    quantization = None
+    if compression is not None and data is not None:
+        if source.has_reference:
+            description = f"the original {source.framework} model"
+
+            def run_reference(more: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+                return _run_source(source, more)
+        else:
+            description = "the fp32 ONNX model (ONNX Runtime)"
+            reference = _run_candidate(candidate, inputs, source.output_names, runtime)
+
+            def run_reference(more: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+                return _run_candidate(candidate, more, source.output_names, runtime)
+
+        quantization = compress_model(
+            version_dir,
+            compression,
+            data,
+            Reference(description, source.input_specs, source.output_names, inputs, reference, run_reference),
+            max_batch_size=max_batch_size,
+            progress=report,
+        )
+        write_quantization_file(version_dir, quantization)
     if backend_name == "onnxruntime":
         output_specs = _onnx_output_specs(version_dir / MODEL_FILE)
     else:
         output_specs = _labelled_output_specs(candidate, source.input_specs)
-    return ConversionResult(version_dir, backend_name, source.input_specs, output_specs, parity)
+    return ConversionResult(version_dir, backend_name, source.input_specs, output_specs, parity, quantization)
+
+
+def _user_examples(source: SourceModel, data: CompressionData | None) -> dict[str, np.ndarray] | None:
+    """For a source without example inputs (an ONNX file), the first batch of the user's calibration or eval data.
+
+    Random parity batches are then drawn within the range of the user's own data instead of a
+    standard normal, which may lie far from what the model is made for.
+    """
+    if source.example_inputs or data is None:
+        return None
+    batches = data.calibration or list(data.eval_inputs)
+    return batches[0] if batches else None
 
 
 def _onnx_output_specs(model_path: Path) -> list[InputSpec]:

@@ -20,7 +20,7 @@ import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 from converters.model import DynamicAxes, InputSpec, SourceModel
 from converters.torch_onnx import TORCHSCRIPT_SUFFIXES
 
-__all__ = ["FRAMEWORKS", "detect_framework", "load_source", "source_from_object"]
+__all__ = ["FRAMEWORKS", "detect_framework", "load_source", "resolve_entry_point", "source_from_object"]
 
 FRAMEWORKS = ("torch", "tensorflow", "keras", "jax", "onnx")
 _ENTRY_POINT = re.compile(r"^(?P<target>.+):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
@@ -68,11 +68,14 @@ def detect_framework(source: str) -> str | None:
     )
 
 
-def _call_entry_point(source: str) -> tuple[Any, Sequence[Any]]:
-    """Import the entry point's module, call its function, and check it returned ``(model, example_inputs)``.
+def resolve_entry_point(source: str) -> Callable[..., Any]:
+    """The function an entry point names: ``path/to/file.py:function`` or ``package.module:function``.
+
+    A file is imported with its folder on ``sys.path`` (so it can import its neighbours); a module is
+    imported by name. The function is returned, not called.
 
     Raises:
-        ValueError: the module or function cannot be found, or the result has the wrong form.
+        ValueError: ``source`` is not an entry point, or its module or function cannot be found.
     """
     match = _ENTRY_POINT.match(source)
     if match is None:
@@ -86,6 +89,7 @@ def _call_entry_point(source: str) -> tuple[Any, Sequence[Any]]:
         if spec is None or spec.loader is None:
             raise ValueError(f"cannot import {target}")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import does: dataclasses and pickling look the module up
         sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
         try:
             spec.loader.exec_module(module)
@@ -96,10 +100,19 @@ def _call_entry_point(source: str) -> tuple[Any, Sequence[Any]]:
             module = importlib.import_module(target)
         except ImportError as error:
             raise ValueError(f"cannot import module {target!r} of entry point {source}: {error}") from error
-    function = getattr(module, function_name, None)
+    function: Callable[..., Any] | None = getattr(module, function_name, None)
     if not callable(function):
         raise ValueError(f"{target} has no function {function_name!r}")
-    result = function()
+    return function
+
+
+def _call_entry_point(source: str) -> tuple[Any, Sequence[Any]]:
+    """Call the entry point's function and check it returned ``(model, example_inputs)``.
+
+    Raises:
+        ValueError: the module or function cannot be found, or the result has the wrong form.
+    """
+    result = resolve_entry_point(source)()
     if not (isinstance(result, tuple | list) and len(result) == 2):
         raise ValueError(f"{source} must return (model, example_inputs), got {type(result).__name__}")
     model, example_inputs = result

@@ -3,6 +3,7 @@
 Usage::
 
     python -m examples.digits --repository model-repository [--model-name digits] [--force]
+    gateway push examples/digits.py:classifier --name digits ...   # the same classifier, as a push entry point
 
 writes ``model-repository/digits/1/model.onnx`` (input ``input`` FP32 ``[-1, 64]``, output ``logits``
 FP32 ``[-1, 10]``) and ``model-repository/digits/config.yaml``. Uses scikit-learn's bundled
@@ -30,7 +31,7 @@ from converters.torch_onnx import export_torch_to_onnx
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["build_example_repository", "load_digits_split", "main", "train_classifier"]
+__all__ = ["build_example_repository", "classifier", "load_digits_split", "main", "train_classifier"]
 
 NUM_FEATURES = 64
 NUM_CLASSES = 10
@@ -133,6 +134,17 @@ def train_classifier(x_train: np.ndarray, y_train: np.ndarray, *, seed: int = 0,
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             optimizer.step()
     return model.eval()
+
+
+def classifier() -> tuple[torch.nn.Module, tuple[np.ndarray]]:
+    """``gateway push examples/digits.py:classifier``: the classifier trained on the train split, and two test images.
+
+    Returns:
+        ``(model, (examples,))``: the trained module (float32 ``[B, 64]`` -> logits ``[B, 10]``) and
+        float32 ``[2, 64]`` example inputs, as a push entry point returns them.
+    """
+    x_train, x_test, y_train, _ = load_digits_split()
+    return train_classifier(x_train, y_train), (x_test[:2],)
 
 
 def _predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:

@@ -147,20 +147,89 @@ def push(
     repository: Annotated[
         Path | None, typer.Option("--repository", help="Write into this local model repository instead.")
     ] = None,
+    quantize: Annotated[
+        Literal["int8"] | None,
+        typer.Option(
+            "--quantize",
+            help="int8: quantize the ONNX model with ONNX Runtime (dynamic; static QDQ with --calibration-data).",
+            show_default=False,
+        ),
+    ] = None,
+    calibration_data: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration-data",
+            help="Calibrate int8 (static quantization) on these inputs: a .npz with one array per input name, "
+            "or an entry point 'file.py:function' / 'package.module:function' yielding dicts of arrays.",
+        ),
+    ] = None,
+    per_channel: Annotated[
+        bool | None,
+        typer.Option(
+            "--per-channel/--per-tensor",
+            help="int8 weights per output channel or per tensor (default: both measured, the closer one kept).",
+            show_default=False,
+        ),
+    ] = None,
+    precision: Annotated[
+        Literal["fp16"] | None,
+        typer.Option(
+            "--precision",
+            help="fp16: convert the ONNX model to float16, for the CUDA provider (inputs and outputs keep their "
+            "dtypes).",
+            show_default=False,
+        ),
+    ] = None,
+    fp16_io: Annotated[
+        bool, typer.Option("--fp16-io", help="With --precision fp16: fp16 inputs and outputs too.")
+    ] = False,
+    optimize: Annotated[
+        bool, typer.Option("--optimize", help="Save ONNX Runtime's offline graph optimizations with the version.")
+    ] = False,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-data",
+            help="Measure the compression on this .npz too: one array per input name, and 'labels' (class "
+            "indices) for accuracy.",
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option("--max-accuracy-drop", help="Refuse a compression costing more accuracy (points, needs labels)."),
+    ] = None,
+    max_abs_error: Annotated[
+        float | None,
+        typer.Option("--max-abs-error", help="Refuse a compression whose outputs differ from the original's by more."),
+    ] = None,
 ) -> None:
     """Convert a PyTorch, TensorFlow/Keras, JAX or ONNX model to ONNX (or export it natively), prove parity, upload it.
 
     The model is converted on this machine; the parity check runs the original model and the
     converted one, loaded by the gateway's own backend, on the example inputs and 16 random
-    batches, and refuses the push when they differ.
+    batches, and refuses the push when they differ. --quantize int8, --precision fp16 and --optimize
+    then compress the ONNX model and measure the price (errors, accuracy, bytes, latency), stored
+    with the version; --max-accuracy-drop and --max-abs-error refuse a compression that costs too much.
     """
     from converters.model import ConversionError
     from converters.pipeline import ExportFormat, example_from_specs
+    from converters.quantization import CompressionOptions
     from converters.sources import load_source
     from gateway.push_client import PushError, parse_dynamic_axes, parse_input_spec, push_source, stderr_progress
 
     progress = stderr_progress()
     try:
+        compression = CompressionOptions(
+            quantize=quantize,
+            precision=precision,
+            calibration_data=calibration_data,
+            per_channel=per_channel,
+            fp16_io=fp16_io,
+            optimize=optimize,
+            eval_data=eval_data,
+            max_accuracy_drop=max_accuracy_drop,
+            max_abs_error=max_abs_error,
+        )
         axes = parse_dynamic_axes(dynamic_axes or [])
         specs = [parse_input_spec(value, axes) for value in input_spec or []] or None
         progress(f"loading {source}")
@@ -181,6 +250,7 @@ def push(
             export_format=ExportFormat(export_format) if export_format is not None else None,
             atol=atol,
             rtol=rtol,
+            compression=compression,
             progress=progress,
         )
     except (PushError, ConversionError, ValueError) as error:

@@ -7,7 +7,9 @@ The converted version folder (the artifact, ``parity.json``) is packed as a gzip
 ``PUT /v2/repository/models/{name}/versions/{version}`` (``POST .../versions`` for the next version)
 with the admin token; with ``--repository`` it is checked and installed into a local model repository
 by the same code the server runs (:meth:`gateway.repository.model_repository.ModelRepository.install_version`).
-A push whose parity check fails uploads nothing.
+A push whose parity check fails uploads nothing. With ``--quantize int8``, ``--precision fp16`` or
+``--optimize``, the checked ONNX model is compressed and the price measured and stored with it
+(:mod:`converters.quantization`); a model over ``--max-accuracy-drop`` or ``--max-abs-error`` uploads nothing.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from backends import BACKEND_RUNTIMES
 from converters.model import BATCH_LABEL, ConversionError, DynamicAxes, InputSpec, SourceModel
 from converters.parity import ParityReport
 from converters.pipeline import ConversionResult, ExportFormat, ParityError, convert_model
+from converters.quantization import CalibrationData, CompressionOptions, EvalData, QuantizationError
+from converters.quantization_report import QuantizationReport
 from gateway.admin_token import read_token_file, token_file
 from gateway.datatypes import numpy_dtype, v2_datatype
 from gateway.errors import GatewayError, InvalidArgumentError
 from gateway.repository.model_repository import ModelRepository, check_model_name
 from gateway.repository.packages import check_version_files, pack_version
-from gateway.settings import ENV_PREFIX, default_admin_token_dir
+from gateway.settings import ENV_PREFIX, GatewaySettings, default_admin_token_dir
 
 __all__ = [
     "PushError",
@@ -52,6 +56,8 @@ __all__ = [
 #: Seconds an upload may take (a large model over a slow link).
 UPLOAD_TIMEOUT_SECONDS = 600.0
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+#: The max_batch_size a pushed model gets from a server with default settings (it has no config.yaml).
+DEFAULT_MAX_BATCH_SIZE: int = GatewaySettings.model_fields["default_max_batch_size"].default
 
 Progress = Callable[[str], None]
 
@@ -84,6 +90,7 @@ class PushResult:
         inputs, outputs: the model's tensors as served.
         parity: the parity figures (None for an ONNX file taken as it is).
         base_url: the server's URL, or None for a push into a local repository.
+        quantization: the price of the compression (int8, fp16, optimization), or None without one.
     """
 
     name: str
@@ -94,9 +101,10 @@ class PushResult:
     outputs: list[TensorSummary]
     parity: ParityReport | None
     base_url: str | None
+    quantization: QuantizationReport | None = None
 
     def summary(self) -> str:
-        """The closing text: name, version, inputs, outputs, the parity table and a curl line to try it."""
+        """The closing text: name, version, inputs, outputs, the parity and price tables, and a curl line to try it."""
         lines = [f"model {self.name} version {self.version} {'is ready' if self.ready else 'was written'}"]
         lines.append(f"served by: {self.backend} backend ({BACKEND_RUNTIMES[self.backend]})")
         lines += ["inputs:"] + [f"  {tensor.describe()}" for tensor in self.inputs]
@@ -105,6 +113,8 @@ class PushResult:
             lines += [f"parity ({BACKEND_RUNTIMES[self.backend]} against the original model):", self.parity.table()]
         else:
             lines.append("parity: not checked (an ONNX file is served as it is)")
+        if self.quantization is not None:
+            lines += ["price of the compression:", self.quantization.table()]
         base_url = self.base_url or "http://127.0.0.1:8000"
         lines += ["try it:", _curl_line(base_url, self.name, self.version, self.inputs)]
         return "\n".join(lines)
@@ -258,7 +268,7 @@ async def _install_locally(
     convert: Callable[[Path], ConversionResult],
 ) -> tuple[int, bool, ConversionResult]:
     """Convert straight into a staging folder of a local repository, check and install it."""
-    repo = ModelRepository(repository, default_max_batch_size=64)
+    repo = ModelRepository(repository, default_max_batch_size=DEFAULT_MAX_BATCH_SIZE)
     repository.mkdir(parents=True, exist_ok=True)
     async with repo.staging_folder() as staging:
         version_dir = staging / "version"
@@ -279,6 +289,7 @@ def push_source(
     export_format: ExportFormat | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    compression: CompressionOptions | None = None,
     progress: Progress | None = None,
 ) -> PushResult:
     """Export ``source``, check parity, and upload it to ``server`` or install it into ``repository``.
@@ -293,11 +304,14 @@ def push_source(
         export_format: ``onnx`` or ``native`` (see :func:`converters.pipeline.convert_model`); None:
             ONNX, said in a progress line, and a failed ONNX conversion suggests ``--format native``.
         atol, rtol: parity tolerances.
+        compression: int8, fp16 or offline optimization of the ONNX model, with its data and guard
+            (:class:`converters.quantization.CompressionOptions`); None: none.
         progress: called with a line before each long step.
 
     Raises:
         PushError: a bad name or target, a conversion that fails (naming the cause), a parity
-            check that fails (with its table), or a server that refuses the package.
+            check that fails (with its table), a compression that fails or is over its guard (with
+            the figures), or a server that refuses the package.
     """
     report = progress or (lambda _: None)
     try:
@@ -322,12 +336,17 @@ def push_source(
                 export_format=export_format or ExportFormat.ONNX,
                 atol=atol,
                 rtol=rtol,
+                compression=compression,
+                max_batch_size=DEFAULT_MAX_BATCH_SIZE,
                 progress=report,
             )
         except ParityError as error:
             raise PushError(f"parity check failed; nothing was pushed.\n{error.report.table()}") from None
+        except QuantizationError as error:
+            raise PushError(f"nothing was pushed: {error}") from None
         except ConversionError as error:
-            if export_format is None and source.native_backend != "onnxruntime":
+            compressing = compression is not None and compression.active
+            if export_format is None and source.native_backend != "onnxruntime" and not compressing:
                 raise PushError(
                     f"{error}\nThe ONNX conversion failed; --format native exports the {source.framework} model "
                     f"in its own format instead, served by the gateway's {source.native_backend} backend "
@@ -357,6 +376,7 @@ def push_source(
         _summaries(result.output_specs),
         result.parity,
         base_url,
+        result.quantization,
     )
 
 
@@ -373,6 +393,15 @@ def push(
     export_format: ExportFormat | str | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    quantize: str | None = None,
+    precision: str | None = None,
+    calibration_data: CalibrationData | None = None,
+    per_channel: bool | None = None,
+    fp16_io: bool = False,
+    optimize: bool = False,
+    eval_data: EvalData | None = None,
+    max_accuracy_drop: float | None = None,
+    max_abs_error: float | None = None,
     verbose: bool = True,
 ) -> PushResult:
     """Push an in-memory model from a notebook: what ``gateway push`` does for an entry point.
@@ -389,16 +418,32 @@ def push(
         export_format: ``"onnx"`` or ``"native"`` (the model's own format, served by the torch or
             tensorflow backend); None: ONNX.
         atol, rtol: parity tolerances.
+        quantize, precision, calibration_data, per_channel, fp16_io, optimize, eval_data, max_accuracy_drop,
+            max_abs_error: compress the ONNX model and measure the price, as ``gateway push --quantize int8``
+            etc. (:class:`converters.quantization.CompressionOptions`); calibration and eval data may
+            also be given in memory (an iterable of dicts of arrays; a dict of arrays with ``labels``).
         verbose: print progress and the summary to stderr.
 
     Returns:
         The pushed model's :class:`PushResult`.
 
     Raises:
-        PushError: as :func:`push_source`; ValueError: a model of no supported kind, or an unknown format.
+        PushError: as :func:`push_source`; ValueError: a model of no supported kind, an unknown format,
+            or compression options that do not go together.
     """
     from converters.sources import source_from_object
 
+    compression = CompressionOptions(
+        quantize=quantize,
+        precision=precision,
+        calibration_data=calibration_data,
+        per_channel=per_channel,
+        fp16_io=fp16_io,
+        optimize=optimize,
+        eval_data=eval_data,
+        max_accuracy_drop=max_accuracy_drop,
+        max_abs_error=max_abs_error,
+    )
     progress = stderr_progress() if verbose else None
     source = source_from_object(model, example_inputs, dynamic_axes=dynamic_axes)
     result = push_source(
@@ -411,6 +456,7 @@ def push(
         export_format=ExportFormat(export_format) if export_format is not None else None,
         atol=atol,
         rtol=rtol,
+        compression=compression,
         progress=progress,
     )
     if verbose:

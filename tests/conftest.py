@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -63,6 +64,7 @@ SAMPLES: dict[str, np.ndarray] = {
     "BYTES": np.array([[b"hello", "wörld".encode(), b""]], dtype=np.object_),
 }
 assert set(SAMPLES) == set(ONNX_TYPES)
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -165,6 +167,48 @@ def snapshot(root: Path) -> dict[str, int]:
         for path in root.rglob("*")
         if path.is_file() and ".staging" not in path.parts
     }
+
+
+def metadata(server: GatewayProcess, model: str, version: str | None = None) -> dict[str, Any]:
+    url = f"/v2/models/{model}" if version is None else f"/v2/models/{model}/versions/{version}"
+    response = server.http.get(url)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def served(
+    server: GatewayProcess, model: str, version: str, inputs: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The model's outputs for ``inputs`` (by input name), over REST (JSON) and over gRPC (tritonclient)."""
+    datatypes = {tensor["name"]: tensor["datatype"] for tensor in metadata(server, model, version)["inputs"]}
+    assert sorted(datatypes) == sorted(inputs)
+    body = {
+        "inputs": [
+            {"name": name, "datatype": datatypes[name], "shape": list(array.shape), "data": array.ravel().tolist()}
+            for name, array in inputs.items()
+        ]
+    }
+    response = server.http.post(f"/v2/models/{model}/versions/{version}/infer", json=body)
+    assert response.status_code == 200, response.text
+    rest = {
+        output["name"]: np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+        for output in response.json()["outputs"]
+    }
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(url=server.grpc_address)
+    try:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = triton_grpc.InferInput(name, list(array.shape), datatypes[name])
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        result = client.infer(model, tensors, model_version=version)
+        grpc_outputs = {name: result.as_numpy(name) for name in rest}
+    finally:
+        client.close()
+    return rest, grpc_outputs
 
 
 def _environment(extra: dict[str, str] | None, admin_token: str | None) -> dict[str, str]:

@@ -22,7 +22,7 @@ import torch
 import tritonclient.grpc as triton_grpc
 
 import gateway
-from tests.conftest import ADMIN_HEADERS, ADMIN_TOKEN, GatewayProcess, run_push, snapshot, start_gateway
+from tests.conftest import ADMIN_HEADERS, ADMIN_TOKEN, GatewayProcess, metadata, run_push, snapshot, start_gateway
 from tests.torch_models import DigitsCNN, DigitsMLP, NoisyModel, TokenBag, predict, train
 
 #: Upload limit of the push server, small enough to test 413 cheaply.
@@ -78,12 +78,6 @@ def assert_serves_like(server: GatewayProcess, model: str, version: str, referen
         assert (logits.argmax(1) == expected.argmax(1)).all()
     accuracy = float((rest.argmax(1) == y).mean())
     assert accuracy > 0.9, f"{model} accuracy {accuracy}"
-
-
-def metadata(server: GatewayProcess, model: str, version: str) -> dict:
-    response = server.http.get(f"/v2/models/{model}/versions/{version}")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 # ----------------------------------------------------------------------------- each accepted torch form
@@ -294,6 +288,16 @@ def test_bad_packages_get_the_right_status_and_change_nothing(push_gateway, digi
         (make_package(token_bag_free, links={"link.onnx": "/etc/passwd"}), 400, "is a link"),
         (make_package(token_bag_free, absolute="/tmp/absolute.txt"), 400, "absolute path"),
         (make_package({"model.onnx": b"\x08\x07not onnx"}), 400, "not a valid ONNX model"),
+        (
+            make_package({**token_bag_free, "quantization.json": b"{not json"}),
+            400,
+            "quantization.json is not valid JSON",
+        ),
+        (
+            make_package({**token_bag_free, "quantization.json": b"[1, 2]"}),
+            400,
+            "quantization.json must hold a JSON object",
+        ),
         (make_package({"notes.txt": b"no model here"}), 400, "no model artifact"),
         (b"this is not a tar archive", 400, "not a tar archive"),
         (b"", 400, "empty"),

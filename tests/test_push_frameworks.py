@@ -27,11 +27,19 @@ pytest.importorskip("keras")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("jax")
 pytest.importorskip("jax2onnx")
-triton_grpc = pytest.importorskip("tritonclient.grpc")
+pytest.importorskip("tritonclient.grpc")
 
-import gateway  # noqa: E402
-from tests.conftest import ADMIN_TOKEN, GatewayProcess, run_push, snapshot, start_gateway  # noqa: E402
-from tests.framework_models import (  # noqa: E402
+import gateway
+from tests.conftest import (
+    ADMIN_TOKEN,
+    GatewayProcess,
+    metadata,
+    run_push,
+    served,
+    snapshot,
+    start_gateway,
+)
+from tests.framework_models import (
     keras_lambda_model,
     keras_logits,
     masked_encoder,
@@ -85,46 +93,6 @@ def push_to(server: GatewayProcess, source: str | Path, name: str, *args: str) -
 def save_params(path: Path, params: dict[str, np.ndarray]) -> None:
     """Write parameters with ``np.savez`` (one array per name), for an entry point file to load."""
     np.savez(path, **params)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
-
-
-def metadata(server: GatewayProcess, model: str, version: str | None = None) -> dict[str, Any]:
-    url = f"/v2/models/{model}" if version is None else f"/v2/models/{model}/versions/{version}"
-    response = server.http.get(url)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
-def served(
-    server: GatewayProcess, model: str, version: str, inputs: dict[str, np.ndarray]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The model's outputs for ``inputs`` (by input name), over REST (JSON) and over gRPC (tritonclient)."""
-    datatypes = {tensor["name"]: tensor["datatype"] for tensor in metadata(server, model, version)["inputs"]}
-    assert sorted(datatypes) == sorted(inputs)
-    body = {
-        "inputs": [
-            {"name": name, "datatype": datatypes[name], "shape": list(array.shape), "data": array.ravel().tolist()}
-            for name, array in inputs.items()
-        ]
-    }
-    response = server.http.post(f"/v2/models/{model}/versions/{version}/infer", json=body)
-    assert response.status_code == 200, response.text
-    rest = {
-        output["name"]: np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
-        for output in response.json()["outputs"]
-    }
-    client = triton_grpc.InferenceServerClient(url=server.grpc_address)
-    try:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = triton_grpc.InferInput(name, list(array.shape), datatypes[name])
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        result = client.infer(model, tensors, model_version=version)
-        grpc_outputs = {name: result.as_numpy(name) for name in rest}
-    finally:
-        client.close()
-    return rest, grpc_outputs
 
 
 def digits_signature(server: GatewayProcess, model: str, version: str) -> tuple[str, str]:

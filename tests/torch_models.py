@@ -81,3 +81,24 @@ def predict(model: torch.nn.Module, *inputs: np.ndarray) -> np.ndarray:
     """The model's output for numpy inputs, as numpy."""
     with torch.inference_mode():
         return model(*(torch.from_numpy(value) for value in inputs)).numpy()
+
+
+class OutlierMLP(torch.nn.Module):
+    """A trained :class:`DigitsMLP` plus one hidden unit 10^4 times the pixel sum, which the output ignores.
+
+    In fp32 its logits are the MLP's. In int8, the hidden activations share one scale, set by the
+    outlier unit, so the units that matter all round to zero: accuracy falls to chance.
+    """
+
+    def __init__(self, mlp: DigitsMLP) -> None:
+        super().__init__()
+        self.hidden = mlp.hidden
+        self.out = torch.nn.Linear(mlp.out.in_features + 1, mlp.out.out_features)
+        with torch.no_grad():
+            self.out.weight.zero_()
+            self.out.weight[:, :-1] = mlp.out.weight
+            self.out.bias.copy_(mlp.out.bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        outlier = 1e4 * input.sum(dim=1, keepdim=True)
+        return self.out(torch.cat([torch.relu(self.hidden(input)), outlier], dim=1))

@@ -140,6 +140,7 @@ class DataPlane:
             parameters={
                 **loaded.backend_parameters,
                 **({"parity": loaded.parity} if loaded.parity is not None else {}),
+                **({"quantization": loaded.quantization} if loaded.quantization is not None else {}),
             },
         )
 

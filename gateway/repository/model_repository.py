@@ -36,6 +36,7 @@ from typing import Any
 
 from backends import Backend, ModelLoadError, create_backend, detect_backend
 from converters.parity import read_parity_file
+from converters.quantization_report import read_quantization_file
 from gateway.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.repository.config import (
@@ -89,6 +90,7 @@ class LoadedVersion:
         fingerprint: the files the version was loaded from, to tell when they change.
         metrics: the version's metric children.
         parity: the conversion's parity figures (``parity.json``), or None.
+        quantization: the price of the push's compression (``quantization.json``), or None.
         backend_parameters: how the backend runs the version (e.g. its execution providers), for metadata.
     """
 
@@ -103,6 +105,7 @@ class LoadedVersion:
     fingerprint: Fingerprint
     metrics: VersionMetrics
     parity: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None
     backend_parameters: dict[str, Any] = field(default_factory=dict)
 
 
@@ -489,6 +492,7 @@ class ModelRepository:
             fingerprint=fingerprint,
             metrics=metrics,
             parity=read_parity_file(path),
+            quantization=read_quantization_file(path),
             backend_parameters=instances[0].metadata_parameters,
         )
 

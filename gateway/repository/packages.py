@@ -2,7 +2,7 @@
 
 A package is a tar archive, gzip-compressed or not, whose members are the files of one version
 folder (the artifact, ``model.onnx``, ``model.pt2`` or the ``model.savedmodel/`` folder, and
-``parity.json`` at its top level, as ``gateway push`` writes them). It is
+``parity.json`` and ``quantization.json`` at its top level, as ``gateway push`` writes them). It is
 received and unpacked in a staging folder inside the repository; nothing reaches the model's folder
 until every check passed (:meth:`gateway.repository.model_repository.ModelRepository.install_version`).
 
@@ -23,6 +23,7 @@ import onnx
 from backends.base import ModelLoadError
 from backends.onnxruntime import check_external_data
 from converters.parity import PARITY_FILE
+from converters.quantization_report import QUANTIZATION_FILE
 from gateway.errors import InvalidArgumentError, PayloadTooLargeError
 
 __all__ = ["MAX_PACKAGE_MEMBERS", "check_version_files", "pack_version", "receive_package", "unpack_package"]
@@ -103,11 +104,12 @@ def unpack_package(package: Path, destination: Path, limit_bytes: int) -> None:
 
 
 def check_version_files(version_dir: Path) -> None:
-    """Check the files of an unpacked version: every ``.onnx`` passes ``onnx.checker``, ``parity.json`` is JSON.
+    """Check the files of an unpacked version: every ``.onnx`` passes ``onnx.checker``, the reports are JSON objects.
 
     Before the checker opens anything, every ``.onnx`` must keep its external data inside
     ``version_dir`` (:func:`backends.onnxruntime.check_external_data`, which the ONNX Runtime backend
-    runs again at every load).
+    runs again at every load). The reports a push stores, ``parity.json`` and ``quantization.json``,
+    must each hold a JSON object when present.
 
     Raises:
         InvalidArgumentError: a file that fails its check; the message names it and says why (for
@@ -123,14 +125,16 @@ def check_version_files(version_dir: Path) -> None:
         except Exception as error:  # checker and protobuf raise several types for a bad file
             relative = model_file.relative_to(version_dir)
             raise InvalidArgumentError(f"{relative} is not a valid ONNX model: {error}") from None
-    parity_file = version_dir / PARITY_FILE
-    if parity_file.exists():
+    for report_name in (PARITY_FILE, QUANTIZATION_FILE):
+        report_file = version_dir / report_name
+        if not report_file.exists():
+            continue
         try:
-            parity = json.loads(parity_file.read_text(encoding="utf-8"))
+            report = json.loads(report_file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as error:
-            raise InvalidArgumentError(f"{PARITY_FILE} is not valid JSON: {error}") from None
-        if not isinstance(parity, dict):
-            raise InvalidArgumentError(f"{PARITY_FILE} must hold a JSON object")
+            raise InvalidArgumentError(f"{report_name} is not valid JSON: {error}") from None
+        if not isinstance(report, dict):
+            raise InvalidArgumentError(f"{report_name} must hold a JSON object")
 
 
 def pack_version(version_dir: Path, package: Path) -> None:
