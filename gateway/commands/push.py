@@ -1,0 +1,137 @@
+"""``gateway push``: check the target, then convert, prove parity and upload (:mod:`gateway.push_client`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from gateway.client import SERVER_VARIABLE
+from gateway.commands.common import TokenOption, fail
+from gateway.push_client import (
+    PushError,
+    check_push_target,
+    parse_dynamic_axes,
+    parse_input_spec,
+    push_source,
+    stderr_progress,
+)
+
+
+def push(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="The model: a .onnx, .pt2 (torch.export), TorchScript or .keras file, a SavedModel folder, "
+            "or an entry point path/to/file.py:function or package.module:function returning "
+            "(model, example_inputs).",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[str, typer.Option("--name", help="Model name in the repository.", show_default=False)],
+    version: Annotated[
+        int | None, typer.Option("--version", help="Version to create (default: the next one).", show_default=False)
+    ] = None,
+    framework: Annotated[
+        str | None,
+        typer.Option(
+            "--framework",
+            help="torch, tensorflow, keras, jax or onnx (default: detected from SOURCE).",
+            show_default=False,
+        ),
+    ] = None,
+    input_spec: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-spec",
+            metavar="SPEC",
+            help="NAME:DATATYPE:DIMS of one input, e.g. input:FP32:-1,64 (-1: dynamic); repeat per input. "
+            "Needed for TorchScript, which carries no shapes.",
+            show_default=False,
+        ),
+    ] = None,
+    dynamic_axes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dynamic-axes",
+            metavar="AXES",
+            help="NAME:AXIS=LABEL,... e.g. input_ids:0=batch,1=sequence; repeat per input. "
+            "Dim 0 is dynamic (batch) by default.",
+            show_default=False,
+        ),
+    ] = None,
+    export_format: Annotated[
+        Literal["onnx", "native"] | None,
+        typer.Option(
+            "--format",
+            help="onnx: convert to ONNX, served by ONNX Runtime (the default). native: export in the model's own "
+            "format (torch: .pt2 via torch.export; Keras/TensorFlow: SavedModel; JAX: SavedModel via jax2tf), "
+            "served by the gateway's torch or tensorflow backend.",
+            show_default=False,
+        ),
+    ] = None,
+    atol: Annotated[float, typer.Option("--atol", help="Parity: absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option("--rtol", help="Parity: relative tolerance.")] = 1e-3,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar=SERVER_VARIABLE,
+            metavar="URL",
+            help="Base URL of a running gateway to upload to, e.g. http://127.0.0.1:8000.",
+            show_default=False,
+        ),
+    ] = None,
+    token: TokenOption = None,
+    repository: Annotated[
+        Path | None,
+        typer.Option(
+            "--repository",
+            metavar="PATH",
+            help="Write into this local model repository folder instead of uploading.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Convert a PyTorch, TensorFlow/Keras, JAX or ONNX model, prove parity, upload it.
+
+    First, in under a second, push checks what can fail on the way out: --server (or GATEWAY_SERVER)
+    or --repository given, the server reachable, the admin token accepted, the name valid and an
+    explicit --version free. Then the model is converted on this machine, to ONNX or with --format
+    native in its own format; the parity check runs the original model and the converted one, loaded
+    by the gateway's own backend, on the example inputs and 16 random batches, and refuses the push
+    when they differ.
+    """
+    progress = stderr_progress()
+    try:
+        target = check_push_target(name, version=version, server=server, token=token, repository=repository)
+        axes = parse_dynamic_axes(dynamic_axes or [])
+        specs = [parse_input_spec(value, axes) for value in input_spec or []] or None
+    except PushError as error:
+        fail(str(error))
+    progress(f"loading {source}")
+    # Only now the slow imports (ONNX, the converters): every check above answered without them.
+    from converters.model import ConversionError
+    from converters.pipeline import ExportFormat, example_from_specs
+    from converters.sources import load_source
+
+    try:
+        model = load_source(
+            source,
+            framework=framework,
+            input_specs=specs,
+            example_inputs=example_from_specs(specs) if specs else None,
+            dynamic_axes=axes,
+        )
+        result = push_source(
+            model,
+            target,
+            export_format=ExportFormat(export_format) if export_format is not None else None,
+            atol=atol,
+            rtol=rtol,
+            progress=progress,
+        )
+    except (PushError, ConversionError, ValueError) as error:
+        fail(str(error))
+    typer.echo(result.summary())
