@@ -24,13 +24,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends import BACKEND_RUNTIMES
 from converters.model import BATCH_LABEL, ConversionError, DynamicAxes, InputSpec, SourceModel
-from converters.parity import ParityReport
+from converters.parity import ParityReport, parity_to_json
 from gateway.client import AdminTokenSource, ClientError, GatewayClient
 from gateway.datatypes import numpy_dtype, v2_datatype
 from gateway.errors import GatewayError, InvalidArgumentError
@@ -93,6 +93,20 @@ class PushResult:
     outputs: list[TensorSummary]
     parity: ParityReport | None
     base_url: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``gateway push --json`` prints: the fields above, tensors as ``{"name", "datatype", "dims"}``,
+        parity as in ``parity.json`` (None when not checked), ``server`` the base URL (None: a local repository)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ready": self.ready,
+            "backend": self.backend,
+            "inputs": [asdict(tensor) for tensor in self.inputs],
+            "outputs": [asdict(tensor) for tensor in self.outputs],
+            "parity": parity_to_json(self.parity) if self.parity is not None else None,
+            "server": self.base_url,
+        }
 
     def summary(self) -> str:
         """The closing text: name, version, inputs, outputs, the parity table and a curl line to try it."""

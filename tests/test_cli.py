@@ -393,6 +393,15 @@ def test_push_fails_in_under_a_second_without_converting(
     assert no_conversion == ["load_source"], result.stderr
 
 
+def test_push_answers_json_on_stdout(digits_source, tmp_path):
+    source = str(digits_source / "1" / "model.onnx")
+    pushed = as_json("push", source, "--name", "m", "--repository", str(tmp_path / "local"))
+    assert pushed["name"] == "m" and pushed["version"] == 1 and pushed["ready"] is True
+    assert pushed["backend"] == "onnxruntime" and pushed["parity"] is None and pushed["server"] is None
+    assert pushed["inputs"] == [{"name": "input", "datatype": "FP32", "dims": ["batch", 64]}]
+    assert (tmp_path / "local" / "m" / "1" / "model.onnx").is_file()
+
+
 def test_a_refused_push_imports_neither_onnx_nor_the_converters():
     """What makes the checks fast: they run before the heavy imports (measured in a fresh interpreter)."""
     script = (

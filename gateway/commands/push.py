@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from gateway.client import SERVER_VARIABLE
-from gateway.commands.common import TokenOption, fail
+from gateway.commands.common import JsonOption, TokenOption, fail, print_json
 from gateway.push_client import (
     PushError,
     check_push_target,
@@ -93,6 +93,7 @@ def push(
             show_default=False,
         ),
     ] = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Convert a PyTorch, TensorFlow/Keras, JAX or ONNX model, prove parity, upload it.
 
@@ -134,4 +135,7 @@ def push(
         )
     except (PushError, ConversionError, ValueError) as error:
         fail(str(error))
-    typer.echo(result.summary())
+    if json_output:
+        print_json(result.to_json())
+    else:
+        typer.echo(result.summary())
