@@ -201,6 +201,7 @@ class ModelRepository:
         """:meth:`load`, with the model folder's fingerprint when the caller has just taken it."""
         path = self._model_path(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
+            path = self._model_path(name)  # again: a delete may have taken the folder while this waited
             record = self._records.setdefault(name, _ModelRecord())
             record.loading = True
             try:
