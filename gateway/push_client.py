@@ -12,8 +12,9 @@ check fails uploads nothing.
 
 Before anything is converted, :func:`check_push_target` checks in well under a second what can fail
 on the way out: a target given, a valid name, the server reachable and accepting the admin token, an
-explicit version still free. ONNX and the conversion pipeline are imported only after it, in the
-functions that convert, so that those checks answer before the slow imports.
+explicit version still free. Its module imports neither numpy nor ONNX nor the converters: they are
+imported in the functions that parse input specs, convert and report, so that those checks answer
+before the slow imports.
 """
 
 from __future__ import annotations
@@ -28,15 +29,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backends import BACKEND_RUNTIMES
-from converters.model import BATCH_LABEL, ConversionError, DynamicAxes, InputSpec, SourceModel
-from converters.parity import ParityReport, parity_to_json
 from gateway.client import AdminTokenSource, ClientError, GatewayClient
-from gateway.datatypes import numpy_dtype, v2_datatype
 from gateway.errors import GatewayError, InvalidArgumentError
 from gateway.repository.names import check_model_name
 
 if TYPE_CHECKING:
+    from converters.model import DynamicAxes, InputSpec, SourceModel
+    from converters.parity import ParityReport
     from converters.pipeline import ConversionResult, ExportFormat
 
 __all__ = [
@@ -104,12 +103,14 @@ class PushResult:
             "backend": self.backend,
             "inputs": [asdict(tensor) for tensor in self.inputs],
             "outputs": [asdict(tensor) for tensor in self.outputs],
-            "parity": parity_to_json(self.parity) if self.parity is not None else None,
+            "parity": _parity_json(self.parity),
             "server": self.base_url,
         }
 
     def summary(self) -> str:
         """The closing text: name, version, inputs, outputs, the parity table and a curl line to try it."""
+        from backends import BACKEND_RUNTIMES
+
         lines = [f"model {self.name} version {self.version} {'is ready' if self.ready else 'was written'}"]
         lines.append(f"served by: {self.backend} backend ({BACKEND_RUNTIMES[self.backend]})")
         lines += ["inputs:"] + [f"  {tensor.describe()}" for tensor in self.inputs]
@@ -170,6 +171,9 @@ def parse_input_spec(value: str, dynamic_axes: DynamicAxes | None = None) -> Inp
     Raises:
         PushError: a value of another form, an unknown datatype, or a dim that is neither -1 nor positive.
     """
+    from converters.model import BATCH_LABEL, InputSpec
+    from gateway.datatypes import numpy_dtype
+
     parts = value.split(":")
     if len(parts) != 3 or not parts[0]:
         raise PushError(f"--input-spec {value!r}: expected NAME:DATATYPE:DIMS, e.g. input:FP32:-1,64")
@@ -194,8 +198,17 @@ def parse_input_spec(value: str, dynamic_axes: DynamicAxes | None = None) -> Inp
     return InputSpec(name, dtype, tuple(dims))
 
 
+def _parity_json(report: ParityReport | None) -> dict[str, Any] | None:
+    """The report as ``parity.json`` holds it, or None."""
+    from converters.parity import parity_to_json
+
+    return parity_to_json(report) if report is not None else None
+
+
 def _summaries(specs: Sequence[InputSpec]) -> list[TensorSummary]:
     """The tensors of a converted model as v2 datatypes and dims."""
+    from gateway.datatypes import v2_datatype
+
     return [TensorSummary(spec.name, v2_datatype(spec.dtype), list(spec.dims)) for spec in specs]
 
 
@@ -363,6 +376,8 @@ def push_source(
         PushError: a conversion that fails (naming the cause), a parity check that fails (with its
             table), or a server or repository that refuses the package.
     """
+    from backends import BACKEND_RUNTIMES
+    from converters.model import ConversionError
     from converters.pipeline import ExportFormat, ParityError, convert_model
 
     report = progress or (lambda _: None)

@@ -10,13 +10,14 @@ import contextlib
 import json
 import math
 from collections.abc import Iterator
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from gateway.client import ADMIN_TOKEN_VARIABLE, DEFAULT_SERVER, SERVER_VARIABLE, ClientError, GatewayClient
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 ServerOption = Annotated[
     str,
@@ -82,6 +83,8 @@ def _strict(value: Any) -> Any:
 
 def table(*columns: str, title: str | None = None) -> Table:
     """A borderless table with these column headers (none shown when every header is empty)."""
+    from rich.table import Table
+
     return Table(
         *columns,
         title=title,
@@ -95,6 +98,8 @@ def table(*columns: str, title: str | None = None) -> Table:
 
 def print_table(rows: Table) -> None:
     """Print a table on stdout with rich (plain text when stdout is not a terminal), no trailing blanks."""
+    from rich.console import Console
+
     output = Console(highlight=False)
     with output.capture() as captured:
         output.print(rows)
