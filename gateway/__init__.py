@@ -1,8 +1,9 @@
 """The gateway: the server (REST and gRPC over one core and one model repository), the CLI and the push client.
 
-The subpackages are layers, each importing only those below it (docs/architecture.md):
-``cli`` and ``push_client``; ``process``; ``transports``; ``core``; ``repository``; ``runtime``; and the
-modules every layer shares (``errors``, ``datatypes``, ``settings``, ``logs``, ``metrics``, ``admin_token``).
+The subpackages are layers, each importing only those below it (docs/architecture.md): ``cli``;
+``commands`` (its verbs); ``push_client`` and ``process``; ``client`` (the REST client of the verbs);
+``transports``; ``core``; ``repository``; ``runtime``; and the modules every layer shares
+(``errors``, ``datatypes``, ``settings``, ``logs``, ``metrics``, ``admin_token``).
 
 ``gateway.push(model, example_inputs, name=..., server=...)`` pushes an in-memory model from a
 notebook (see :func:`gateway.push_client.push`); it is imported on first use, so ``import gateway``

@@ -36,6 +36,10 @@ from gateway.settings import (
 
 BYTES = "BYTES"
 
+#: Triton's binary tensor data extension (REST): the header giving the length in bytes of the JSON part
+#: of a body, before the raw tensor data. The server's codec and the CLI's client both use it.
+INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
+
 #: v2 datatype name -> numpy dtype. BYTES maps to ``object`` (elements are ``bytes``).
 V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),

@@ -5,47 +5,51 @@ Conversion runs on the client, so the server needs no framework to serve ONNX (t
 a SavedModel for Keras, TensorFlow and JAX), served by the gateway's torch or tensorflow backend.
 The converted version folder (the artifact, ``parity.json``) is packed as a gzip-compressed tar and sent to
 ``PUT /v2/repository/models/{name}/versions/{version}`` (``POST .../versions`` for the next version)
-with the admin token; with ``--repository`` it is checked and installed into a local model repository
-by the same code the server runs (:meth:`gateway.repository.model_repository.ModelRepository.install_version`).
-A push whose parity check fails uploads nothing. With ``--quantize int8``, ``--precision fp16`` or
-``--optimize``, the checked ONNX model is compressed and the price measured and stored with it
-(:mod:`converters.quantization`); a model over ``--max-accuracy-drop`` or ``--max-abs-error`` uploads nothing.
+with the admin token, by :class:`gateway.client.GatewayClient`; with ``--repository`` it is checked and
+installed into a local model repository by the same code the server runs
+(:meth:`gateway.repository.model_repository.ModelRepository.install_version`). A push whose parity
+check fails uploads nothing.
+
+Before anything is converted, :func:`check_push_target` checks in well under a second what can fail
+on the way out: a target given, a valid name, the server reachable and accepting the admin token, an
+explicit version still free. Its module imports neither numpy nor ONNX nor the converters: they are
+imported in the functions that parse input specs, convert and report, so that those checks answer
+before the slow imports.
+With ``--quantize int8``, ``--precision fp16`` or ``--optimize``, the checked ONNX model is compressed
+and the price measured and stored with it (:mod:`converters.quantization`); a model over
+``--max-accuracy-drop`` or ``--max-abs-error`` uploads nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from backends import BACKEND_RUNTIMES
-from converters.model import BATCH_LABEL, ConversionError, DynamicAxes, InputSpec, SourceModel
-from converters.parity import ParityReport
-from converters.pipeline import ConversionResult, ExportFormat, ParityError, convert_model
-from converters.quantization import CalibrationData, CompressionOptions, EvalData, QuantizationError
-from converters.quantization_report import QuantizationReport
-from gateway.admin_token import read_token_file, token_file
-from gateway.datatypes import numpy_dtype, v2_datatype
+from gateway.client import AdminTokenSource, ClientError, GatewayClient
 from gateway.errors import GatewayError, InvalidArgumentError
-from gateway.repository.model_repository import ModelRepository, check_model_name
-from gateway.repository.packages import check_version_files, pack_version
-from gateway.settings import ENV_PREFIX, GatewaySettings, default_admin_token_dir
+from gateway.repository.names import check_model_name
+from gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from converters.model import DynamicAxes, InputSpec, SourceModel
+    from converters.parity import ParityReport
+    from converters.pipeline import ConversionResult, ExportFormat
+    from converters.quantization import CalibrationData, CompressionOptions, EvalData
+    from converters.quantization_report import QuantizationReport
 
 __all__ = [
     "PushError",
     "PushResult",
+    "PushTarget",
     "TensorSummary",
+    "check_push_target",
     "parse_dynamic_axes",
     "parse_input_spec",
     "push",
@@ -53,9 +57,6 @@ __all__ = [
     "stderr_progress",
 ]
 
-#: Seconds an upload may take (a large model over a slow link).
-UPLOAD_TIMEOUT_SECONDS = 600.0
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 #: The max_batch_size a pushed model gets from a server with default settings (it has no config.yaml).
 DEFAULT_MAX_BATCH_SIZE: int = GatewaySettings.model_fields["default_max_batch_size"].default
 
@@ -103,8 +104,26 @@ class PushResult:
     base_url: str | None
     quantization: QuantizationReport | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``gateway push --json`` prints: the fields above, tensors as ``{"name", "datatype", "dims"}``,
+        parity as in ``parity.json`` (None when not checked), quantization as in ``quantization.json``
+        (None without a compression), ``server`` the base URL (None: a local repository)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ready": self.ready,
+            "backend": self.backend,
+            "inputs": [asdict(tensor) for tensor in self.inputs],
+            "outputs": [asdict(tensor) for tensor in self.outputs],
+            "parity": _parity_json(self.parity),
+            "quantization": self.quantization.to_json() if self.quantization is not None else None,
+            "server": self.base_url,
+        }
+
     def summary(self) -> str:
         """The closing text: name, version, inputs, outputs, the parity and price tables, and a curl line to try it."""
+        from backends import BACKEND_RUNTIMES
+
         lines = [f"model {self.name} version {self.version} {'is ready' if self.ready else 'was written'}"]
         lines.append(f"served by: {self.backend} backend ({BACKEND_RUNTIMES[self.backend]})")
         lines += ["inputs:"] + [f"  {tensor.describe()}" for tensor in self.inputs]
@@ -167,6 +186,9 @@ def parse_input_spec(value: str, dynamic_axes: DynamicAxes | None = None) -> Inp
     Raises:
         PushError: a value of another form, an unknown datatype, or a dim that is neither -1 nor positive.
     """
+    from converters.model import BATCH_LABEL, InputSpec
+    from gateway.datatypes import numpy_dtype
+
     parts = value.split(":")
     if len(parts) != 3 or not parts[0]:
         raise PushError(f"--input-spec {value!r}: expected NAME:DATATYPE:DIMS, e.g. input:FP32:-1,64")
@@ -191,74 +213,139 @@ def parse_input_spec(value: str, dynamic_axes: DynamicAxes | None = None) -> Inp
     return InputSpec(name, dtype, tuple(dims))
 
 
+def _parity_json(report: ParityReport | None) -> dict[str, Any] | None:
+    """The report as ``parity.json`` holds it, or None."""
+    from converters.parity import parity_to_json
+
+    return parity_to_json(report) if report is not None else None
+
+
 def _summaries(specs: Sequence[InputSpec]) -> list[TensorSummary]:
     """The tensors of a converted model as v2 datatypes and dims."""
+    from gateway.datatypes import v2_datatype
+
     return [TensorSummary(spec.name, v2_datatype(spec.dtype), list(spec.dims)) for spec in specs]
 
 
-def resolve_token(server: str, token: str | None) -> str:
-    """The admin token: ``token``, else ``$GATEWAY_ADMIN_TOKEN``, else the file a local server wrote.
+@dataclass(frozen=True)
+class PushTarget:
+    """Where a push goes, as :func:`check_push_target` checked it.
+
+    Attributes:
+        name: the model name (valid).
+        version: the version to create (free when checked), or None for the next one.
+        server: the gateway's base URL, or None for a local repository.
+        token: the admin token the gateway accepted, and where it was found (None for a local repository).
+        repository: the local model repository folder, or None for a gateway.
+    """
+
+    name: str
+    version: int | None
+    server: str | None = None
+    token: AdminTokenSource | None = None
+    repository: Path | None = None
+
+
+def check_push_target(
+    name: str,
+    *,
+    version: int | None = None,
+    server: str | None = None,
+    token: str | None = None,
+    repository: Path | None = None,
+) -> PushTarget:
+    """Check, before anything is converted, what would make the push fail on the way out.
+
+    Each check answers in well under a second: the name is a model name; exactly one of ``server``
+    and ``repository`` is given; ``version`` is positive; the gateway answers and accepts the admin
+    token (``GET /v2/repository/token``, which changes nothing); and an explicit ``version`` does not
+    exist yet (``GET /v2/repository/models/{name}`` lists every version folder on the server; for a
+    repository, its folder).
+
+    Args:
+        name: the model name (``[A-Za-z0-9_.-]+``).
+        version: the version to create, or None for the next one.
+        server: the gateway's base URL (e.g. ``http://127.0.0.1:8000``); exclusive with ``repository``.
+        token: the admin token (default: ``$GATEWAY_ADMIN_TOKEN`` or the token file of a gateway on
+            this machine, see :func:`gateway.client.resolve_token`).
+        repository: a local model repository folder to write into instead of uploading.
 
     Raises:
-        PushError: none found.
+        PushError: the first check that fails; the message names the next step to take.
     """
-    if token:
-        return token
-    from_env = os.environ.get(f"{ENV_PREFIX}ADMIN_TOKEN")
-    if from_env:
-        return from_env
-    parts = urlsplit(server)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    if _is_loopback(host):
-        path = token_file(default_admin_token_dir(), port)
-        found = read_token_file(path)
-        if found:
-            return found
-        raise PushError(f"no admin token: give --token, set {ENV_PREFIX}ADMIN_TOKEN, or start the server here ({path})")
-    raise PushError(f"no admin token for {server}: give --token or set {ENV_PREFIX}ADMIN_TOKEN")
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        check_model_name(name)
+    except InvalidArgumentError as error:
+        raise PushError(error.message) from None
+    if server is None and repository is None:
+        raise PushError(
+            "nowhere to push: give --server URL (a running gateway, e.g. http://127.0.0.1:8000, or set "
+            "GATEWAY_SERVER) or --repository PATH (a local model repository folder)"
+        )
+    if server is not None and repository is not None:
+        raise PushError("give one of --server and --repository, not both")
+    if version is not None and version < 1:
+        raise PushError(f"--version must be a positive integer, got {version}")
+    if repository is not None:
+        if repository.exists() and not repository.is_dir():
+            raise PushError(f"--repository {repository} is not a folder")
+        if version is not None and (repository / name / str(version)).exists():
+            raise PushError(
+                f"model '{name}' version {version} exists already in {repository}; push without --version "
+                f"to create the next version, or remove {repository / name / str(version)} first"
+            )
+        return PushTarget(name, version, repository=repository)
+    assert server is not None
+    with GatewayClient(server, token) as client:
+        try:
+            client.check_token()
+            if version is not None:
+                _check_version_free(client, name, version)
+        except ClientError as error:
+            raise PushError(str(error)) from None
+        return PushTarget(name, version, server=client.server, token=client.token)
 
 
-def _upload(
-    version_dir: Path, name: str, version: int | None, server: str, token: str, progress: Progress
-) -> dict[str, Any]:
-    """Pack and upload a version folder; returns the server's JSON answer.
+def _check_version_free(client: GatewayClient, name: str, version: int) -> None:
+    """Raise :class:`PushError` when the gateway has a folder for ``version`` of model ``name``."""
+    try:
+        entries = client.model_versions(name)
+    except ClientError as error:
+        if error.status == 404:
+            return  # a new model
+        raise
+    for entry in entries:
+        if entry["version"] == str(version):
+            raise PushError(
+                f"model '{name}' version {version} exists already on {client.server} ({entry['state']}); push "
+                f"without --version to create the next version, or delete it first: gateway delete {name}:{version}"
+            )
+
+
+def _upload(version_dir: Path, target: PushTarget, progress: Progress) -> dict[str, Any]:
+    """Pack and upload a version folder to the target's gateway; returns the server's JSON answer.
 
     Raises:
         PushError: the server cannot be reached or refused the package (its message is included).
     """
-    with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
+    from gateway.repository.packages import pack_version
+
+    assert target.server is not None
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-push-") as work,
+        GatewayClient(target.server, target.token) as client,
+    ):
         package = Path(work) / "package.tar.gz"
         pack_version(version_dir, package)
         size = package.stat().st_size
-        base = f"{server.rstrip('/')}/v2/repository/models/{name}/versions"
-        method, url = ("PUT", f"{base}/{version}") if version is not None else ("POST", base)
+        where = f"{target.server}/v2/repository/models/{target.name}"
         progress(
-            f"uploading {size / 1e6:.1f} MB to {url}" if size >= 1e6 else f"uploading {size / 1e3:.0f} kB to {url}"
+            f"uploading {size / 1e6:.1f} MB to {where}" if size >= 1e6 else f"uploading {size / 1e3:.0f} kB to {where}"
         )
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"}
         try:
-            with package.open("rb") as body:
-                response = httpx.request(method, url, content=body, headers=headers, timeout=UPLOAD_TIMEOUT_SECONDS)
-        except httpx.HTTPError as error:
-            raise PushError(f"cannot reach the gateway at {server}: {error}") from None
-    if response.status_code != 201:
-        try:
-            message = response.json().get("error", response.text)
-        except ValueError:
-            message = response.text
-        raise PushError(f"the gateway refused the model ({response.status_code}): {message}")
-    answer: dict[str, Any] = response.json()
-    return answer
+            return client.upload(package, target.name, target.version)
+        except ClientError as error:
+            raise PushError(str(error)) from None
 
 
 async def _install_locally(
@@ -268,6 +355,9 @@ async def _install_locally(
     convert: Callable[[Path], ConversionResult],
 ) -> tuple[int, bool, ConversionResult]:
     """Convert straight into a staging folder of a local repository, check and install it."""
+    from gateway.repository.model_repository import ModelRepository
+    from gateway.repository.packages import check_version_files
+
     repo = ModelRepository(repository, default_max_batch_size=DEFAULT_MAX_BATCH_SIZE)
     repository.mkdir(parents=True, exist_ok=True)
     async with repo.staging_folder() as staging:
@@ -280,27 +370,19 @@ async def _install_locally(
 
 def push_source(
     source: SourceModel,
+    target: PushTarget,
     *,
-    name: str,
-    version: int | None = None,
-    server: str | None = None,
-    token: str | None = None,
-    repository: Path | None = None,
     export_format: ExportFormat | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-3,
     compression: CompressionOptions | None = None,
     progress: Progress | None = None,
 ) -> PushResult:
-    """Export ``source``, check parity, and upload it to ``server`` or install it into ``repository``.
+    """Export ``source``, check parity, and upload it to the target's gateway or install it into its repository.
 
     Args:
         source: the model (see :mod:`converters.sources`).
-        name: the model name (``[A-Za-z0-9_.-]+``).
-        version: the version to create (a positive integer), or None for the next one.
-        server: the gateway's base URL (e.g. ``http://127.0.0.1:8000``); exclusive with ``repository``.
-        token: the admin token (see :func:`resolve_token` for where else it is looked for).
-        repository: a local model repository folder to write into instead of uploading.
+        target: where it goes, from :func:`check_push_target`.
         export_format: ``onnx`` or ``native`` (see :func:`converters.pipeline.convert_model`); None:
             ONNX, said in a progress line, and a failed ONNX conversion suggests ``--format native``.
         atol, rtol: parity tolerances.
@@ -309,19 +391,16 @@ def push_source(
         progress: called with a line before each long step.
 
     Raises:
-        PushError: a bad name or target, a conversion that fails (naming the cause), a parity
-            check that fails (with its table), a compression that fails or is over its guard (with
-            the figures), or a server that refuses the package.
+        PushError: a conversion that fails (naming the cause), a parity check that fails (with its
+            table), a compression that fails or is over its guard (with the figures), or a server or
+            repository that refuses the package.
     """
+    from backends import BACKEND_RUNTIMES
+    from converters.model import ConversionError
+    from converters.pipeline import ExportFormat, ParityError, convert_model
+    from converters.quantization import QuantizationError
+
     report = progress or (lambda _: None)
-    try:
-        check_model_name(name)
-    except InvalidArgumentError as error:
-        raise PushError(error.message) from None
-    if (server is None) == (repository is None):
-        raise PushError("give exactly one of --server URL or --repository PATH")
-    if version is not None and version < 1:
-        raise PushError(f"--version must be a positive integer, got {version}")
     if export_format is None:
         report(
             "converting to ONNX, served by ONNX Runtime (the default; --format native serves the model "
@@ -354,28 +433,27 @@ def push_source(
                 ) from None
             raise PushError(str(error)) from None
 
-    if repository is not None:
+    if target.repository is not None:
         try:
-            number, ready, result = asyncio.run(_install_locally(repository, name, version, convert))
+            number, ready, result = asyncio.run(
+                _install_locally(target.repository, target.name, target.version, convert)
+            )
         except GatewayError as error:
-            raise PushError(f"the model cannot be written to {repository}: {error.message}") from None
-        base_url = None
+            raise PushError(f"the model cannot be written to {target.repository}: {error.message}") from None
     else:
-        assert server is not None
-        admin_token = resolve_token(server, token)
         with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
             result = convert(Path(work) / "version")
-            answer = _upload(result.version_dir, name, version, server, admin_token, report)
-        number, ready, base_url = int(answer["version"]), bool(answer["ready"]), server
+            answer = _upload(result.version_dir, target, report)
+        number, ready = int(answer["version"]), bool(answer["ready"])
     return PushResult(
-        name,
+        target.name,
         number,
         ready,
         result.backend,
         _summaries(result.input_specs),
         _summaries(result.output_specs),
         result.parity,
-        base_url,
+        target.server,
         result.quantization,
     )
 
@@ -428,9 +506,12 @@ def push(
         The pushed model's :class:`PushResult`.
 
     Raises:
-        PushError: as :func:`push_source`; ValueError: a model of no supported kind, an unknown format,
-            or compression options that do not go together.
+        PushError: as :func:`check_push_target` (before anything is converted) and :func:`push_source`;
+            ValueError: a model of no supported kind, an unknown format, or compression options that do
+            not go together.
     """
+    from converters.pipeline import ExportFormat
+    from converters.quantization import CompressionOptions
     from converters.sources import source_from_object
 
     compression = CompressionOptions(
@@ -444,15 +525,18 @@ def push(
         max_accuracy_drop=max_accuracy_drop,
         max_abs_error=max_abs_error,
     )
-    progress = stderr_progress() if verbose else None
-    source = source_from_object(model, example_inputs, dynamic_axes=dynamic_axes)
-    result = push_source(
-        source,
-        name=name,
+    target = check_push_target(
+        name,
         version=version,
         server=server,
         token=token,
         repository=Path(repository) if repository is not None else None,
+    )
+    progress = stderr_progress() if verbose else None
+    source = source_from_object(model, example_inputs, dynamic_axes=dynamic_axes)
+    result = push_source(
+        source,
+        target,
         export_format=ExportFormat(export_format) if export_format is not None else None,
         atol=atol,
         rtol=rtol,

@@ -76,8 +76,8 @@ class GatewaySettings(BaseSettings):
     )
     admin_token_dir: Path = Field(
         default_factory=lambda: default_admin_token_dir(),
-        description="Folder where a generated admin token is written as admin-token-<http port>; "
-        "`gateway push` to a server on this machine reads it from there.",
+        description="Folder where a generated admin token is written as admin-token-PORT (PORT: the HTTP "
+        "port); the gateway commands on this machine read it from there.",
     )
     max_upload_bytes: int = Field(
         default=2 * 1024**3,

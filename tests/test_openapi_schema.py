@@ -32,6 +32,8 @@ from tests.conftest import ADMIN_TOKEN, GatewayProcess, start_gateway, write_ide
 
 # "corrupt" is left out: a model that failed to load answers 503 by design, which not_a_server_error counts.
 MODEL_NAMES = ["identity_fp32", "nope"]
+# The delete routes get a model of their own to delete, so that the others keep reaching identity_fp32.
+DELETED_MODEL_NAMES = ["spare", "nope"]
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -47,6 +49,7 @@ CHECKS = [
 def api_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayProcess:
     root = tmp_path_factory.mktemp("openapi-repository")
     write_identity_model(root / "identity_fp32" / "1" / "model.onnx", "FP32")
+    write_identity_model(root / "spare" / "1" / "model.onnx", "FP32")
     (root / "corrupt" / "1").mkdir(parents=True)
     (root / "corrupt" / "1" / "model.onnx").write_bytes(b"not an onnx model")
     server = start_gateway(root, tmp_path_factory.mktemp("openapi-logs") / "gateway.log")
@@ -59,10 +62,11 @@ def api_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayProcess:
 def api_schema(api_gateway: GatewayProcess) -> Any:
     raw = api_gateway.http.get("/openapi.json").json()
     for operations in raw["paths"].values():
-        for operation in operations.values():
+        for method, operation in operations.items():
+            names = DELETED_MODEL_NAMES if method == "delete" else MODEL_NAMES
             for parameter in operation.get("parameters", []):
                 if parameter["name"] == "model_name":
-                    parameter["examples"] = {name: {"value": name} for name in MODEL_NAMES}
+                    parameter["examples"] = {name: {"value": name} for name in names}
                 elif parameter["name"] == "model_version":
                     parameter["examples"] = {"served": {"value": "1"}, "absent": {"value": "7"}}
     return schemathesis.openapi.from_dict(raw)

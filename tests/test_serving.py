@@ -56,7 +56,7 @@ def test_health_and_server_metadata_over_both_protocols(gateway, stub, triton_ht
     assert gateway.http.get("/v2/health/ready").json() == {"ready": True}
     metadata = gateway.http.get("/v2").json()
     assert metadata["name"] == "model-gateway"
-    assert "model_repository" in metadata["extensions"]
+    assert {"model_repository", "model_configuration"} <= set(metadata["extensions"])
     assert triton_http_client.is_server_live() and triton_http_client.is_server_ready()
     assert triton_grpc_client.is_server_live() and triton_grpc_client.is_server_ready()
     grpc_metadata = stub.ServerMetadata(service_pb2.ServerMetadataRequest())
@@ -162,7 +162,9 @@ def test_cuda_first_provider_list_falls_back_to_cpu_with_a_warning(gateway):
     assert response.status_code == 200, response.text
     assert "execution provider CUDAExecutionProvider is not available" in gateway.logs()
     parameters = gateway.http.get("/v2/models/digits_cuda_first").json()["parameters"]
-    assert parameters == {"execution_providers": ["CPUExecutionProvider"]}
+    version_files = (gateway.repository / "digits_cuda_first" / "1").rglob("*")
+    model_bytes = sum(path.stat().st_size for path in version_files if path.is_file())
+    assert parameters == {"execution_providers": ["CPUExecutionProvider"], "model_bytes": model_bytes}
 
 
 def test_a_slow_model_does_not_stall_the_server(gateway, stub):

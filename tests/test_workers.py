@@ -199,8 +199,26 @@ def test_management_requests_take_effect_in_every_worker(digits_repository: Path
         assert [response.status_code for response in answers] == [200] * 20
         assert len({worker_of(response.headers["x-request-id"]) for response in answers}) == WORKERS
 
+        # Deleting version 2 retires it in every worker, and version 1 serves again everywhere.
+        response = gateway.http.delete("/v2/repository/models/digits/versions/2", headers=ADMIN_HEADERS)
+        assert response.status_code == 200 and response.json()["versions"] == ["2"], response.text
+        assert not (digits_repository / "digits" / "2").exists()
+        assert [rest_infer(gateway, "/v2/models/digits/versions/2/infer").status_code for _ in range(20)] == [404] * 20
+        answers = [rest_infer(gateway) for _ in range(20)]
+        assert [response.status_code for response in answers] == [200] * 20
+        assert len({worker_of(response.headers["x-request-id"]) for response in answers}) == WORKERS
+
         assert gateway.http.post("/v2/repository/models/digits/unload", headers=ADMIN_HEADERS).status_code == 200
         assert [rest_infer(gateway).status_code for _ in range(20)] == [404] * 20
+
+        # Deleting a loaded model: no worker serves it or lists it any more.
+        assert gateway.http.post("/v2/repository/models/digits/load", headers=ADMIN_HEADERS).status_code == 200
+        assert gateway.http.delete("/v2/repository/models/digits", headers=ADMIN_HEADERS).status_code == 200
+        assert not (digits_repository / "digits").exists()
+        assert [rest_infer(gateway).status_code for _ in range(20)] == [404] * 20
+        for _ in range(20):
+            with httpx.Client(base_url=gateway.http_url, timeout=30) as client:
+                assert client.post("/v2/repository/index").json() == []
     finally:
         gateway.stop()
 

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from gateway.datatypes import DEFAULT_LIMITS, RequestLimits
 from gateway.errors import GatewayError, InternalError, InvalidArgumentError, UnavailableError
 from gateway.logs import new_request_id, set_request_id
 from gateway.metrics import SUCCESS, error_status
+from gateway.repository.config import triton_model_config
 from gateway.repository.model_repository import LoadedVersion, ModelRepository
 from gateway.runtime.scheduler import Disconnected
 
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "model-gateway"
 #: KServe v2 / Triton extensions this server implements.
-EXTENSIONS = ("model_repository", "model_upload", "parameters")
+EXTENSIONS = ("model_repository", "model_upload", "model_configuration", "parameters")
 
 #: What a transport's encoder makes of a response (a JSON body, a protobuf message...).
 Encoded = TypeVar("Encoded")
@@ -139,10 +140,24 @@ class DataPlane:
             outputs=[TensorMetadata(n, s.datatype, list(s.shape)) for n, s in loaded.outputs.items()],
             parameters={
                 **loaded.backend_parameters,
+                "model_bytes": loaded.model_bytes,
                 **({"parity": loaded.parity} if loaded.parity is not None else {}),
                 **({"quantization": loaded.quantization} if loaded.quantization is not None else {}),
             },
         )
+
+    def model_config(self, name: str, model_version: str | None = None) -> dict[str, Any]:
+        """The configuration ``model_version`` (default: the highest ready version) is served with.
+
+        Triton's model configuration extension: the completed config (config.yaml filled in from
+        the artifact) in the JSON shape of Triton's ``ModelConfig``
+        (:func:`gateway.repository.config.triton_model_config`).
+
+        Raises:
+            NotFoundError, UnavailableError, InvalidArgumentError: as :meth:`ModelRepository.get`.
+        """
+        loaded = self.repository.get(name, model_version)
+        return triton_model_config(loaded.config, name, loaded.platform, loaded.backend_parameters)
 
     async def infer(
         self,

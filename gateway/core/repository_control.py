@@ -1,7 +1,9 @@
-"""Repository control: the repository index, and the management API (load, unload, upload).
+"""Repository control: the repository index, and the management API (load, unload, upload, delete).
 
 Semantics follow the KServe v2 model repository extension and Triton's (index, load, unload), plus
-our upload extension. Load, unload and upload need the admin token; the index is open.
+our extensions: upload, delete, one model's versions on disk, and a check of the admin token. Load,
+unload, upload, delete and the token check need the admin token; the index and a model's versions
+are open.
 
 In a worker process (``gateway serve --workers N``) a management request reaches one worker, which
 does it and then has every other worker follow through the :class:`Peers` it was given at
@@ -19,7 +21,8 @@ from typing import Literal, Protocol
 from gateway.admin_token import AdminToken
 from gateway.core.types import UploadResult
 from gateway.errors import FailedPreconditionError, InvalidArgumentError
-from gateway.repository.model_repository import IndexEntry, ModelRepository, ModelState, check_model_name
+from gateway.repository.model_repository import IndexEntry, ModelRepository, ModelState
+from gateway.repository.names import check_model_name
 from gateway.repository.packages import check_version_files, receive_package, unpack_package
 from gateway.settings import ModelControlMode
 
@@ -46,10 +49,10 @@ class RepositoryControl:
     Args:
         repository: the model repository.
         control_mode: the model control mode; load and unload requests need ``explicit``.
-        admin_token: the token the management API (upload, load, unload) requires.
+        admin_token: the token the management API (upload, load, unload, delete) requires.
         max_upload_bytes: largest model package accepted, compressed and unpacked alike, in bytes.
-        peers: in a worker process, the other workers, which follow every load, unload and upload;
-            None in a single process.
+        peers: in a worker process, the other workers, which follow every load, unload, upload and
+            delete; None in a single process.
     """
 
     def __init__(
@@ -70,6 +73,24 @@ class RepositoryControl:
         """Every model in the repository with its state and, when not ready, the reason (one entry per version)."""
         entries = self.repository.index()
         return [entry for entry in entries if entry.state is ModelState.READY] if ready_only else entries
+
+    def model_index(self, name: str) -> list[IndexEntry]:
+        """One model's versions: its index entries, and every version folder on disk with its state.
+
+        Our extension (``GET /v2/repository/models/{m}``); see :meth:`ModelRepository.model_index`.
+
+        Raises:
+            NotFoundError: no such model.
+        """
+        return self.repository.model_index(name)
+
+    def check_token(self, authorization: str | None) -> None:
+        """Accept a valid admin token and do nothing else: a cheap check for clients (``gateway push``).
+
+        Raises:
+            UnauthenticatedError: no valid admin token.
+        """
+        self.admin_token.check(authorization)
 
     async def load_model(self, name: str, authorization: str | None) -> None:
         """Load or reload a model (explicit model control mode only).
@@ -105,6 +126,36 @@ class RepositoryControl:
         await self.repository.unload(name)
         await self._tell_peers("unload", name)
 
+    async def delete(self, name: str, version: str | None, authorization: str | None) -> list[int]:
+        """Delete a model, or one of its versions: stop serving it, remove its files (:meth:`ModelRepository.delete`).
+
+        Our extension, allowed in every model control mode. With ``--workers``, the other workers
+        unload a deleted model, or load the model again after one of its versions is deleted (when
+        it is loaded), before the answer goes out.
+
+        Args:
+            name: the model name.
+            version: a positive integer as text, or None for the whole model.
+            authorization: the request's ``Authorization`` header value.
+
+        Returns:
+            The version folders deleted, ascending.
+
+        Raises:
+            UnauthenticatedError: no valid admin token.
+            InvalidArgumentError: the version is not a positive integer.
+            NotFoundError: no such model, or no such version on disk.
+            UnavailableError: the repository cannot be written, or another worker failed to follow.
+        """
+        self.admin_token.check(authorization)
+        number = None if version is None else _parse_version_number(version)
+        deleted = await self.repository.delete(name, number)
+        if number is None:
+            await self._tell_peers("unload", name)
+        elif self.repository.is_loaded(name):
+            await self._tell_peers("load", name)
+        return deleted
+
     async def upload_version(
         self, name: str, version: str | None, package: AsyncIterator[bytes], authorization: str | None
     ) -> UploadResult:
@@ -131,7 +182,7 @@ class RepositoryControl:
         """
         self.admin_token.check(authorization)
         check_model_name(name)  # before reading the body
-        number = None if version is None else _parse_new_version(version)
+        number = None if version is None else _parse_version_number(version)
         async with self.repository.staging_folder() as staging:
             archive = staging / "package"
             await receive_package(package, archive, self.max_upload_bytes)
@@ -160,7 +211,7 @@ class RepositoryControl:
             )
 
 
-def _parse_new_version(version: str) -> int:
+def _parse_version_number(version: str) -> int:
     if not version.isdigit() or int(version) < 1:
         raise InvalidArgumentError(f"model version '{version}' is not a positive integer")
     return int(version)

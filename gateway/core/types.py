@@ -73,9 +73,10 @@ class ModelMetadata:
     """KServe v2 "Model Metadata Response JSON Object"; ``platform`` in Triton's names.
 
     ``parameters`` holds how the backend runs the model (e.g. ``execution_providers`` for ONNX
-    Runtime, ``device`` for PyTorch, ``signature_name`` for TensorFlow), ``parity``, the
-    conversion's parity figures, and ``quantization``, the price of the push's compression (int8,
-    fp16, optimization), when the version has them.
+    Runtime, ``device`` for PyTorch, ``signature_name`` for TensorFlow), ``model_bytes`` (the
+    version's files on disk, in bytes), ``parity``, the conversion's parity figures, and
+    ``quantization``, the price of the push's compression (int8, fp16, optimization), when the
+    version has them.
     """
 
     name: str

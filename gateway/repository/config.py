@@ -10,8 +10,9 @@ Triton does without a strict config. Field meanings follow Triton's model config
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -304,3 +305,56 @@ def _complete_tensors(
                 + (" (batch dim excluded)" if max_batch_size > 0 else "")
             )
     return list(configured)
+
+
+def triton_model_config(
+    config: ModelConfig, name: str, platform: str, backend_parameters: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A completed config as Triton's ``ModelConfig`` in JSON (the model configuration extension).
+
+    The shape is that of ``model_config.proto``'s ``ModelConfig`` as Triton's
+    ``GET v2/models/{m}[/versions/{v}]/config`` answers it: ``name``, ``platform``, ``backend``,
+    ``version_policy``, ``max_batch_size``, ``input`` and ``output`` (``data_type`` as ``TYPE_FP32``...,
+    BYTES as ``TYPE_STRING``; ``dims`` without the batch dim, -1 for a variable size),
+    ``instance_group`` (``count``, ``kind`` ``KIND_GPU`` when the backend runs on a GPU, else
+    ``KIND_CPU``) and, when on, ``dynamic_batching`` (``preferred_batch_size``,
+    ``max_queue_delay_microseconds``, ``default_queue_policy.max_queue_size``). The one rendering
+    of it: the REST route answers it, a gRPC ``ModelConfig`` RPC can parse it into the message.
+
+    Args:
+        config: the completed config of a loaded version (see :func:`complete_config`).
+        name: the model name.
+        platform: Triton's platform name (``onnxruntime_onnx``...).
+        backend_parameters: how the backend runs the version (its metadata parameters:
+            ``execution_providers`` or ``device`` tell a GPU).
+    """
+    providers = list(backend_parameters.get("execution_providers") or [])
+    on_gpu = bool(providers) and providers[0] != "CPUExecutionProvider"
+    on_gpu = on_gpu or str(backend_parameters.get("device", "")).startswith("cuda")
+    policy = config.version_policy.model_dump(exclude_none=True) or {"latest": {"num_versions": 1}}
+    answer: dict[str, Any] = {
+        "name": name,
+        "platform": platform,
+        "backend": config.backend or "",
+        "version_policy": policy,
+        "max_batch_size": config.max_batch_size or 0,
+        "input": [_triton_tensor(tensor) for tensor in config.inputs],
+        "output": [_triton_tensor(tensor) for tensor in config.outputs],
+        "instance_group": [
+            {"name": name, "kind": "KIND_GPU" if on_gpu else "KIND_CPU", "count": config.instance_count}
+        ],
+    }
+    batching = config.dynamic_batching
+    if batching is not None:
+        answer["dynamic_batching"] = {
+            "preferred_batch_size": list(batching.preferred_batch_size),
+            "max_queue_delay_microseconds": batching.max_queue_delay_microseconds,
+            "default_queue_policy": {"max_queue_size": batching.max_queue_size},
+        }
+    return answer
+
+
+def _triton_tensor(tensor: TensorConfig) -> dict[str, Any]:
+    """Triton's ``ModelInput`` / ``ModelOutput`` in JSON: name, ``TYPE_*`` data type, dims."""
+    data_type = "TYPE_STRING" if tensor.datatype == "BYTES" else f"TYPE_{tensor.datatype}"
+    return {"name": tensor.name, "data_type": data_type, "dims": list(tensor.dims)}

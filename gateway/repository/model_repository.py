@@ -47,13 +47,11 @@ from gateway.repository.config import (
     full_shape,
     read_model_config,
 )
+from gateway.repository.names import check_model_name, valid_model_name
 from gateway.runtime.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
-#: Longest model name: a folder name, well within every filesystem's 255 bytes.
-MAX_MODEL_NAME_LENGTH = 200
 #: Folder inside the repository where uploads are received and checked (hidden: not a model).
 STAGING_FOLDER = ".staging"
 
@@ -89,6 +87,7 @@ class LoadedVersion:
         scheduler: the version's backend instances and request queue.
         fingerprint: the files the version was loaded from, to tell when they change.
         metrics: the version's metric children.
+        model_bytes: bytes of the version folder's files on disk, counted once at load.
         parity: the conversion's parity figures (``parity.json``), or None.
         quantization: the price of the push's compression (``quantization.json``), or None.
         backend_parameters: how the backend runs the version (e.g. its execution providers), for metadata.
@@ -104,6 +103,7 @@ class LoadedVersion:
     scheduler: Scheduler
     fingerprint: Fingerprint
     metrics: VersionMetrics
+    model_bytes: int
     parity: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
     backend_parameters: dict[str, Any] = field(default_factory=dict)
@@ -185,9 +185,7 @@ class ModelRepository:
                 await self._load_quietly(name, fingerprint)
         for name in [name for name in self._records if name not in on_disk]:
             logger.info("model %s was removed from the repository; unloading it", name)
-            removed = self._records.pop(name)
-            self._publish_ready(name)
-            self._retire(removed.versions.values())
+            self._forget(name)
 
     async def load(self, name: str) -> None:
         """Load (or reload) every version of ``name`` its version policy selects.
@@ -206,6 +204,7 @@ class ModelRepository:
         """:meth:`load`, with the model folder's fingerprint when the caller has just taken it."""
         path = self._model_path(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
+            path = self._model_path(name)  # again: a delete may have taken the folder while this waited
             record = self._records.setdefault(name, _ModelRecord())
             record.loading = True
             try:
@@ -235,12 +234,17 @@ class ModelRepository:
         """Stop serving every version of ``name``: new requests get NOT_FOUND from now on.
 
         Requests already queued or running finish on their instances, which are then released in
-        the background (the call does not wait for them, as Triton's unload).
+        the background (the call does not wait for them, as Triton's unload). A model whose folder
+        is gone from the repository (deleted by another worker process) is forgotten, loaded or not.
 
         Raises:
             NotFoundError: the model is not loaded.
         """
         record = self._records.get(name)
+        if record is not None and not (self.root / name).is_dir():
+            async with self._locks.setdefault(name, asyncio.Lock()):
+                self._forget(name)
+            return
         if record is None or not record.loaded:
             raise NotFoundError(f"model '{name}' is not loaded")
         async with self._locks.setdefault(name, asyncio.Lock()):
@@ -251,6 +255,54 @@ class ModelRepository:
             record.fingerprint = None
             self._publish_ready(name)
         logger.info("model %s unloaded", name)
+
+    async def delete(self, name: str, version: int | None = None) -> list[int]:
+        """Delete a model, or one of its versions, from the repository: stop serving it, then remove its files.
+
+        The folder is renamed into the staging area first (one step: the repository holds it whole
+        or not at all), then removed. A deleted model stops serving at once, as with :meth:`unload`
+        (requests already queued or running finish first). After one version is deleted a loaded
+        model is loaded again, so that its version policy chooses among the versions left (with
+        ``latest``, the previous one takes over once it is ready); the deleted version stops serving
+        even if no other version loads.
+
+        Args:
+            name: the model.
+            version: the version to delete, or None for the whole model.
+
+        Returns:
+            The version folders deleted, ascending.
+
+        Raises:
+            NotFoundError: no such model folder, or no such version folder.
+            UnavailableError: the repository cannot be written (e.g. mounted read-only).
+        """
+        model_path = self._model_path(name)
+        reload = False
+        async with self.staging_folder() as staging:
+            async with self._locks.setdefault(name, asyncio.Lock()):
+                on_disk = await asyncio.to_thread(_version_folders, model_path)
+                if version is None:
+                    deleted, folder = on_disk, model_path
+                elif version in on_disk:
+                    deleted, folder = [version], model_path / str(version)
+                else:
+                    listed = ", ".join(str(v) for v in on_disk) or "none"
+                    raise NotFoundError(f"model '{name}' has no version {version} (versions on disk: {listed})")
+                try:
+                    await asyncio.to_thread(os.rename, folder, staging / "deleted")
+                except FileNotFoundError:
+                    raise NotFoundError(f"no model '{name}' in the repository") from None
+                except OSError as error:
+                    raise UnavailableError(f"model '{name}' cannot be deleted: {error}") from None
+                if version is None:
+                    self._forget(name)
+                else:
+                    reload = self.is_loaded(name)
+            if reload:
+                await self._load_quietly(name)
+        logger.info("model %s: deleted %s", name, f"version {version}" if version is not None else "every version")
+        return deleted
 
     @contextlib.asynccontextmanager
     async def staging_folder(self) -> AsyncIterator[Path]:
@@ -318,8 +370,7 @@ class ModelRepository:
             await asyncio.to_thread(os.rename, installed, staged.with_name(f"rejected-{uuid.uuid4().hex}"))
             if is_new_model:
                 await asyncio.to_thread(shutil.rmtree, model_path, True)
-                self._records.pop(name, None)
-                self._publish_ready(name)
+                self._forget(name)
             else:
                 await self._load_quietly(name)
             raise UnavailableError(f"model '{name}' version {number} failed to load: {reason}") from None
@@ -364,27 +415,69 @@ class ModelRepository:
         record = self._records.get(name)
         return sorted(record.versions) if record is not None else []
 
+    def is_loaded(self, name: str) -> bool:
+        """Whether ``name`` is loaded: its versions serve, or failed to load and say why in the index."""
+        record = self._records.get(name)
+        return record is not None and (record.loaded or record.loading)
+
     def index(self) -> list[IndexEntry]:
         """Every model on disk or loaded, with each version's state and, when not ready, the reason."""
         entries: list[IndexEntry] = []
         for name in sorted(set(self.model_names()) | set(self._records)):
-            record = self._records.get(name)
-            if record is None or not (record.loaded or record.loading):
-                entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, "not loaded"))
-                continue
-            if record.loading:
-                entries.append(IndexEntry(name, "", ModelState.LOADING, ""))
-            for version in sorted(set(record.versions) | {v for v in record.failures if v is not None}):
-                reason = record.failures.get(version, "")
-                if version in record.versions:
-                    if reason:
-                        reason = f"reload failed, previous files still serving: {reason}"
-                    entries.append(IndexEntry(name, str(version), ModelState.READY, reason))
-                else:
-                    entries.append(IndexEntry(name, str(version), ModelState.UNAVAILABLE, reason))
-            if None in record.failures:
-                entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, record.failures[None]))
+            entries += self._index_entries(name)
         return entries
+
+    def model_index(self, name: str) -> list[IndexEntry]:
+        """One model's index entries, plus an entry for each version folder on disk that they do not list.
+
+        Such a version is UNAVAILABLE with the reason ``not loaded`` (the model is not loaded) or
+        ``not served: the version policy does not select it``.
+
+        Raises:
+            NotFoundError: the model is neither on disk nor loaded.
+        """
+        path = self.root / name
+        on_disk = _version_folders(path) if valid_model_name(name) and path.is_dir() and not path.is_symlink() else []
+        if not on_disk and name not in self._records:
+            self._model_path(name)  # raises NotFoundError for a name that is not a model folder
+        entries = self._index_entries(name)
+        if not self.is_loaded(name) and on_disk:
+            return [IndexEntry(name, str(version), ModelState.UNAVAILABLE, "not loaded") for version in on_disk]
+        listed = {entry.version for entry in entries}
+        entries += [
+            IndexEntry(name, str(version), ModelState.UNAVAILABLE, "not served: the version policy does not select it")
+            for version in on_disk
+            if str(version) not in listed
+        ]
+        return sorted(entries, key=lambda entry: (entry.version == "", int(entry.version or 0)))
+
+    def _index_entries(self, name: str) -> list[IndexEntry]:
+        """The index entries of ``name``: a model-level entry when it is not loaded, is loading or failed
+        as a whole, and one per version loaded or failed."""
+        record = self._records.get(name)
+        if record is None or not (record.loaded or record.loading):
+            return [IndexEntry(name, "", ModelState.UNAVAILABLE, "not loaded")]
+        entries: list[IndexEntry] = []
+        if record.loading:
+            entries.append(IndexEntry(name, "", ModelState.LOADING, ""))
+        for version in sorted(set(record.versions) | {v for v in record.failures if v is not None}):
+            reason = record.failures.get(version, "")
+            if version in record.versions:
+                if reason:
+                    reason = f"reload failed, previous files still serving: {reason}"
+                entries.append(IndexEntry(name, str(version), ModelState.READY, reason))
+            else:
+                entries.append(IndexEntry(name, str(version), ModelState.UNAVAILABLE, reason))
+        if None in record.failures:
+            entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, record.failures[None]))
+        return entries
+
+    def _forget(self, name: str) -> None:
+        """Drop every record of ``name`` (its folder is gone): its versions stop serving and are released."""
+        removed = self._records.pop(name, None)
+        self._publish_ready(name)
+        if removed is not None:
+            self._retire(removed.versions.values())
 
     def _retire(self, versions: Iterable[LoadedVersion]) -> None:
         """Release versions that no longer serve once their queued and running requests have finished."""
@@ -441,7 +534,8 @@ class ModelRepository:
         failures: dict[int | None, str] = {}
         for version in selected:
             version_path = path / str(version)
-            fingerprint = config_fingerprint + _fingerprint(version_path)
+            files = _fingerprint(version_path)
+            fingerprint = config_fingerprint + files
             previous = current.get(version)
             if previous is not None and previous.fingerprint == fingerprint:
                 versions[version] = previous
@@ -449,7 +543,9 @@ class ModelRepository:
             try:
                 started = time.perf_counter()
                 metrics = self.metrics.for_version(name, version)
-                versions[version] = self._load_version(name, version, version_path, config, fingerprint, metrics)
+                versions[version] = self._load_version(
+                    name, version, version_path, config, fingerprint, metrics, sum(size for _, size, _ in files)
+                )
                 self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
             except (ModelLoadError, ModelConfigError) as error:
                 failures[version] = str(error)
@@ -460,9 +556,11 @@ class ModelRepository:
                 versions[version] = previous
         if any(version not in versions for version in failures):
             # A version failed with nothing to fall back on: what serves now keeps serving (e.g. version
-            # 1 stays while a broken version 2 is fixed, although the policy "latest 1" selects only 2).
+            # 1 stays while a broken version 2 is fixed, although the policy "latest 1" selects only 2),
+            # unless its folder is gone (removed or deleted).
             for version, loaded in current.items():
-                versions.setdefault(version, loaded)
+                if version in available:
+                    versions.setdefault(version, loaded)
         return _LoadOutcome(versions=versions, failures=failures)
 
     def _load_version(
@@ -473,6 +571,7 @@ class ModelRepository:
         config: ModelConfig,
         fingerprint: Fingerprint,
         metrics: VersionMetrics,
+        model_bytes: int,
     ) -> LoadedVersion:
         instances, completed = self._create_instances(path, config)
         max_batch_size = completed.max_batch_size or 0
@@ -491,6 +590,7 @@ class ModelRepository:
             scheduler=_scheduler(instances, completed, metrics),
             fingerprint=fingerprint,
             metrics=metrics,
+            model_bytes=model_bytes,
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
             backend_parameters=instances[0].metadata_parameters,
@@ -585,25 +685,6 @@ def _remove_stale_staging_folders(staging_root: Path) -> None:
             continue
         logger.info("removing %s, left by process %d, which is gone", entry, pid)
         shutil.rmtree(entry, ignore_errors=True)
-
-
-def valid_model_name(name: str) -> bool:
-    """Whether ``name`` is a model name: ``[A-Za-z0-9_.-]+``, at most :data:`MAX_MODEL_NAME_LENGTH`
-    characters, not starting with a dot (hidden folders)."""
-    return len(name) <= MAX_MODEL_NAME_LENGTH and bool(MODEL_NAME_PATTERN.fullmatch(name)) and not name.startswith(".")
-
-
-def check_model_name(name: str) -> None:
-    """Refuse a name that is not a model name (:func:`valid_model_name`).
-
-    Raises:
-        InvalidArgumentError: the message says what a model name may hold.
-    """
-    if not valid_model_name(name):
-        raise InvalidArgumentError(
-            f"invalid model name '{name[:MAX_MODEL_NAME_LENGTH]}': use letters, digits, '_', '.', '-' "
-            f"(at most {MAX_MODEL_NAME_LENGTH}, not starting with '.')"
-        )
 
 
 def _move_into_place(staged: Path, model_path: Path, version: int) -> Path:

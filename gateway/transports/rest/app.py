@@ -23,9 +23,9 @@ from starlette.types import ASGIApp
 
 from gateway.core.dataplane import DataPlane
 from gateway.core.repository_control import RepositoryControl
+from gateway.datatypes import INFERENCE_HEADER_LENGTH
 from gateway.errors import GatewayError
 from gateway.logs import REQUEST_ID_HEADER
-from gateway.transports.rest.codec import INFERENCE_HEADER_LENGTH
 from gateway.transports.rest.fast_path import InferenceFastPath
 from gateway.transports.rest.openapi import ADMIN_TOKEN_SCHEME
 from gateway.transports.rest.responses import error_response, internal_error_response, json_response

@@ -24,11 +24,16 @@ import orjson
 from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from gateway.core.types import InferRequest, InferResponse, InferTensor, RequestedOutput
-from gateway.datatypes import BYTES, DEFAULT_LIMITS, RequestLimits, array_from_raw, array_from_values, array_to_raw
+from gateway.datatypes import (
+    BYTES,
+    DEFAULT_LIMITS,
+    INFERENCE_HEADER_LENGTH,
+    RequestLimits,
+    array_from_raw,
+    array_from_values,
+    array_to_raw,
+)
 from gateway.errors import InvalidArgumentError
-
-#: Triton's binary tensor data extension: the length in bytes of the JSON part of a body.
-INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
 
 BodyModel = TypeVar("BodyModel", bound=BaseModel)
 

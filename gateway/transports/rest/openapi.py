@@ -13,8 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gateway.datatypes import V2_TO_NUMPY
-from gateway.transports.rest.codec import INFERENCE_HEADER_LENGTH
+from gateway.datatypes import INFERENCE_HEADER_LENGTH, V2_TO_NUMPY
 from gateway.transports.rest.responses import JSON, OCTET_STREAM
 
 
@@ -77,6 +76,51 @@ class IndexEntryJson(BaseModel):
     version: str
     state: str
     reason: str
+
+
+class TritonTensorConfigJson(BaseModel):
+    """An input or output of Triton's ``ModelConfig``: ``TYPE_*`` data type, dims without the batch dim."""
+
+    name: str
+    data_type: str
+    dims: list[int]
+
+
+class InstanceGroupJson(BaseModel):
+    """Triton's ``ModelInstanceGroup``: how many instances, on which kind of device."""
+
+    name: str
+    kind: str
+    count: int
+
+
+class DynamicBatchingJson(BaseModel):
+    """Triton's ``ModelDynamicBatching``."""
+
+    preferred_batch_size: list[int]
+    max_queue_delay_microseconds: int
+    default_queue_policy: dict[str, int]
+
+
+class ModelConfigJson(BaseModel):
+    """Triton's model configuration extension: the ``ModelConfig`` (model_config.proto) a version is served with."""
+
+    name: str
+    platform: str
+    backend: str
+    version_policy: dict[str, Any]
+    max_batch_size: int
+    input: list[TritonTensorConfigJson]
+    output: list[TritonTensorConfigJson]
+    instance_group: list[InstanceGroupJson]
+    dynamic_batching: DynamicBatchingJson | None = None
+
+
+class DeleteJson(BaseModel):
+    """What a delete removed: the model and its version folders."""
+
+    name: str
+    versions: list[str]
 
 
 class UploadJson(BaseModel):

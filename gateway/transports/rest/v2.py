@@ -1,12 +1,15 @@
 """KServe v2 REST API: a thin FastAPI adapter over the core.
 
-Routes (KServe v2 / Open Inference Protocol, "HTTP/REST"; repository extension as in Triton):
-``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models/{m}[/versions/{v}]``,
-``GET .../ready``, ``POST .../infer``, ``POST /v2/repository/index``,
-``POST /v2/repository/models/{m}/load`` and ``.../unload``; and our upload extension,
-``PUT /v2/repository/models/{m}/versions/{v}`` and ``POST /v2/repository/models/{m}/versions`` (next
-version), whose body is a model package (see :mod:`gateway.repository.packages`). The management
-routes (load, unload, upload) need ``Authorization: Bearer <admin token>``.
+Routes (KServe v2 / Open Inference Protocol, "HTTP/REST"; repository and model configuration
+extensions as in Triton): ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``,
+``GET /v2/models/{m}[/versions/{v}]``, ``GET .../ready``, ``GET .../config``, ``POST .../infer``,
+``POST /v2/repository/index``, ``POST /v2/repository/models/{m}/load`` and ``.../unload``; and our
+extensions: upload, ``PUT /v2/repository/models/{m}/versions/{v}`` and
+``POST /v2/repository/models/{m}/versions`` (next version), whose body is a model package (see
+:mod:`gateway.repository.packages`); delete, ``DELETE /v2/repository/models/{m}[/versions/{v}]``;
+one model's versions on disk, ``GET /v2/repository/models/{m}``; and ``GET /v2/repository/token``,
+which checks the admin token (204 or 401). The management routes (load, unload, upload, delete, the
+token check) need ``Authorization: Bearer <admin token>``.
 
 Inference bodies are decoded and answers encoded by :mod:`gateway.transports.rest.codec` (JSON and
 Triton's binary tensor data extension). Errors become ``{"error": "<message>"}`` with the status from
@@ -26,13 +29,13 @@ from pydantic import BaseModel
 from gateway.core.dataplane import DataPlane
 from gateway.core.repository_control import RepositoryControl
 from gateway.core.types import InferRequest, InferResponse, TensorMetadata
-from gateway.datatypes import DEFAULT_LIMITS, RequestLimits
+from gateway.datatypes import DEFAULT_LIMITS, INFERENCE_HEADER_LENGTH, RequestLimits
 from gateway.errors import GatewayError, InvalidArgumentError
 from gateway.logs import REQUEST_ID_HEADER, request_id_header
+from gateway.repository.model_repository import IndexEntry
 from gateway.runtime.scheduler import Disconnected
 from gateway.transports.rest.body import receive_body
 from gateway.transports.rest.codec import (
-    INFERENCE_HEADER_LENGTH,
     EncodedResponse,
     binary_outputs,
     decode_infer_request,
@@ -44,9 +47,11 @@ from gateway.transports.rest.openapi import (
     BINARY_SCHEMA,
     INFER_OPENAPI,
     INFER_RESPONSES,
+    DeleteJson,
     ErrorJson,
     IndexEntryJson,
     LiveJson,
+    ModelConfigJson,
     ModelMetadataJson,
     ModelReadyJson,
     ReadyJson,
@@ -155,6 +160,10 @@ def _tensor_metadata(tensor: TensorMetadata) -> dict[str, Any]:
     return {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
 
 
+def _index_entry(entry: IndexEntry) -> dict[str, str]:
+    return {"name": entry.name, "version": entry.version, "state": entry.state.value, "reason": entry.reason}
+
+
 def v2_router(dataplane: DataPlane, control: RepositoryControl) -> APIRouter:
     """The KServe v2 routes (health, metadata, inference, repository extension, upload) over the core."""
     router = APIRouter(prefix="/v2")
@@ -189,6 +198,14 @@ def v2_router(dataplane: DataPlane, control: RepositoryControl) -> APIRouter:
                 **({"parameters": metadata.parameters} if metadata.parameters else {}),
             }
         )
+
+    config_responses = {200: {"model": ModelConfigJson}, **error_responses(400, 404, 503)}
+
+    @router.get("/models/{model_name}/config", responses=config_responses)
+    @router.get("/models/{model_name}/versions/{model_version}/config", responses=config_responses)
+    async def model_config(model_name: str, model_version: str | None = None) -> Response:
+        """Triton's model configuration extension: the version's completed config as Triton's ModelConfig."""
+        return json_response(dataplane.model_config(model_name, model_version))
 
     ready_responses: dict[int | str, dict[str, Any]] = {
         200: {"model": ModelReadyJson},
@@ -229,12 +246,45 @@ def v2_router(dataplane: DataPlane, control: RepositoryControl) -> APIRouter:
     )
     async def repository_index(request: Request) -> Response:
         body = parse_json_body(IndexRequestJson, await request.body(), empty_ok=True)
-        entries = control.index(ready_only=body.ready)
-        return json_response(
-            [{"name": e.name, "version": e.version, "state": e.state.value, "reason": e.reason} for e in entries]
-        )
+        return json_response([_index_entry(e) for e in control.index(ready_only=body.ready)])
+
+    @router.get(
+        "/repository/models/{model_name}",
+        responses={200: {"model": list[IndexEntryJson]}, **error_responses(404)},
+    )
+    async def repository_model(model_name: str) -> Response:
+        """One model's versions: its index entries, and every version folder on disk with its state."""
+        return json_response([_index_entry(e) for e in control.model_index(model_name)])
 
     management = {"security": ADMIN_SECURITY}
+
+    @router.get(
+        "/repository/token",
+        status_code=204,
+        responses={204: {"description": "The admin token is valid"}, **error_responses(401)},
+        openapi_extra=management,
+    )
+    async def repository_token(request: Request) -> Response:
+        """Check the admin token without doing anything else: 204 when it is valid, 401 when not."""
+        control.check_token(request.headers.get("authorization"))
+        return Response(status_code=204)
+
+    delete_responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": DeleteJson},
+        **error_responses(400, 401, 404, 503),
+    }
+
+    @router.delete("/repository/models/{model_name}", responses=delete_responses, openapi_extra=management)
+    @router.delete(
+        "/repository/models/{model_name}/versions/{model_version}",
+        responses=delete_responses,
+        openapi_extra=management,
+    )
+    async def repository_delete(request: Request, model_name: str, model_version: str | None = None) -> Response:
+        """Stop serving a model (or one version) and remove its files from the repository."""
+        deleted = await control.delete(model_name, model_version, request.headers.get("authorization"))
+        return json_response({"name": model_name, "versions": [str(version) for version in deleted]})
+
     control_responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {JSON: {"schema": {"type": "object"}}}},
         **error_responses(400, 401, 404, 503),
