@@ -47,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.models import LARGE_MLP, SMALL_MLP, write_mlp  # noqa: E402
-from protos import grpc_predict_v2_pb2 as pb  # noqa: E402
+from protos import inference as pb  # noqa: E402
 
 MODELS = {"small": SMALL_MLP, "large": LARGE_MLP}
 #: The large MLP batches dynamically; the small one runs each request at once (it takes microseconds).

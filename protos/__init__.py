@@ -1,5 +1,8 @@
-"""Open Inference Protocol (KServe v2) gRPC definitions and generated Python modules.
+"""The gateway's protobuf and gRPC definitions, independent of the protobuf and grpcio releases installed.
 
-``grpc_predict_v2.proto`` is the source of truth; the ``*_pb2*`` modules next to it are
-generated from it and committed. Regenerate them with ``python -m protos.generate``.
+The ``.proto`` files here are the source of truth (``grpc_predict_v2.proto``: KServe v2 / Open
+Inference Protocol with Triton's repository RPCs). ``python -m protos.generate`` compiles them into
+one serialized ``FileDescriptorSet`` (:mod:`protos.descriptor_set`, committed); :mod:`protos.pool`
+builds the messages and service handlers from it at import, in a private descriptor pool; and
+:mod:`protos.inference` names the KServe v2 messages.
 """

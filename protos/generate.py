@@ -1,16 +1,14 @@
-"""Regenerate the Python gRPC modules from ``protos/grpc_predict_v2.proto``.
+"""Regenerate ``protos/descriptor_set.py`` from the ``.proto`` files of this package.
 
 Run from the repository root::
 
     python -m protos.generate
 
-This writes ``grpc_predict_v2_pb2.py``, ``grpc_predict_v2_pb2.pyi`` and
-``grpc_predict_v2_pb2_grpc.py`` next to the ``.proto`` file. The proto is compiled with the
-repository root as the include path and the proto path ``protos/grpc_predict_v2.proto``, so
-the generated gRPC module imports ``from protos import grpc_predict_v2_pb2``.
-
-The output depends on the installed ``grpcio-tools`` version (pinned in the ``dev`` extra);
-regenerate with that version so the committed files stay reproducible.
+Every ``.proto`` file under ``protos/`` is compiled by protoc (from ``grpcio-tools``, in the ``dev``
+extra) into one ``FileDescriptorSet`` (imports included, e.g. ``google/protobuf/*.proto``), with the
+repository root as the include path, and written as a Python bytes literal. Nothing else is
+generated: :mod:`protos.pool` builds the message classes and service handlers from that set at import,
+so no generated code pins the protobuf or grpcio release the gateway runs with.
 """
 
 from __future__ import annotations
@@ -18,79 +16,80 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import sys
+import tempfile
+
+from google.protobuf import descriptor_pb2
 
 #: Repository root (the directory that contains the ``protos`` package).
 REPO_ROOT: pathlib.Path = pathlib.Path(__file__).resolve().parent.parent
-
-#: Path of the proto file relative to :data:`REPO_ROOT` (also its name inside protoc).
-PROTO_RELPATH: str = "protos/grpc_predict_v2.proto"
-
-#: Names of the generated files, relative to ``<out_dir>/protos/``.
-GENERATED_FILES: tuple[str, ...] = (
-    "grpc_predict_v2_pb2.py",
-    "grpc_predict_v2_pb2.pyi",
-    "grpc_predict_v2_pb2_grpc.py",
-)
+#: The generated module, relative to the repository root.
+GENERATED_MODULE: str = "protos/descriptor_set.py"
+#: Bytes of the serialized set per line of the generated module.
+_CHUNK_BYTES = 64
 
 
-def protoc_command(out_dir: pathlib.Path) -> list[str]:
-    """Return the ``grpc_tools.protoc`` command line that writes the modules under ``out_dir``.
-
-    Args:
-        out_dir: Output root; protoc creates ``out_dir/protos/...`` from the proto path.
-
-    Returns:
-        The argument vector, starting with the current Python interpreter.
-    """
-    return [
-        sys.executable,
-        "-m",
-        "grpc_tools.protoc",
-        f"-I{REPO_ROOT}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        PROTO_RELPATH,
-    ]
+def proto_files() -> list[str]:
+    """The ``.proto`` files to compile, as paths relative to :data:`REPO_ROOT` (protoc's names for them)."""
+    return sorted(str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "protos").rglob("*.proto"))
 
 
-def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Compile the proto and write the generated modules under ``out_dir / "protos"``.
-
-    Args:
-        out_dir: Output root; pass the repository root to regenerate in place.
-
-    Returns:
-        Paths of the generated files, in the order of :data:`GENERATED_FILES`.
+def compile_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    """Compile :func:`proto_files` with protoc into one ``FileDescriptorSet``, imports included.
 
     Raises:
-        RuntimeError: If protoc cannot be run, exits non-zero, or does not produce every file.
+        RuntimeError: protoc cannot be run (grpcio-tools missing) or fails; the message has its output.
     """
-    out_dir = pathlib.Path(out_dir).resolve()
-    (out_dir / "protos").mkdir(parents=True, exist_ok=True)
-    cmd = protoc_command(out_dir)
-    try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise RuntimeError(f"could not run protoc ({' '.join(cmd)}): {exc}") from exc
-    if proc.returncode != 0:
-        details = (proc.stderr or proc.stdout).strip()
-        hint = " (install grpcio-tools, see the `dev` extra)" if "No module named" in details else ""
-        raise RuntimeError(
-            f"protoc failed (exit code {proc.returncode}) compiling {PROTO_RELPATH}{hint}\n"
-            f"command: {' '.join(cmd)}" + (f"\n{details}" if details else "")
-        )
-    paths = [out_dir / "protos" / name for name in GENERATED_FILES]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise RuntimeError(f"protoc exited 0 but did not produce: {', '.join(missing)}")
-    return paths
+    with tempfile.TemporaryDirectory() as scratch:
+        output = pathlib.Path(scratch) / "set.binpb"
+        command = [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{REPO_ROOT}",
+            f"-I{_well_known_types_root()}",
+            "--include_imports",
+            f"--descriptor_set_out={output}",
+            *proto_files(),
+        ]
+        try:
+            process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        except OSError as error:
+            raise RuntimeError(f"could not run protoc ({' '.join(command)}): {error}") from error
+        if process.returncode != 0:
+            details = (process.stderr or process.stdout).strip()
+            hint = " (install grpcio-tools, see the `dev` extra)" if "No module named" in details else ""
+            raise RuntimeError(f"protoc failed (exit code {process.returncode}){hint}\n{details}")
+        return descriptor_pb2.FileDescriptorSet.FromString(output.read_bytes())
+
+
+def _well_known_types_root() -> str:
+    """The folder holding ``google/protobuf/*.proto`` as grpcio-tools ships them."""
+    import grpc_tools
+
+    return str(pathlib.Path(grpc_tools.__file__).parent / "_proto")
+
+
+def render_module(descriptor_set: descriptor_pb2.FileDescriptorSet) -> str:
+    """The text of :data:`GENERATED_MODULE` for ``descriptor_set``."""
+    serialized = descriptor_set.SerializeToString(deterministic=True)
+    lines = [
+        "# Generated by `python -m protos.generate` from the .proto files of this package. DO NOT EDIT.",
+        f"# Files: {', '.join(file.name for file in descriptor_set.file)}",
+        '"""The serialized ``FileDescriptorSet`` of the gateway\'s protos (read by :mod:`protos.pool`)."""',
+        "",
+        "SERIALIZED = (",
+        *(f"    {serialized[start : start + _CHUNK_BYTES]!r}" for start in range(0, len(serialized), _CHUNK_BYTES)),
+        ")",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
-    """Regenerate the committed modules in place, in ``<repo root>/protos/``."""
-    for path in generate(REPO_ROOT):
-        print(f"wrote {path.relative_to(REPO_ROOT)}")
+    """Regenerate :data:`GENERATED_MODULE` in place."""
+    path = REPO_ROOT / GENERATED_MODULE
+    path.write_text(render_module(compile_descriptor_set()), encoding="utf-8")
+    print(f"wrote {GENERATED_MODULE}")
 
 
 if __name__ == "__main__":

@@ -1,80 +1,41 @@
-"""Tests for the ``protos`` package: committed generated code and Triton wire compatibility.
+"""Tests for the ``protos`` package: the committed descriptor set, and living beside tritonclient.
 
-``protos.grpc_predict_v2_pb2`` and ``tritonclient.grpc`` both register ``inference.*`` symbols in
-protobuf's process-wide default descriptor pool, so they cannot be imported into the same
-process ("duplicate symbol 'inference.ServerLiveRequest'"). These tests therefore import
-neither: our descriptor is read from the committed ``_pb2.py`` source, and tritonclient's is
-dumped by a subprocess. That keeps this test module from breaking later tests (in the same
-pytest process) that import ``protos.grpc_predict_v2_pb2``.
+The gateway's messages live in a private descriptor pool (:mod:`protos.pool`), so tritonclient, which
+registers the same ``inference.*`` names in protobuf's default pool, imports in the same process.
 """
 
 from __future__ import annotations
 
-import ast
-import pathlib
-import subprocess
-import sys
-
+import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 
-from protos.generate import GENERATED_FILES, REPO_ROOT, generate
+from protos import inference
+from protos.descriptor_set import SERIALIZED
+from protos.generate import GENERATED_MODULE, REPO_ROOT, compile_descriptor_set, render_module
+from protos.pool import POOL
 
-PROTOS_DIR = REPO_ROOT / "protos"
-PB2_PATH = PROTOS_DIR / "grpc_predict_v2_pb2.py"
-
-# Prints tritonclient's gRPC FileDescriptorProto (serialized) to stdout. The module name
-# changed across tritonclient releases (grpc_service_pb2 -> service_pb2), so try both.
-_DUMP_TRITON_DESCRIPTOR = """
-import importlib, sys
-from google.protobuf import descriptor_pb2
-for name in ("tritonclient.grpc.service_pb2", "tritonclient.grpc.grpc_service_pb2"):
-    try:
-        mod = importlib.import_module(name)
-    except ImportError:
-        continue
-    proto = descriptor_pb2.FileDescriptorProto()
-    mod.DESCRIPTOR.CopyToProto(proto)
-    sys.stdout.buffer.write(proto.SerializeToString())
-    break
-else:
-    sys.exit("tritonclient.grpc service_pb2 / grpc_service_pb2 not found")
-"""
+triton_grpc = pytest.importorskip("tritonclient.grpc")
+from tritonclient.grpc import service_pb2 as triton_pb  # noqa: E402
 
 
-def test_generated_files_are_up_to_date(tmp_path: pathlib.Path) -> None:
-    generated = generate(tmp_path)
-    assert [p.name for p in generated] == list(GENERATED_FILES)
-    for path in generated:
-        committed = PROTOS_DIR / path.name
-        assert committed.is_file(), f"{committed} is missing: run `python -m protos.generate`"
-        assert path.read_bytes() == committed.read_bytes(), (
-            f"{committed.relative_to(REPO_ROOT)} is stale: run `python -m protos.generate`"
-        )
+def test_descriptor_set_is_up_to_date() -> None:
+    compiled = compile_descriptor_set()
+    committed = (REPO_ROOT / GENERATED_MODULE).read_text(encoding="utf-8")
+    assert render_module(compiled) == committed, f"{GENERATED_MODULE} is stale: run `python -m protos.generate`"
+    assert descriptor_pb2.FileDescriptorSet.FromString(SERIALIZED) == compiled
 
 
 def _our_file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    """Parse the serialized descriptor embedded in the committed ``_pb2.py`` without importing it."""
-    tree = ast.parse(PB2_PATH.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "AddSerializedFile"
-        ):
-            serialized = ast.literal_eval(node.args[0])
-            assert isinstance(serialized, bytes)
-            return descriptor_pb2.FileDescriptorProto.FromString(serialized)
-    raise AssertionError(f"no AddSerializedFile(...) call found in {PB2_PATH}")
+    proto = descriptor_pb2.FileDescriptorProto()
+    POOL.FindFileByName("protos/grpc_predict_v2.proto").CopyToProto(proto)
+    return proto
 
 
 def _triton_file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    pytest.importorskip("tritonclient.grpc")
-    proc = subprocess.run(
-        [sys.executable, "-c", _DUMP_TRITON_DESCRIPTOR], capture_output=True, check=False, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return descriptor_pb2.FileDescriptorProto.FromString(proc.stdout)
+    proto = descriptor_pb2.FileDescriptorProto()
+    triton_pb.DESCRIPTOR.CopyToProto(proto)
+    return proto
 
 
 def _messages_by_name(
@@ -130,3 +91,24 @@ def test_wire_compatible_with_tritonclient() -> None:
             theirs_m.client_streaming,
             theirs_m.server_streaming,
         ), path
+
+
+def test_messages_travel_between_tritonclient_and_the_gateway_in_one_process() -> None:
+    """Both message sets are importable side by side, and each parses what the other writes."""
+    images = np.arange(12, dtype=np.float32).reshape(3, 4)
+    tensor = triton_grpc.InferInput("input", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    theirs = triton_pb.ModelInferRequest(model_name="digits", model_version="2", id="r1")
+    theirs.inputs.extend([tensor._get_tensor()])
+    theirs.raw_input_contents.extend([tensor._get_content()])
+    ours = inference.ModelInferRequest.FromString(theirs.SerializeToString())
+    assert (ours.model_name, ours.model_version, ours.id) == ("digits", "2", "r1")
+    assert list(ours.inputs[0].shape) == [3, 4] and ours.inputs[0].datatype == "FP32"
+    assert np.array_equal(np.frombuffer(ours.raw_input_contents[0], dtype=np.float32).reshape(3, 4), images)
+
+    answer = inference.ModelInferResponse(model_name="digits", model_version="2")
+    output = answer.outputs.add(name="logits", datatype="FP32", shape=[3, 4])
+    output.contents.fp32_contents.extend(images.ravel().tolist())
+    parsed = triton_pb.ModelInferResponse.FromString(answer.SerializeToString())
+    assert list(parsed.outputs[0].contents.fp32_contents) == images.ravel().tolist()
+    assert type(parsed).DESCRIPTOR.file.pool is not type(answer).DESCRIPTOR.file.pool

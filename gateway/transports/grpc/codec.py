@@ -22,7 +22,8 @@ from gateway.datatypes import (
     numpy_dtype,
 )
 from gateway.errors import InvalidArgumentError
-from protos import grpc_predict_v2_pb2 as pb
+from protos import inference as pb
+from protos.pool import ProtoMessage
 
 #: Which InferTensorContents field carries each datatype (FP16 has none: it travels raw only).
 CONTENTS_FIELD = {
@@ -64,7 +65,7 @@ def encode_parameters(values: dict[str, Any], target: Any) -> None:
             parameter.string_param = str(value)
 
 
-def decode_infer_request(request: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> InferRequest:
+def decode_infer_request(request: ProtoMessage, limits: RequestLimits = DEFAULT_LIMITS) -> InferRequest:
     """Decode a ModelInferRequest into the data plane's request.
 
     The message's size was limited by grpc (``max_request_bytes``); ``limits`` bounds the number of
@@ -112,7 +113,7 @@ def decode_infer_request(request: pb.ModelInferRequest, limits: RequestLimits = 
     )
 
 
-def encode_infer_response(response: InferResponse, raw: bool) -> pb.ModelInferResponse:
+def encode_infer_response(response: InferResponse, raw: bool) -> ProtoMessage:
     """Encode a data plane response; ``raw`` writes ``raw_output_contents`` instead of typed contents.
 
     Typed contents cannot carry FP16, so a response with an FP16 output is written raw.

@@ -10,9 +10,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway.core.dataplane import DataPlane
 from gateway.core.repository_control import RepositoryControl
 from gateway.transports.grpc.servicer import InferenceServicer
-from protos import grpc_predict_v2_pb2_grpc as pb_grpc
-
-SERVICE_NAME = "inference.GRPCInferenceService"
+from protos.inference import SERVICE_NAME
+from protos.pool import add_service
 
 
 class HealthStatus(Protocol):
@@ -53,7 +52,7 @@ def create_grpc_server(
             ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, control), server)
+    add_service(server, SERVICE_NAME, InferenceServicer(dataplane, control))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)

@@ -1,9 +1,10 @@
 """KServe v2 gRPC API: the RPC methods of ``inference.GRPCInferenceService``, a thin adapter over the core.
 
 Service ``inference.GRPCInferenceService`` as in KServe's grpc_predict_v2.proto, with the repository
-RPCs of Triton's superset (``protos/grpc_predict_v2.proto``). Messages are decoded and encoded by
-:mod:`gateway.transports.grpc.codec`; a request with raw inputs gets ``raw_output_contents`` back, as
-Triton does. Errors are aborted with the status code of :mod:`gateway.errors`' one table.
+RPCs of Triton's superset (``protos/grpc_predict_v2.proto``; messages from :mod:`protos.inference`).
+Messages are decoded and encoded by :mod:`gateway.transports.grpc.codec`; a request with raw inputs
+gets ``raw_output_contents`` back, as Triton does. Errors are aborted with the status code of
+:mod:`gateway.errors`' one table.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from gateway.core.types import TensorMetadata
 from gateway.errors import GatewayError, status_code_name
 from gateway.logs import current_request_id
 from gateway.transports.grpc.codec import decode_infer_request, encode_infer_response
-from protos import grpc_predict_v2_pb2 as pb
-from protos import grpc_predict_v2_pb2_grpc as pb_grpc
+from protos import inference as pb
+from protos.pool import ProtoMessage
 
 #: The ``protocol`` label of the gRPC service's metrics.
 PROTOCOL = "v2-grpc"
@@ -63,11 +64,11 @@ def _metadata_value(context: Context, wanted: str) -> str | None:
     return None
 
 
-def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:
+def _tensor_metadata(tensor: TensorMetadata) -> ProtoMessage:
     return pb.ModelMetadataResponse.TensorMetadata(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceServicer:
     """``inference.GRPCInferenceService`` over the core.
 
     Args:
@@ -80,28 +81,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self.control = control
 
     @_abort_on_error
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """KServe v2 ServerLive."""
         return pb.ServerLiveResponse(live=self.dataplane.live())
 
     @_abort_on_error
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """KServe v2 ServerReady."""
         return pb.ServerReadyResponse(ready=self.dataplane.ready())
 
     @_abort_on_error
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """KServe v2 ModelReady; NOT_FOUND for an unknown model."""
         return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version or None))
 
     @_abort_on_error
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """KServe v2 ServerMetadata."""
         metadata = self.dataplane.server_metadata()
         return pb.ServerMetadataResponse(name=metadata.name, version=metadata.version, extensions=metadata.extensions)
 
     @_abort_on_error
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """KServe v2 ModelMetadata."""
         metadata = self.dataplane.model_metadata(request.name, request.version or None)
         return pb.ModelMetadataResponse(
@@ -113,7 +114,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
 
     @_abort_on_error
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """KServe v2 ModelInfer; raw inputs get raw outputs.
 
         The call's gRPC deadline (``context.time_remaining()``) bounds the request, with Triton's
@@ -122,7 +123,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         request off the model's queue (see :meth:`gateway.runtime.scheduler.Scheduler.run`).
         """
         raw = bool(request.raw_input_contents)
-        response: pb.ModelInferResponse = await self.dataplane.infer(
+        response: ProtoMessage = await self.dataplane.infer(
             PROTOCOL,
             request.model_name,
             request.model_version or None,
@@ -136,7 +137,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return response
 
     @_abort_on_error
-    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """Triton's RepositoryIndex."""
         return pb.RepositoryIndexResponse(
             models=[
@@ -148,17 +149,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
 
     @_abort_on_error
-    async def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: Context
-    ) -> pb.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """Triton's RepositoryModelLoad (explicit mode only; ``authorization: Bearer <admin token>`` metadata)."""
         await self.control.load_model(request.model_name, _metadata_value(context, "authorization"))
         return pb.RepositoryModelLoadResponse()
 
     @_abort_on_error
-    async def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: Context
-    ) -> pb.RepositoryModelUnloadResponse:
+    async def RepositoryModelUnload(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """Triton's RepositoryModelUnload (explicit mode only; ``authorization: Bearer <admin token>`` metadata)."""
         await self.control.unload_model(request.model_name, _metadata_value(context, "authorization"))
         return pb.RepositoryModelUnloadResponse()

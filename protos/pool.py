@@ -1,0 +1,76 @@
+"""The gateway's protobuf messages and gRPC services, built at import from :mod:`protos.descriptor_set`.
+
+The descriptors live in a private ``DescriptorPool``, not protobuf's process-wide default pool, so
+they never clash with another package that registers the same names (tritonclient registers
+``inference.*`` too), and no generated ``_pb2`` code ties the gateway to one protobuf or grpcio
+release: message classes come from ``google.protobuf.message_factory.GetMessageClass`` and service
+handlers from ``grpc``'s generic handlers, which protobuf 5 to 7 and grpcio alike provide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from protos.descriptor_set import SERIALIZED
+
+__all__ = ["POOL", "ProtoMessage", "add_service", "message_class"]
+
+#: The static type of a message built here: its class is made at run time, so its fields are unknown to
+#: type checkers.
+ProtoMessage: TypeAlias = Any
+
+
+def _load_pool() -> descriptor_pool.DescriptorPool:
+    """A new pool holding every file of the serialized set (they are in dependency order, as protoc writes them)."""
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(SERIALIZED).file:
+        pool.AddSerializedFile(file.SerializeToString())
+    return pool
+
+
+#: The gateway's own descriptor pool.
+POOL = _load_pool()
+
+
+def message_class(full_name: str) -> type[ProtoMessage]:
+    """The message class of ``full_name`` (e.g. ``inference.ModelInferRequest``) in :data:`POOL`.
+
+    Typed ``Any``: the classes are made at run time, so static checkers cannot know their fields.
+
+    Raises:
+        KeyError: no such message in the gateway's protos.
+    """
+    return message_factory.GetMessageClass(POOL.FindMessageTypeByName(full_name))
+
+
+def add_service(server: grpc.aio.Server, service_name: str, servicer: object) -> None:
+    """Serve every method of service ``service_name`` (e.g. ``inference.GRPCInferenceService``) on ``server``.
+
+    Each method is answered by the servicer's coroutine of the same name, ``(request, context) ->
+    response``, with the request and response messages of :data:`POOL`.
+
+    Raises:
+        KeyError: no such service in the gateway's protos.
+        TypeError: the servicer lacks a method, or the service has a streaming method (not supported).
+    """
+    service = POOL.FindServiceByName(service_name)
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            raise TypeError(f"{service_name}.{method.name} streams; only unary methods are supported")
+        behaviour: Callable[..., Any] | None = getattr(servicer, method.name, None)
+        if behaviour is None:
+            raise TypeError(f"{type(servicer).__name__} does not implement {service_name}.{method.name}")
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=message_class(method.input_type.full_name).FromString,
+            response_serializer=message_class(method.output_type.full_name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
+    register = getattr(server, "add_registered_method_handlers", None)
+    if register is not None:  # grpcio >= 1.63: methods looked up by a precomputed path (faster)
+        register(service_name, handlers)
