@@ -188,7 +188,7 @@ class RepositoryControl:
             await receive_package(package, archive, self.max_upload_bytes)
             version_dir = staging / "version"
             await asyncio.to_thread(unpack_package, archive, version_dir, self.max_upload_bytes)
-            await asyncio.to_thread(check_version_files, version_dir)
+            await asyncio.to_thread(check_version_files, version_dir, self.max_upload_bytes)
             installed = await self.repository.install_version(name, number, version_dir)
         await self._tell_peers("load", name)
         logger.info("model %s version %d uploaded", name, installed)

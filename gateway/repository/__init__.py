@@ -6,6 +6,8 @@
   version policy), completed from the artifact.
 - :mod:`gateway.repository.packages`: model packages (a tar of one version folder) received,
   unpacked safely and checked before they are installed.
+- :mod:`gateway.repository.mar`: TorchServe archives (``.mar``) in a version folder, checked and
+  served from their model file; nothing in them runs.
 
 It builds each loaded version's scheduler from :mod:`gateway.runtime`, and imports nothing above it.
 """

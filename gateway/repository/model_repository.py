@@ -1,9 +1,10 @@
 """The model repository: which models and versions are served, and their load states.
 
 Layout: ``<root>/<model>/config.yaml`` (optional) and integer version folders
-``<root>/<model>/<version>/`` holding the artifact. The repository loads, reloads and unloads
-models as the model control mode asks (Triton's none / poll / explicit), and answers which
-loaded version serves a request.
+``<root>/<model>/<version>/`` holding the artifact (or a TorchServe archive,
+:mod:`gateway.repository.mar`). The repository loads, reloads and unloads models as the model
+control mode asks (Triton's none / poll / explicit), and answers which loaded version serves a
+request.
 
 A load never takes the server down: a model or version that fails is recorded as UNAVAILABLE with
 the reason, other models keep serving, and a version that fails to reload keeps its previous
@@ -47,6 +48,7 @@ from gateway.repository.config import (
     full_shape,
     read_model_config,
 )
+from gateway.repository.mar import served_version
 from gateway.repository.names import check_model_name, valid_model_name
 from gateway.runtime.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
 
@@ -573,7 +575,7 @@ class ModelRepository:
         metrics: VersionMetrics,
         model_bytes: int,
     ) -> LoadedVersion:
-        instances, completed = self._create_instances(path, config)
+        instances, completed, parameters = self._create_instances(path, config)
         max_batch_size = completed.max_batch_size or 0
 
         def signatures(tensors: list[TensorConfig]) -> dict[str, TensorSignature]:
@@ -593,27 +595,32 @@ class ModelRepository:
             model_bytes=model_bytes,
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
-            backend_parameters=instances[0].metadata_parameters,
+            backend_parameters={**instances[0].metadata_parameters, **parameters},
         )
 
-    def _create_instances(self, path: Path, config: ModelConfig) -> tuple[list[Backend], ModelConfig]:
-        """The ``instance_count`` backend sessions of the version files in ``path``, and the completed config.
+    def _create_instances(self, path: Path, config: ModelConfig) -> tuple[list[Backend], ModelConfig, dict[str, Any]]:
+        """The ``instance_count`` backend sessions of the version files in ``path``, the completed config,
+        and what the metadata shows of a TorchServe archive (:func:`gateway.repository.mar.served_version`).
 
         The process's CPU cores (:attr:`cpu_cores`) are divided among the instances.
 
         Raises:
-            ModelLoadError: the files do not load.
+            ModelLoadError: the files do not load (an archive refused:
+                :class:`~gateway.repository.mar.ArchiveError`).
             ModelConfigError: the config does not fit the model.
         """
-        backend_name = config.backend or detect_backend(path)
-        options = config.backend_options(backend_name)
-        declared = config.declared_signature()
-        cpu_threads = max(1, self.cpu_cores // config.instance_count)
-        instances = [
-            create_backend(backend_name, path, options, declared, cpu_threads=cpu_threads)
-            for _ in range(config.instance_count)
-        ]
-        return instances, complete_config(config, backend_name, instances[0], self.default_max_batch_size)
+        with served_version(path, config) as served:  # an archive's model file is extracted for the load
+            path, config = served.path, served.config
+            backend_name = config.backend or detect_backend(path)
+            options = config.backend_options(backend_name)
+            declared = config.declared_signature()
+            cpu_threads = max(1, self.cpu_cores // config.instance_count)
+            instances = [
+                create_backend(backend_name, path, options, declared, cpu_threads=cpu_threads)
+                for _ in range(config.instance_count)
+            ]
+        completed = complete_config(config, backend_name, instances[0], self.default_max_batch_size)
+        return instances, completed, served.parameters
 
     def _publish_ready(self, name: str) -> None:
         """Set ``gateway_model_ready`` to 1 for each version of ``name`` serving now, 0 for the others seen."""

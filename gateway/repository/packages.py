@@ -1,20 +1,24 @@
 """Model packages: receiving an upload, unpacking it safely, and checking the files of a model version.
 
 A package is a tar archive, gzip-compressed or not, whose members are the files of one version
-folder (the artifact, ``model.onnx``, ``model.pt2`` or the ``model.savedmodel/`` folder, and
-``parity.json`` and ``quantization.json`` at its top level, as ``gateway push`` writes them). It is
-received and unpacked in a staging folder inside the repository; nothing reaches the model's folder
-until every check passed (:meth:`gateway.repository.model_repository.ModelRepository.install_version`).
+folder (the artifact, ``model.onnx``, ``model.pt2``, the ``model.savedmodel/`` folder or a TorchServe
+archive ``<name>.mar``, and ``parity.json`` and ``quantization.json`` at its top level, as ``gateway
+push`` writes them). It is received and unpacked in a staging folder inside the repository; nothing
+reaches the model's folder until every check passed
+(:meth:`gateway.repository.model_repository.ModelRepository.install_version`).
 
 Unpacking refuses absolute paths, ``..``, links of any kind, devices and FIFOs, and packages whose
 declared sizes add up past the upload limit (checked before anything is written, so a compressed
-bomb cannot fill the disk).
+bomb cannot fill the disk). The members of a zip archive, a TorchServe ``.mar``, are checked by the
+same rules (:func:`check_zip_members`).
 """
 
 from __future__ import annotations
 
 import json
+import stat
 import tarfile
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 
@@ -26,7 +30,14 @@ from converters.parity import PARITY_FILE
 from converters.quantization_report import QUANTIZATION_FILE
 from gateway.errors import InvalidArgumentError, PayloadTooLargeError
 
-__all__ = ["MAX_PACKAGE_MEMBERS", "check_version_files", "pack_version", "receive_package", "unpack_package"]
+__all__ = [
+    "MAX_PACKAGE_MEMBERS",
+    "check_version_files",
+    "check_zip_members",
+    "pack_version",
+    "receive_package",
+    "unpack_package",
+]
 
 #: Most files and folders a package may hold.
 MAX_PACKAGE_MEMBERS = 10_000
@@ -54,13 +65,20 @@ async def receive_package(chunks: AsyncIterator[bytes], destination: Path, limit
     return received
 
 
+def _path_problem(name: str) -> str | None:
+    """Why a member's path may not be unpacked (absolute, or with ``..``, ``\\`` counting as ``/``), or None."""
+    if PurePosixPath(name).is_absolute() or name.startswith("\\") or name[1:2] == ":":
+        return "has an absolute path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "has '..' in its path"
+    return None
+
+
 def _member_problem(member: tarfile.TarInfo) -> str | None:
     """Why a member may not be unpacked, or None when it may."""
-    path = PurePosixPath(member.name)
-    if path.is_absolute() or member.name.startswith("\\"):
-        return "has an absolute path"
-    if ".." in path.parts:
-        return "has '..' in its path"
+    path_problem = _path_problem(member.name)
+    if path_problem is not None:
+        return path_problem
     if member.issym() or member.islnk():
         return "is a link"
     if not (member.isfile() or member.isdir()):
@@ -103,18 +121,71 @@ def unpack_package(package: Path, destination: Path, limit_bytes: int) -> None:
             raise InvalidArgumentError(f"the package cannot be unpacked: {error}") from None
 
 
-def check_version_files(version_dir: Path) -> None:
-    """Check the files of an unpacked version: every ``.onnx`` passes ``onnx.checker``, the reports are JSON objects.
+def check_zip_members(archive: zipfile.ZipFile, limit_bytes: int | None = None) -> None:
+    """Check every member of a zip archive (a TorchServe ``.mar``) by the rules of a package's members.
+
+    Nothing is unpacked: the members are read from the archive's central directory. A member is
+    refused for an absolute path, ``..`` in its path, a link or special file (its Unix mode), a
+    name given twice, or encryption; the archive for more than :data:`MAX_PACKAGE_MEMBERS` members,
+    or sizes that add up past ``limit_bytes`` (zipfile never reads a member past its declared size).
+
+    Raises:
+        InvalidArgumentError: the first problem found; the message names the member.
+        PayloadTooLargeError: the members' sizes add up past ``limit_bytes``.
+    """
+    members = archive.infolist()
+    if len(members) > MAX_PACKAGE_MEMBERS:
+        raise InvalidArgumentError(f"the archive holds {len(members)} members; at most {MAX_PACKAGE_MEMBERS}")
+    seen: set[str] = set()
+    for member in members:
+        file_type = stat.S_IFMT(member.external_attr >> 16)  # 0 when the archive records no Unix mode
+        problem = _path_problem(member.filename)
+        if problem is None and stat.S_ISLNK(file_type):
+            problem = "is a link"
+        elif problem is None and file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
+            problem = "is not a regular file or folder"
+        elif problem is None and member.flag_bits & 0x1:
+            problem = "is encrypted"
+        elif problem is None and member.filename in seen:
+            problem = "appears twice"
+        if problem is not None:
+            raise InvalidArgumentError(f"archive member '{member.filename}' {problem}; refused")
+        seen.add(member.filename)
+    if limit_bytes is not None and sum(member.file_size for member in members) > limit_bytes:
+        raise PayloadTooLargeError(f"the archive unpacks to more than the upload limit of {limit_bytes} bytes")
+
+
+def check_version_files(version_dir: Path, limit_bytes: int | None = None) -> None:
+    """Check the files of an unpacked version: every ``.onnx`` passes ``onnx.checker``, every ``.mar``
+    holds safe members, the reports are JSON objects.
 
     Before the checker opens anything, every ``.onnx`` must keep its external data inside
     ``version_dir`` (:func:`backends.onnxruntime.check_external_data`, which the ONNX Runtime backend
-    runs again at every load). The reports a push stores, ``parity.json`` and ``quantization.json``,
-    must each hold a JSON object when present.
+    runs again at every load). A TorchServe archive (``.mar``) is a zip whose members must pass
+    :func:`check_zip_members` within ``limit_bytes``; what it holds is checked when it loads
+    (:mod:`gateway.repository.mar`). The reports a push stores, ``parity.json`` and
+    ``quantization.json``, must each hold a JSON object when present.
+
+    Args:
+        version_dir: the unpacked version folder.
+        limit_bytes: the most bytes an archive inside may unpack to (the upload limit); None: no limit.
 
     Raises:
         InvalidArgumentError: a file that fails its check; the message names it and says why (for
             external data: the tensor and its location).
+        PayloadTooLargeError: an archive inside unpacks past ``limit_bytes``.
     """
+    for archive_file in sorted(version_dir.rglob("*.mar")):
+        relative = archive_file.relative_to(version_dir)
+        try:
+            with zipfile.ZipFile(archive_file) as archive:
+                check_zip_members(archive, limit_bytes)
+        except (zipfile.BadZipFile, OSError) as error:
+            raise InvalidArgumentError(f"{relative} is not a TorchServe model archive (a zip file): {error}") from None
+        except InvalidArgumentError as error:
+            raise InvalidArgumentError(f"{relative}: {error.message}") from None
+        except PayloadTooLargeError as error:
+            raise PayloadTooLargeError(f"{relative}: {error.message}") from None
     for model_file in sorted(version_dir.rglob("*.onnx")):
         try:
             check_external_data(model_file, version_dir)
