@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.client import AdminTokenSource, ClientError, GatewayClient
 from gateway.errors import GatewayError, InvalidArgumentError
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from converters.pipeline import ConversionResult, ExportFormat
     from converters.quantization import CalibrationData, CompressionOptions, EvalData
     from converters.quantization_report import QuantizationReport
+    from gateway.repository.mar import TorchServeArchive
 
 __all__ = [
     "PushError",
@@ -53,6 +54,7 @@ __all__ = [
     "parse_dynamic_axes",
     "parse_input_spec",
     "push",
+    "push_archive",
     "push_source",
     "stderr_progress",
 ]
@@ -61,6 +63,7 @@ __all__ = [
 DEFAULT_MAX_BATCH_SIZE: int = GatewaySettings.model_fields["default_max_batch_size"].default
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 
 class PushError(Exception):
@@ -131,7 +134,7 @@ class PushResult:
         if self.parity is not None:
             lines += [f"parity ({BACKEND_RUNTIMES[self.backend]} against the original model):", self.parity.table()]
         else:
-            lines.append("parity: not checked (an ONNX file is served as it is)")
+            lines.append("parity: not checked (the model file is served as it is, not converted)")
         if self.quantization is not None:
             lines += ["price of the compression:", self.quantization.table()]
         base_url = self.base_url or "http://127.0.0.1:8000"
@@ -348,13 +351,19 @@ def _upload(version_dir: Path, target: PushTarget, progress: Progress) -> dict[s
             raise PushError(str(error)) from None
 
 
+#: The inputs and outputs of a version as the gateway serves it (shapes with -1 for variable dims).
+ServedSignature = tuple[list["TensorSummary"], list["TensorSummary"]]
+
+
 async def _install_locally(
-    repository: Path,
-    name: str,
-    version: int | None,
-    convert: Callable[[Path], ConversionResult],
-) -> tuple[int, bool, ConversionResult]:
-    """Convert straight into a staging folder of a local repository, check and install it."""
+    repository: Path, name: str, version: int | None, write: Callable[[Path], T]
+) -> tuple[int, T, ServedSignature | None]:
+    """Write a version straight into a staging folder of a local repository, check and install it.
+
+    Returns:
+        The version installed, what ``write`` returned, and the version's inputs and outputs as
+        served (None when its version policy does not serve it).
+    """
     from gateway.repository.model_repository import ModelRepository
     from gateway.repository.packages import check_version_files
 
@@ -362,10 +371,57 @@ async def _install_locally(
     repository.mkdir(parents=True, exist_ok=True)
     async with repo.staging_folder() as staging:
         version_dir = staging / "version"
-        result = await asyncio.to_thread(convert, version_dir)
+        result = await asyncio.to_thread(write, version_dir)
         await asyncio.to_thread(check_version_files, version_dir)
         number = await repo.install_version(name, version, version_dir)
-    return number, number in repo.ready_versions(name), result
+    if number not in repo.ready_versions(name):
+        return number, result, None
+    loaded = repo.get(name, str(number))
+    served = [
+        [TensorSummary(tensor, signature.datatype, list(signature.shape)) for tensor, signature in tensors.items()]
+        for tensors in (loaded.inputs, loaded.outputs)
+    ]
+    return number, result, (served[0], served[1])
+
+
+def _deliver(
+    target: PushTarget, write: Callable[[Path], T], progress: Progress, *, describe: bool = False
+) -> tuple[int, bool, T, ServedSignature | None]:
+    """Write a version folder with ``write`` and install it into the target's repository, or upload it.
+
+    Returns:
+        The version created, whether it is ready, what ``write`` returned, and (for a local
+        repository, or with ``describe`` for a gateway) its inputs and outputs as served when ready.
+
+    Raises:
+        PushError: the repository or the server refused the version (the reason is included).
+    """
+    if target.repository is not None:
+        try:
+            installed = _install_locally(target.repository, target.name, target.version, write)
+            number, result, served = asyncio.run(installed)
+        except GatewayError as error:
+            raise PushError(f"the model cannot be written to {target.repository}: {error.message}") from None
+        return number, served is not None, result, served
+    with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
+        version_dir = Path(work) / "version"
+        result = write(version_dir)
+        answer = _upload(version_dir, target, progress)
+    number, ready = int(answer["version"]), bool(answer["ready"])
+    if not (describe and ready):
+        return number, ready, result, None
+    assert target.server is not None
+    with GatewayClient(target.server, target.token) as client:
+        try:
+            metadata = client.model_metadata(target.name, str(number))
+        except ClientError as error:
+            progress(f"pushed, but its metadata cannot be read: {error}")
+            return number, ready, result, None
+    inputs, outputs = (
+        [TensorSummary(tensor["name"], tensor["datatype"], list(tensor["shape"])) for tensor in metadata[key]]
+        for key in ("inputs", "outputs")
+    )
+    return number, ready, result, (inputs, outputs)
 
 
 def push_source(
@@ -433,18 +489,7 @@ def push_source(
                 ) from None
             raise PushError(str(error)) from None
 
-    if target.repository is not None:
-        try:
-            number, ready, result = asyncio.run(
-                _install_locally(target.repository, target.name, target.version, convert)
-            )
-        except GatewayError as error:
-            raise PushError(f"the model cannot be written to {target.repository}: {error.message}") from None
-    else:
-        with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
-            result = convert(Path(work) / "version")
-            answer = _upload(result.version_dir, target, report)
-        number, ready = int(answer["version"]), bool(answer["ready"])
+    number, ready, result, _ = _deliver(target, convert, report)
     return PushResult(
         target.name,
         number,
@@ -456,6 +501,113 @@ def push_source(
         target.server,
         result.quantization,
     )
+
+
+def push_archive(
+    path: Path,
+    target: PushTarget,
+    *,
+    input_specs: list[InputSpec] | None = None,
+    dynamic_axes: DynamicAxes | None = None,
+    export_format: ExportFormat | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    compression: CompressionOptions | None = None,
+    progress: Progress | None = None,
+) -> PushResult:
+    """Push a TorchServe model archive (``.mar``): as it is, or its model file converted to ONNX.
+
+    The archive is checked first, as the server checks it (:func:`gateway.repository.mar.read_archive`:
+    safe members, a manifest, a default handler or none, no eager model); nothing from it runs.
+
+    - As it is (the default, or ``--format native``): the version folder holds the archive alone,
+      and the gateway (or the local repository) serves it as a dropped archive, its TorchScript or
+      ``.pt2`` model with the torch backend, its ONNX model with ONNX Runtime. A TorchScript model
+      needs a ``config.yaml`` among the archive's extra files listing its inputs and outputs.
+    - Converted (``--format onnx``, ``--input-spec``, or a compression): the model file is extracted
+      and pushed as that file would be (:func:`push_source`: ONNX, with the parity check);
+      TorchScript needs ``--input-spec``, as a TorchScript file's push does.
+
+    Args:
+        path: the ``.mar`` file.
+        target: where it goes, from :func:`check_push_target`.
+        input_specs: the inputs of a TorchScript model to convert (``--input-spec``).
+        dynamic_axes: extra dynamic axes, for a conversion.
+        export_format: None or ``native``: as it is (unless converting is asked otherwise); ``onnx``: converted.
+        atol, rtol, compression, progress: as :func:`push_source`.
+
+    Raises:
+        PushError: the archive is refused (the reason and what to do), the options do not go with
+            it, or as :func:`push_source`.
+    """
+    from converters.pipeline import ExportFormat, example_from_specs
+    from converters.sources import load_source
+    from gateway.repository.mar import ARCHIVE_CONFIG, ArchiveError, read_archive
+
+    report = progress or (lambda _: None)
+    try:
+        archive = read_archive(path)
+    except ArchiveError as error:
+        raise PushError(str(error)) from None
+    converting = export_format is ExportFormat.ONNX or bool(input_specs)
+    converting = converting or (compression is not None and compression.active)
+    if not converting:
+        if dynamic_axes:
+            raise PushError("--dynamic-axes applies when the archive's model is converted to ONNX (--format onnx)")
+        if archive.is_torchscript and not archive.has_config:
+            raise PushError(
+                f"{archive.describe()} holds TorchScript, which records no input or output shapes, and no "
+                f"{ARCHIVE_CONFIG} among its extra files lists them: add one (torch-model-archiver --extra-files "
+                f"{ARCHIVE_CONFIG}, with inputs and outputs as in a model's {ARCHIVE_CONFIG}) to serve the archive "
+                "as it is with the torch backend, or give --input-spec to push its model converted to ONNX"
+            )
+        return _push_archive_as_is(archive, target, report)
+    if export_format is ExportFormat.NATIVE:
+        raise PushError(
+            "--format native pushes the archive as it is: leave out --input-spec, --quantize, --precision and "
+            "--optimize, which convert its model to ONNX"
+        )
+    if archive.is_torchscript and not input_specs:
+        raise PushError(
+            f"{archive.describe()} holds TorchScript, which records no input shapes: converting it to ONNX "
+            "needs --input-spec"
+        )
+    report(f"extracting {archive.serialized_file} from {archive.path.name} to convert it")
+    with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
+        try:
+            model_file = archive.extract_model(Path(work))
+            source = load_source(
+                str(model_file),
+                input_specs=input_specs,
+                example_inputs=example_from_specs(input_specs) if input_specs else None,
+                dynamic_axes=dynamic_axes,
+            )
+        except (ArchiveError, ValueError) as error:
+            raise PushError(f"{archive.path.name}: {error}") from None
+        return push_source(
+            source,
+            target,
+            export_format=ExportFormat.ONNX,
+            atol=atol,
+            rtol=rtol,
+            compression=compression,
+            progress=report,
+        )
+
+
+def _push_archive_as_is(archive: TorchServeArchive, target: PushTarget, progress: Progress) -> PushResult:
+    """Upload (or install) a version folder holding the archive alone; the server loads it as a dropped one."""
+    import shutil
+
+    progress(f"pushing {archive.describe()} as it is, served by the gateway's {archive.backend} backend")
+
+    def write(version_dir: Path) -> None:
+        version_dir.mkdir(parents=True)
+        shutil.copyfile(archive.path, version_dir / archive.path.name)
+
+    number, ready, _, served = _deliver(target, write, progress, describe=True)
+    inputs, outputs = served or ([], [])
+    return PushResult(target.name, number, ready, archive.backend, inputs, outputs, None, target.server)
 
 
 def push(

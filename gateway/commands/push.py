@@ -14,6 +14,7 @@ from gateway.push_client import (
     check_push_target,
     parse_dynamic_axes,
     parse_input_spec,
+    push_archive,
     push_source,
     stderr_progress,
 )
@@ -24,12 +25,19 @@ def push(
         str,
         typer.Argument(
             help="The model: a .onnx, .pt2 (torch.export), TorchScript or .keras file, a SavedModel folder, "
-            "or an entry point path/to/file.py:function or package.module:function returning "
-            "(model, example_inputs).",
+            "a TorchServe archive (.mar), or an entry point path/to/file.py:function or "
+            "package.module:function returning (model, example_inputs).",
             show_default=False,
         ),
     ],
-    name: Annotated[str, typer.Option("--name", help="Model name in the repository.", show_default=False)],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Model name in the repository (a .mar's default: the archive's model name).",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         int | None, typer.Option("--version", help="Version to create (default: the next one).", show_default=False)
     ] = None,
@@ -67,7 +75,8 @@ def push(
             "--format",
             help="onnx: convert to ONNX, served by ONNX Runtime (the default). native: export in the model's own "
             "format (torch: .pt2 via torch.export; Keras/TensorFlow: SavedModel; JAX: SavedModel via jax2tf), "
-            "served by the gateway's torch or tensorflow backend.",
+            "served by the gateway's torch or tensorflow backend. A .mar is pushed as it is unless converting "
+            "is asked (onnx, --input-spec, a compression).",
             show_default=False,
         ),
     ] = None,
@@ -177,9 +186,17 @@ def push(
     --quantize int8, --precision fp16 and --optimize then compress the ONNX model and measure the
     price (errors, accuracy, bytes, latency), stored with the version; --max-accuracy-drop and
     --max-abs-error refuse a compression that costs too much.
+
+    A TorchServe archive (.mar, TorchScript, ONNX or .pt2 with a default handler or none) is pushed
+    as it is and served as TorchServe served it, under its archive name unless --name says
+    otherwise; nothing from it runs. --format onnx or --input-spec convert its model to ONNX.
     """
     progress = stderr_progress()
+    archive = _archive(source)
     try:
+        name = name or _archive_name(archive)
+        if archive is not None and framework is not None:
+            raise PushError("--framework: a TorchServe archive's manifest says what its model is; leave it out")
         target = check_push_target(name, version=version, server=server, token=token, repository=repository)
         axes = parse_dynamic_axes(dynamic_axes or [])
         specs = [parse_input_spec(value, axes) for value in input_spec or []] or None
@@ -207,27 +224,67 @@ def push(
         )
     except ValueError as error:  # options that do not go together: before the model is loaded
         fail(str(error))
-    progress(f"loading {source}")
+    chosen_format = ExportFormat(export_format) if export_format is not None else None
     try:
-        model = load_source(
-            source,
-            framework=framework,
-            input_specs=specs,
-            example_inputs=example_from_specs(specs) if specs else None,
-            dynamic_axes=axes,
-        )
-        result = push_source(
-            model,
-            target,
-            export_format=ExportFormat(export_format) if export_format is not None else None,
-            atol=atol,
-            rtol=rtol,
-            compression=compression,
-            progress=progress,
-        )
+        if archive is not None:
+            result = push_archive(
+                archive,
+                target,
+                input_specs=specs,
+                dynamic_axes=axes,
+                export_format=chosen_format,
+                atol=atol,
+                rtol=rtol,
+                compression=compression,
+                progress=progress,
+            )
+        else:
+            progress(f"loading {source}")
+            model = load_source(
+                source,
+                framework=framework,
+                input_specs=specs,
+                example_inputs=example_from_specs(specs) if specs else None,
+                dynamic_axes=axes,
+            )
+            result = push_source(
+                model,
+                target,
+                export_format=chosen_format,
+                atol=atol,
+                rtol=rtol,
+                compression=compression,
+                progress=progress,
+            )
     except (PushError, ConversionError, ValueError) as error:
         fail(str(error))
     if json_output:
         print_json(result.to_json())
     else:
         typer.echo(result.summary())
+
+
+def _archive(source: str) -> Path | None:
+    """The TorchServe archive SOURCE is (a ``.mar`` file), or None.
+
+    The suffix is :data:`gateway.repository.mar.ARCHIVE_SUFFIX`, written out: that module (and numpy
+    with it) is imported only when an archive is pushed, so that other pushes' checks stay fast.
+    """
+    path = Path(source)
+    return path if path.suffix.lower() == ".mar" and path.is_file() else None
+
+
+def _archive_name(archive: Path | None) -> str:
+    """The model name of a push without --name: a TorchServe archive's own name.
+
+    Raises:
+        PushError: no archive (every other source needs --name), or an archive whose name cannot be read.
+    """
+    if archive is None:
+        raise PushError("give the model's name: --name NAME")
+    from gateway.repository.mar import ArchiveError, archive_model_name
+
+    try:
+        return archive_model_name(archive)
+    except ArchiveError as error:
+        raise PushError(f"{error}; give the model's name with --name") from None
