@@ -48,7 +48,7 @@ def create_app(dataplane: DataPlane, control: RepositoryControl) -> FastAPI:
     registry = dataplane.repository.metrics.registry
     app.include_router(v2_router(dataplane, control))
     app.include_router(tfserving_router(dataplane, control))
-    app.include_router(torchserve_router(dataplane))
+    app.include_router(torchserve_router(dataplane, control))
 
     default_openapi = app.openapi
 
