@@ -344,6 +344,10 @@ def test_torchserve_list_and_describe(mar_gateway):
     assert mar_gateway.http.get("/models/mlp_onnx/all").json() == [described]
     missing = mar_gateway.http.get("/models/nope")
     assert missing.status_code == 404 and missing.json()["type"] == "ModelNotFoundException"
+    # '²' is a digit to str.isdigit but not to int(): a bad version, not a server error
+    for path in ("/models/mlp_onnx/²", "/v2/models/mlp_onnx/versions/²"):
+        assert mar_gateway.http.get(path).status_code == 400, path
+    assert mar_gateway.http.post("/predictions/mlp_onnx/²", json=[[0.0] * 64]).status_code == 400
 
 
 # ----------------------------------------------------------------------------- the archive reader alone

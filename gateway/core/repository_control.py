@@ -212,6 +212,6 @@ class RepositoryControl:
 
 
 def _parse_version_number(version: str) -> int:
-    if not version.isdigit() or int(version) < 1:
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise InvalidArgumentError(f"model version '{version}' is not a positive integer")
     return int(version)

@@ -717,7 +717,7 @@ def _move_into_place(staged: Path, model_path: Path, version: int) -> Path:
 
 
 def _parse_version(version: str) -> int:
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()):  # '²' is a digit to str.isdigit, not to int()
         raise InvalidArgumentError(f"model version '{version}' is not a non-negative integer")
     return int(version)
 

@@ -148,7 +148,7 @@ def _archive(dataplane: DataPlane, name: str, version: str | None = None) -> dic
 def _gateway_version(dataplane: DataPlane, name: str, version: str | None) -> str | None:
     """The gateway version a TorchServe path names: a version number as it is, or the served version
     whose archive has that ``modelVersion`` (e.g. ``1.0``); unchanged when none has (the core refuses it)."""
-    if version is None or version.isdigit():
+    if version is None or (version.isascii() and version.isdigit()):
         return version
     try:
         for number in dataplane.model_metadata(name).versions:
