@@ -18,6 +18,8 @@ before the slow imports.
 With ``--quantize int8``, ``--precision fp16`` or ``--optimize``, the checked ONNX model is compressed
 and the price measured and stored with it (:mod:`converters.quantization`); a model over
 ``--max-accuracy-drop`` or ``--max-abs-error`` uploads nothing.
+A TorchServe archive (``.mar``) is checked as the server checks it and pushed as it is, its version
+folder holding the archive alone (:func:`push_archive`, :mod:`gateway.repository.mar`).
 """
 
 from __future__ import annotations
