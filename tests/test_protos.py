@@ -95,11 +95,12 @@ def test_wire_compatible_with_tritonclient() -> None:
     theirs = _triton_file_descriptor()
     our_messages = _messages_by_name(ours)
     assert "inference.ModelInferRequest.InferInputTensor" in our_messages  # sanity: nesting walked
+    assert "inference.ModelStatistics" in our_messages and "inference.SystemSharedMemoryStatusResponse" in our_messages
     _assert_messages_are_a_subset(ours, theirs)
 
     their_methods = {f"/{theirs.package}.{svc.name}/{m.name}": m for svc in theirs.service for m in svc.method}
     our_methods = {f"/{ours.package}.{svc.name}/{m.name}": m for svc in ours.service for m in svc.method}
-    assert len(our_methods) == 9
+    assert len(our_methods) == 17
     for path, method in our_methods.items():
         assert path in their_methods, f"RPC {path} not in tritonclient's service"
         theirs_m = their_methods[path]
@@ -117,6 +118,9 @@ def test_model_config_is_wire_compatible_with_tritonclients() -> None:
     assert {"inference.ModelConfig", "inference.ModelInput", "inference.ModelDynamicBatching"} <= set(our_messages)
     assert "inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator" in our_messages
     _assert_messages_are_a_subset(ours, _triton_file_descriptor(triton_model_config_pb))
+    # The response of the ModelConfig RPC holds the very message Triton's does.
+    response = _messages_by_name(_our_file_descriptor())["inference.ModelConfigResponse"]
+    assert response.field[0].type_name == ".inference.ModelConfig"
 
 
 def test_a_config_pbtxt_reads_the_same_in_tritonclients_messages_and_ours() -> None:
