@@ -22,37 +22,21 @@ import pytest
 triton_http = pytest.importorskip("tritonclient.http")
 triton_grpc = pytest.importorskip("tritonclient.grpc")
 
-import onnx  # noqa: E402
 import tritonclient.utils.shared_memory as shared_memory  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from tests.conftest import GatewayProcess, start_gateway  # noqa: E402
+from tests.conftest import GatewayProcess, start_gateway, write_pair_model  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="POSIX shared memory lives in /dev/shm")
 
 FLOAT = np.dtype(np.float32)
 
 
-def write_pair_model(path: Path) -> None:
-    """An ONNX model with inputs a, b FP32 [batch, 4] and outputs sum = a + b, product = a * b."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["product"])],
-        "pair",
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4]) for name in ("a", "b")],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4]) for name in ("sum", "product")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-
-
 @pytest.fixture(scope="module")
 def extensions_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("extensions-repository")
-    write_pair_model(root / "pair" / "1" / "model.onnx")
-    write_pair_model(root / "counted" / "1" / "model.onnx")
+    write_pair_model(root / "pair" / "1" / "model.onnx", width=4)
+    write_pair_model(root / "counted" / "1" / "model.onnx", width=4)
     server = start_gateway(root, tmp_path_factory.mktemp("extensions-logs") / "gateway.log")
     yield server
     server.stop()
