@@ -476,5 +476,6 @@ def check_instance_kind(config: ModelConfig, backend_parameters: Mapping[str, An
         else ""
     )
     raise ModelConfigError(
-        f"instance_group kind KIND_{config.instance_kind.upper()}, but the model runs on {where} here ({how}){hint}"
+        f"instance_kind {config.instance_kind} (Triton's instance_group kind KIND_{config.instance_kind.upper()}), "
+        f"but the model runs on {where} here ({how}){hint}"
     )
