@@ -74,6 +74,7 @@ def create_backend(
     options: BaseModel | None = None,
     declared: DeclaredSignature | None = None,
     cpu_threads: int = 0,
+    artifact: str | None = None,
 ) -> Backend:
     """Load one instance of backend ``name`` from a version folder.
 
@@ -86,6 +87,9 @@ def create_backend(
         cpu_threads: CPU threads this instance may use, the default of the backend's thread options
             (the repository divides the process's cores among a version's instances); 0: the
             runtime's own default.
+        artifact: the artifact's file (or SavedModel folder) name in the version folder, when it
+            is not the backend's default (Triton's ``default_model_filename``); for the torch
+            backend a name ending in ``.pt2`` is an ExportedProgram, any other TorchScript.
 
     Raises:
         ModelLoadError: unknown backend, its framework is not installed (the message says what to
@@ -94,13 +98,15 @@ def create_backend(
     if name == "onnxruntime":
         from backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeOptions
 
-        return OnnxRuntimeBackend(version_path, OnnxRuntimeOptions.model_validate(options or {}), cpu_threads)
+        return OnnxRuntimeBackend(version_path, OnnxRuntimeOptions.model_validate(options or {}), cpu_threads, artifact)
     if name == "torch":
         from backends.pytorch import TorchBackend, TorchOptions
 
-        return TorchBackend(version_path, TorchOptions.model_validate(options or {}), declared or DeclaredSignature())
+        return TorchBackend(
+            version_path, TorchOptions.model_validate(options or {}), declared or DeclaredSignature(), artifact
+        )
     if name == "tensorflow":
         from backends.tensorflow_savedmodel import TensorFlowBackend, TensorFlowOptions
 
-        return TensorFlowBackend(version_path, TensorFlowOptions.model_validate(options or {}))
+        return TensorFlowBackend(version_path, TensorFlowOptions.model_validate(options or {}), artifact)
     raise ModelLoadError(f"unknown backend '{name}' (known: {', '.join(BACKEND_ARTIFACTS)})")

@@ -35,6 +35,7 @@ _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
 }
 
 # ONNX Runtime's tensor type strings -> numpy dtypes.
@@ -84,11 +85,26 @@ class OnnxRuntimeOptions(BaseModel):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         default="all", description="ONNX Runtime graph optimizations applied at load."
     )
+    provider_options: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Options of execution providers, by provider (ONNX Runtime names or the short names), "
+        "passed to ONNX Runtime as they are, e.g. {TensorRT: {trt_fp16_enable: 'True'}}.",
+    )
 
     @field_validator("execution_providers")
     @classmethod
     def _normalize_providers(cls, providers: list[str]) -> list[str]:
-        return [_PROVIDER_ALIASES.get(name.lower(), name) for name in providers]
+        return [_provider_name(name) for name in providers]
+
+    @field_validator("provider_options")
+    @classmethod
+    def _normalize_provider_keys(cls, options: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        return {_provider_name(name): dict(values) for name, values in options.items()}
+
+
+def _provider_name(name: str) -> str:
+    """The ONNX Runtime name of a provider given by its short name (``CUDA``) or its own name."""
+    return _PROVIDER_ALIASES.get(name.lower(), name)
 
 
 def select_providers(requested: Sequence[str], available: Sequence[str], *, warn: bool = True) -> list[str]:
@@ -115,7 +131,7 @@ def select_providers(requested: Sequence[str], available: Sequence[str], *, warn
 
 
 class OnnxRuntimeBackend(Backend):
-    """One ONNX Runtime inference session over ``<version folder>/model.onnx``.
+    """One ONNX Runtime inference session over ``<version folder>/model.onnx`` (or the ``artifact`` file named).
 
     Raises (from the constructor):
         ModelLoadError: the file is missing or ONNX Runtime cannot load it.
@@ -123,10 +139,12 @@ class OnnxRuntimeBackend(Backend):
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, version_path: Path, options: OnnxRuntimeOptions, cpu_threads: int = 0) -> None:
-        model_file = version_path / ARTIFACT
+    def __init__(
+        self, version_path: Path, options: OnnxRuntimeOptions, cpu_threads: int = 0, artifact: str | None = None
+    ) -> None:
+        model_file = version_path / (artifact or ARTIFACT)
         if not model_file.is_file():
-            raise ModelLoadError(f"no {ARTIFACT} in {version_path}")
+            raise ModelLoadError(f"no {model_file.name} in {version_path}")
         # A folder dropped into the repository was never checked by an upload: check it at every load.
         check_external_data(model_file, version_path)
         session_options = ort.SessionOptions()
@@ -150,7 +168,12 @@ class OnnxRuntimeBackend(Backend):
             warn="execution_providers" in options.model_fields_set,
         )
         try:
-            self._session = ort.InferenceSession(str(model_file), sess_options=session_options, providers=providers)
+            self._session = ort.InferenceSession(
+                str(model_file),
+                sess_options=session_options,
+                providers=providers,
+                provider_options=[options.provider_options.get(provider, {}) for provider in providers],
+            )
         except Exception as error:  # ORT raises its own exception types for every load failure
             raise ModelLoadError(f"ONNX Runtime cannot load {model_file.name}: {error}") from error
         # What ONNX Runtime runs with: a provider it could not start (e.g. CUDA without a GPU) is not listed.

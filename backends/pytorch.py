@@ -4,8 +4,9 @@
   It carries its signature: input names are ``forward``'s argument names, dtypes and shapes come from
   the program (its dynamic dims are -1), and its outputs are named ``output`` / ``output_0, ...``.
 - ``model.pt`` is a TorchScript archive (``torch.jit.save``), loaded with ``torch.jit.load``. TorchScript
-  records no dtypes or shapes, so config.yaml must list its inputs (named as ``forward``'s arguments)
-  and its outputs (in the order ``forward`` returns them).
+  records no dtypes or shapes, so the model's config must list its inputs (named as ``forward``'s
+  arguments, or ``<name>__<index>`` by position as Triton's libtorch backend names them) and its
+  outputs (in the order ``forward`` returns them, or by their ``__<index>``).
 
 Nothing is unpickled with Python's pickle: ``torch.load`` of a pickled module or state_dict would run
 arbitrary code. ``torch.export.load`` itself can run code from a crafted archive (it unpickles some
@@ -135,6 +136,8 @@ class TorchBackend(Backend):
         version_path: the version folder.
         options: threads and device.
         declared: the config's inputs and outputs; required for TorchScript, ignored for ``model.pt2``.
+        artifact: the file to load instead of ``model.pt2`` / ``model.pt`` (Triton's
+            ``default_model_filename``): an ExportedProgram when its name ends in ``.pt2``, else TorchScript.
 
     Raises (from the constructor):
         ModelLoadError: PyTorch is not installed, neither artifact (or both) is there, the file does
@@ -144,9 +147,16 @@ class TorchBackend(Backend):
 
     platform = "pytorch_libtorch"
 
-    def __init__(self, version_path: Path, options: TorchOptions, declared: DeclaredSignature) -> None:
+    def __init__(
+        self, version_path: Path, options: TorchOptions, declared: DeclaredSignature, artifact: str | None = None
+    ) -> None:
         torch = _import_torch()
-        present = [name for name in (EXPORTED_PROGRAM, TORCHSCRIPT) if (version_path / name).is_file()]
+        if artifact is not None:
+            if not (version_path / artifact).is_file():
+                raise ModelLoadError(f"no {artifact} in {version_path.name}/")
+            present = [artifact]
+        else:
+            present = [name for name in (EXPORTED_PROGRAM, TORCHSCRIPT) if (version_path / name).is_file()]
         if len(present) != 1:
             raise ModelLoadError(
                 f"{version_path.name}/ holds both {EXPORTED_PROGRAM} and {TORCHSCRIPT}; keep one"
@@ -161,7 +171,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(options.threads)
         self._threads = torch.get_num_threads()
         path = version_path / self._artifact
-        if self._artifact == EXPORTED_PROGRAM:
+        if self._artifact.endswith(".pt2"):
             self._load_program(path)
         else:
             self._load_torchscript(path, declared)
@@ -187,7 +197,7 @@ class TorchBackend(Backend):
             raise ModelLoadError(
                 f"{path.name} is TorchScript, which records no input or output shapes: list the inputs "
                 "(named as forward's arguments) and the outputs (in the order forward returns them) "
-                "in config.yaml, or serve an ExportedProgram (model.pt2) instead"
+                "in the model's config, or serve an ExportedProgram (model.pt2) instead"
             )
         try:
             module = torch.jit.load(str(path), map_location=self._device)
@@ -197,14 +207,22 @@ class TorchBackend(Backend):
         schema = getattr(module.forward, "schema", None)
         arguments = [argument.name for argument in schema.arguments][1:] if schema is not None else []
         by_name = {spec.name: spec for spec in declared.inputs}
-        if arguments and sorted(arguments) != sorted(by_name):
+        by_index = _indexed_names(list(by_name))
+        # forward is called positionally: in the order of its arguments, or of the names' __<index>.
+        if arguments and sorted(arguments) == sorted(by_name):
+            self._inputs = [by_name[name] for name in arguments]
+        elif by_index is not None and (not arguments or len(arguments) == len(by_index)):
+            self._inputs = [by_name[name] for name in by_index]
+        elif arguments:
             raise ModelLoadError(
-                f"{path.name}: forward takes ({', '.join(arguments)}), but config.yaml lists inputs "
-                f"{', '.join(by_name)}; name the inputs as forward's arguments"
+                f"{path.name}: forward takes ({', '.join(arguments)}), but the config lists inputs "
+                f"{', '.join(by_name)}; name the inputs as forward's arguments, or <name>__<index> by position"
             )
-        # forward is called positionally, in the order of its arguments.
-        self._inputs = [by_name[name] for name in arguments] if arguments else list(declared.inputs)
-        self._outputs = list(declared.outputs)
+        else:
+            self._inputs = list(declared.inputs)
+        outputs = {spec.name: spec for spec in declared.outputs}
+        output_order = _indexed_names(list(outputs)) or list(outputs)
+        self._outputs = [outputs[name] for name in output_order]
         self._module = module
 
     @property
@@ -245,6 +263,22 @@ class TorchBackend(Backend):
                 raise RuntimeError(f"output '{spec.name}' came back as {array.dtype}, declared as {spec.dtype}")
             outputs[spec.name] = array
         return outputs
+
+
+#: Triton's libtorch naming convention: a tensor named ``<name>__<index>`` is forward's argument (or
+#: returned tensor) at position ``index``.
+_INDEXED_NAME = re.compile(r".+__(?P<index>0|[1-9][0-9]*)")
+
+
+def _indexed_names(names: list[str]) -> list[str] | None:
+    """``names`` ordered by their ``__<index>`` suffixes, when every name has one and they are 0 to n-1; else None."""
+    matches = [_INDEXED_NAME.fullmatch(name) for name in names]
+    if not names or any(match is None for match in matches):
+        return None
+    indices = {int(match["index"]): name for match, name in zip(matches, names, strict=True) if match is not None}
+    if sorted(indices) != list(range(len(names))):
+        return None
+    return [indices[index] for index in range(len(names))]
 
 
 # ----------------------------------------------------------------------------- safe ExportedProgram loading

@@ -124,21 +124,21 @@ class TensorFlowBackend(Backend):
 
     platform = "tensorflow_savedmodel"
 
-    def __init__(self, version_path: Path, options: TensorFlowOptions) -> None:
+    def __init__(self, version_path: Path, options: TensorFlowOptions, artifact: str | None = None) -> None:
         tf = import_tensorflow()
-        folder = version_path / ARTIFACT
+        folder = version_path / (artifact or ARTIFACT)
         if not (folder / "saved_model.pb").is_file():
-            raise ModelLoadError(f"no SavedModel {ARTIFACT}/ (with saved_model.pb) in {version_path.name}/")
+            raise ModelLoadError(f"no SavedModel {folder.name}/ (with saved_model.pb) in {version_path.name}/")
         _configure_threads(tf, options.threads)
         try:
             self._loaded = tf.saved_model.load(str(folder))
         except Exception as error:  # TensorFlow raises many types for a bad folder
-            raise ModelLoadError(f"TensorFlow cannot load {ARTIFACT}: {type(error).__name__}: {error}") from None
+            raise ModelLoadError(f"TensorFlow cannot load {folder.name}: {type(error).__name__}: {error}") from None
         signatures = dict(self._loaded.signatures)
         if options.signature_name not in signatures:
             available = ", ".join(sorted(signatures)) or "none"
             raise ModelLoadError(
-                f"{ARTIFACT} has no signature '{options.signature_name}' (its signatures: {available}); "
+                f"{folder.name} has no signature '{options.signature_name}' (its signatures: {available}); "
                 "set tensorflow: {signature_name: ...} in config.yaml"
             )
         self._function = signatures[options.signature_name]

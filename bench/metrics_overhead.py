@@ -2,8 +2,9 @@
 
 Times ``--iterations`` rounds of exactly the metric work the server does for a successful request
 (in :meth:`gateway.core.dataplane.DataPlane.infer` and :meth:`gateway.runtime.scheduler.Scheduler._finish`):
-in-flight gauge inc and dec, :meth:`gateway.metrics.VersionMetrics.observe_request`, and the queue,
-compute and batch size observations; then the same with the five ``time.perf_counter()`` reads those
+in-flight gauge inc and dec, :meth:`gateway.metrics.VersionMetrics.observe_request`, and
+:meth:`gateway.metrics.VersionMetrics.observe_batch` (the queue, compute and batch size observations,
+and Triton's statistics of both); then the same with the five ``time.perf_counter()`` reads those
 measurements need. An empty loop of the same length is subtracted. Each figure is the median of
 ``--runs`` runs.
 
@@ -32,15 +33,10 @@ def empty_loop(iterations: int, _: VersionMetrics) -> int:
 def metric_updates(iterations: int, metrics: VersionMetrics) -> int:
     """The updates alone, with fixed durations."""
     inflight = metrics.inflight
-    queue_duration = metrics.queue_duration
-    compute_duration = metrics.compute_duration
-    batch_size = metrics.batch_size
     started = time.perf_counter_ns()
     for _ in range(iterations):
         inflight.inc()
-        queue_duration.observe(0.00001)
-        compute_duration.observe(0.0004)
-        batch_size.observe(1)
+        metrics.observe_batch([0.00001], [1], [True], 0.0, 0.0004, 0.0)
         inflight.dec()
         metrics.observe_request(PROTOCOL, SUCCESS, 0.0008)
     return time.perf_counter_ns() - started
@@ -55,9 +51,7 @@ def metric_updates_with_clock(iterations: int, metrics: VersionMetrics) -> int:
         metrics.inflight.inc()
         queued = perf_counter()
         run_started = perf_counter()
-        metrics.queue_duration.observe(run_started - queued)
-        metrics.compute_duration.observe(perf_counter() - run_started)
-        metrics.batch_size.observe(1)
+        metrics.observe_batch([run_started - queued], [1], [True], 0.0, perf_counter() - run_started, 0.0)
         metrics.inflight.dec()
         metrics.observe_request(PROTOCOL, SUCCESS, perf_counter() - request_started)
     return time.perf_counter_ns() - started

@@ -65,6 +65,14 @@ class UnsupportedMediaTypeError(InvalidArgumentError):
     """The request body is in an encoding the server does not decode (415 / INVALID_ARGUMENT)."""
 
 
+class NotSupportedError(GatewayError):
+    """The request asks for a feature the gateway does not implement, e.g. CUDA shared memory (400 / UNIMPLEMENTED).
+
+    HTTP answers 400, not 501: the route exists and the server works; the request asks for what it
+    does not do. gRPC's UNIMPLEMENTED says so to gRPC clients.
+    """
+
+
 class InternalError(GatewayError):
     """The backend failed while running a valid request (500 / INTERNAL)."""
 
@@ -80,6 +88,7 @@ _STATUS: dict[type[GatewayError], tuple[HTTPStatus, str]] = {
     AlreadyExistsError: (HTTPStatus.CONFLICT, "ALREADY_EXISTS"),
     PayloadTooLargeError: (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RESOURCE_EXHAUSTED"),
     UnsupportedMediaTypeError: (HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "INVALID_ARGUMENT"),
+    NotSupportedError: (HTTPStatus.BAD_REQUEST, "UNIMPLEMENTED"),
     InternalError: (HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL"),
 }
 

@@ -17,18 +17,34 @@ the supervisor before it starts the workers) and ``/metrics``, whichever worker 
 every worker's counters and histograms. ``gateway_inference_inflight_requests`` is the sum over the
 live workers and ``gateway_model_ready`` their minimum (1 only when every live worker serves the
 version). The process metrics (``process_*``) are left out in that mode: they describe one process.
+
+Beside them, each loaded version keeps Triton's statistics (:class:`InferenceStatistics`: counts
+and total nanoseconds of successful and failed requests, queue, compute input / infer / output,
+per batch size), counted by the same calls that feed its metrics, and served by the statistics
+extension. They are the worker's own: with several workers, each answers with its own counts.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
-__all__ = ["LATENCY_BUCKETS", "SUCCESS", "Metrics", "VersionMetrics", "error_status"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "SUCCESS",
+    "BatchStatistics",
+    "Duration",
+    "InferenceStatistics",
+    "Metrics",
+    "VersionMetrics",
+    "error_status",
+]
 
 #: Seconds: 50 us to 30 s, fine enough for sub-millisecond models and wide enough for slow ones.
 LATENCY_BUCKETS = (
@@ -140,9 +156,61 @@ class Metrics:
         self.requests.labels(model, version, protocol, status).inc()
 
 
+@dataclass(slots=True)
+class Duration:
+    """Triton's ``StatisticDuration``: how many events, and their total duration in nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        """Add ``count`` events lasting ``seconds`` in all."""
+        self.count += count
+        self.ns += round(seconds * 1e9)
+
+
+@dataclass(slots=True)
+class BatchStatistics:
+    """Triton's ``InferBatchStatistics`` of one batch size: the model runs of that size, by part."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class InferenceStatistics:
+    """Triton's statistics extension (``ModelStatistics``) of one loaded version, since it loaded.
+
+    Attributes:
+        last_inference_ms: when the last request was answered, in milliseconds since the epoch (0: never).
+        inference_count: items inferred successfully (each item of a batched request counts).
+        execution_count: model runs with at least one successful request (a merged batch is one run).
+        success, fail: requests answered and failed after reaching the version: count, total server-side ns.
+        queue: time requests waited for an instance.
+        compute_input, compute_infer, compute_output: per request, the merging, running and splitting
+            time of the batch it ran in (each request of a batch counts the batch's time, as Triton).
+        batches: by batch size (items in a run), the runs' compute times.
+    """
+
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchStatistics] = field(default_factory=dict)
+
+
 @dataclass
 class VersionMetrics:
-    """The metric children of one model version, plus per-protocol children created on first use."""
+    """The metric children of one model version, plus per-protocol children created on first use.
+
+    Also keeps the version's Triton statistics (:attr:`statistics`), updated by the same calls.
+    """
 
     metrics: Metrics
     labels: tuple[str, str]
@@ -150,11 +218,55 @@ class VersionMetrics:
     compute_duration: Histogram
     batch_size: Histogram
     inflight: Gauge
+    statistics: InferenceStatistics = field(default_factory=InferenceStatistics)
     _durations: dict[str, Histogram] = field(default_factory=dict)
     _counters: dict[tuple[str, str], Counter] = field(default_factory=dict)
 
+    def observe_batch(
+        self,
+        waits: Sequence[float],
+        sizes: Sequence[int],
+        succeeded: Sequence[bool],
+        input_seconds: float,
+        infer_seconds: float,
+        output_seconds: float,
+    ) -> None:
+        """Record one model run (a batch of one or more requests).
+
+        Args:
+            waits: per request of the batch, the seconds it waited in the queue.
+            sizes: per request, its items (first-dim rows; 1 without a batch dim).
+            succeeded: per request, whether it got its outputs.
+            input_seconds, infer_seconds, output_seconds: the run's merging, backend and splitting
+                seconds (their sum is the compute time of the metrics).
+        """
+        self.compute_duration.observe(input_seconds + infer_seconds + output_seconds)
+        items = sum(sizes)
+        self.batch_size.observe(items)
+        for wait in waits:
+            self.queue_duration.observe(wait)
+        statistics = self.statistics
+        requests = len(sizes)
+        statistics.queue.add(sum(waits), requests)
+        statistics.compute_input.add(input_seconds * requests, requests)
+        statistics.compute_infer.add(infer_seconds * requests, requests)
+        statistics.compute_output.add(output_seconds * requests, requests)
+        by_size = statistics.batches.get(items)
+        if by_size is None:
+            by_size = statistics.batches[items] = BatchStatistics()
+        by_size.compute_input.add(input_seconds)
+        by_size.compute_infer.add(infer_seconds)
+        by_size.compute_output.add(output_seconds)
+        inferred = sum(size for size, ok in zip(sizes, succeeded, strict=True) if ok)
+        if inferred:
+            statistics.inference_count += inferred
+            statistics.execution_count += 1
+
     def observe_request(self, protocol: str, status: str, seconds: float) -> None:
         """Count one answered request and record its server-side duration in seconds."""
+        statistics = self.statistics
+        (statistics.success if status == SUCCESS else statistics.fail).add(seconds)
+        statistics.last_inference_ms = time.time_ns() // 1_000_000
         counter = self._counters.get((protocol, status))
         if counter is None:
             counter = self._counters[(protocol, status)] = self.metrics.requests.labels(*self.labels, protocol, status)

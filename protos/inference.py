@@ -1,8 +1,9 @@
 """KServe v2 / Open Inference Protocol gRPC messages (``protos/grpc_predict_v2.proto``), from :mod:`protos.pool`.
 
-``inference.GRPCInferenceService`` as in KServe's grpc_predict_v2.proto, with the repository RPCs of
-Triton's superset. Use them as generated classes: ``ModelInferRequest(model_name="m")``,
-``ModelInferResponse.FromString(data)``, ``ModelMetadataResponse.TensorMetadata``.
+``inference.GRPCInferenceService`` as in KServe's grpc_predict_v2.proto, with the repository, model
+configuration, statistics and shared memory RPCs of Triton's superset. Use them as generated classes:
+``ModelInferRequest(model_name="m")``, ``ModelInferResponse.FromString(data)``,
+``ModelMetadataResponse.TensorMetadata``.
 """
 
 from __future__ import annotations
@@ -35,3 +36,15 @@ RepositoryModelLoadRequest = _message("RepositoryModelLoadRequest")
 RepositoryModelLoadResponse = _message("RepositoryModelLoadResponse")
 RepositoryModelUnloadRequest = _message("RepositoryModelUnloadRequest")
 RepositoryModelUnloadResponse = _message("RepositoryModelUnloadResponse")
+ModelConfigRequest = _message("ModelConfigRequest")
+ModelConfigResponse = _message("ModelConfigResponse")
+ModelConfig = _message("ModelConfig")
+ModelStatisticsRequest = _message("ModelStatisticsRequest")
+ModelStatisticsResponse = _message("ModelStatisticsResponse")
+ModelStatistics = _message("ModelStatistics")
+SystemSharedMemoryStatusRequest = _message("SystemSharedMemoryStatusRequest")
+SystemSharedMemoryStatusResponse = _message("SystemSharedMemoryStatusResponse")
+SystemSharedMemoryRegisterRequest = _message("SystemSharedMemoryRegisterRequest")
+SystemSharedMemoryRegisterResponse = _message("SystemSharedMemoryRegisterResponse")
+SystemSharedMemoryUnregisterRequest = _message("SystemSharedMemoryUnregisterRequest")
+SystemSharedMemoryUnregisterResponse = _message("SystemSharedMemoryUnregisterResponse")

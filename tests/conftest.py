@@ -252,6 +252,20 @@ def write_identity_model(path: Path, datatype: str) -> None:
     onnx.save(model, path)
 
 
+def write_pair_model(path: Path, width: int = 2) -> None:
+    """An ONNX model with two inputs a, b FP32 [batch, width] and two outputs: sum = a + b, product = a * b."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["product"])],
+        "pair",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width]) for name in ("a", "b")],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width]) for name in ("sum", "product")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+
+
 def write_slow_model(path: Path, layers: int = 160, width: int = 1024) -> None:
     """An ONNX model that takes a [1, 1] FP32 input and spends about a second or more computing:
     the input is expanded to [width, width] and goes through ``layers`` MatMul+Tanh layers."""

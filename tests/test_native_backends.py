@@ -29,12 +29,10 @@ pytest.importorskip("keras")
 pytest.importorskip("jax")
 triton_grpc = pytest.importorskip("tritonclient.grpc")
 
-import onnx  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
 
 import gateway  # noqa: E402
 from gateway.push_client import PushError  # noqa: E402
-from tests.conftest import ADMIN_TOKEN, GatewayProcess, run_push, start_gateway  # noqa: E402
+from tests.conftest import ADMIN_TOKEN, GatewayProcess, run_push, start_gateway, write_pair_model  # noqa: E402
 from tests.framework_models import (  # noqa: E402
     keras_logits,
     masked_encoder,
@@ -68,20 +66,6 @@ outputs:
   - {name: logits, datatype: FP32, dims: [10]}
 torch: {threads: 1, device: cpu}
 """
-
-
-def write_pair_model(path: Path) -> None:
-    """An ONNX model with two inputs a, b FP32 [batch, 2] and two outputs: sum = a + b, product = a * b."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["product"])],
-        "pair",
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2]) for name in ("a", "b")],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2]) for name in ("sum", "product")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
 
 
 @pytest.fixture(scope="module")

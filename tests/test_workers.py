@@ -96,6 +96,15 @@ def worker_pids(supervisor_pid: int) -> list[int]:
     return workers
 
 
+def batch_sizes_everywhere(gateway: GatewayProcess) -> set[int]:
+    """The max_batch_size of the digits model's configuration as 20 new connections (both workers) see it."""
+    sizes = set()
+    for _ in range(20):
+        with httpx.Client(base_url=gateway.http_url, timeout=30) as client:
+            sizes.add(client.get("/v2/models/digits/config").json()["max_batch_size"])
+    return sizes
+
+
 @pytest.fixture
 def digits_repository(tmp_path: Path, digits_source: Path) -> Path:
     root = tmp_path / "repository"
@@ -174,11 +183,20 @@ def test_management_requests_take_effect_in_every_worker(digits_repository: Path
         digits_repository, tmp_path / "gateway.log", "--workers", str(WORKERS), "--model-control-mode", "explicit"
     )
     try:
-        # Explicit mode: nothing is loaded until asked; one load request reaches one worker.
-        assert gateway.http.post("/v2/repository/models/digits/load", headers=ADMIN_HEADERS).status_code == 200
+        # Explicit mode: nothing is loaded until asked; one load request reaches one worker. It carries a
+        # config override (Triton's parameters.config), which every worker loads with.
+        override = {"parameters": {"config": '{"backend": "onnxruntime", "max_batch_size": 3}'}}
+        load = gateway.http.post("/v2/repository/models/digits/load", headers=ADMIN_HEADERS, json=override)
+        assert load.status_code == 200, load.text
         answers = [rest_infer(gateway) for _ in range(20)]
         assert [response.status_code for response in answers] == [200] * 20
         assert len({worker_of(response.headers["x-request-id"]) for response in answers}) == WORKERS
+        assert batch_sizes_everywhere(gateway) == {3}
+
+        # Shared memory regions would be known to one worker only: registering is refused with the reason.
+        with httpx.Client(base_url=gateway.http_url, timeout=30) as client:
+            refused = client.post("/v2/systemsharedmemory/region/r/register", json={"key": "/k", "byte_size": 8})
+        assert refused.status_code == 400 and "needs a single gateway process" in refused.json()["error"]
 
         # A worker started in place of one that died loads what the management API loaded.
         victim = worker_pids(gateway.process.pid)[0]
@@ -187,6 +205,7 @@ def test_management_requests_take_effect_in_every_worker(digits_repository: Path
         assert victim not in worker_pids(gateway.process.pid)
         answers = [rest_infer(gateway) for _ in range(20)]
         assert [response.status_code for response in answers] == [200] * 20
+        assert batch_sizes_everywhere(gateway) == {3}  # the replayed load kept its config override
 
         # An upload installs version 2 once and every worker serves it when the answer comes.
         package = tmp_path / "package.tar.gz"
@@ -198,6 +217,7 @@ def test_management_requests_take_effect_in_every_worker(digits_repository: Path
         answers = [rest_infer(gateway, "/v2/models/digits/versions/2/infer") for _ in range(20)]
         assert [response.status_code for response in answers] == [200] * 20
         assert len({worker_of(response.headers["x-request-id"]) for response in answers}) == WORKERS
+        assert batch_sizes_everywhere(gateway) == {3}  # reloaded after the upload: still the override
 
         # Deleting version 2 retires it in every worker, and version 1 serves again everywhere.
         response = gateway.http.delete("/v2/repository/models/digits/versions/2", headers=ADMIN_HEADERS)

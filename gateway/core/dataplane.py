@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from backends import InferenceInputError
+from gateway.core.shared_memory import SharedMemoryRegistry, uses_shared_memory
 from gateway.core.types import (
     InferRequest,
     InferResponse,
     InferTensor,
     ModelMetadata,
+    ModelStatistics,
     Parameters,
     RequestedOutput,
     ServerMetadata,
@@ -36,14 +38,21 @@ from gateway.errors import GatewayError, InternalError, InvalidArgumentError, Un
 from gateway.logs import new_request_id, set_request_id
 from gateway.metrics import SUCCESS, error_status
 from gateway.repository.config import triton_model_config
-from gateway.repository.model_repository import LoadedVersion, ModelRepository
+from gateway.repository.model_repository import LoadedVersion, ModelRepository, ModelState
 from gateway.runtime.scheduler import Disconnected
 
 logger = logging.getLogger(__name__)
 
 SERVER_NAME = "model-gateway"
 #: KServe v2 / Triton extensions this server implements.
-EXTENSIONS = ("model_repository", "model_upload", "model_configuration", "parameters")
+EXTENSIONS = (
+    "model_repository",
+    "model_upload",
+    "model_configuration",
+    "parameters",
+    "statistics",
+    "system_shared_memory",
+)
 
 #: What a transport's encoder makes of a response (a JSON body, a protobuf message...).
 Encoded = TypeVar("Encoded")
@@ -58,6 +67,8 @@ class DataPlane:
             the transports' decoders read them here. Default: :class:`RequestLimits`' defaults.
         request_timeout_seconds: longest an inference request may take, in seconds (None: no limit);
             see :meth:`infer` for how it combines with gRPC deadlines and Triton's ``timeout``.
+        shared_memory: the system shared memory regions requests may read inputs from and write
+            outputs to (the transports' decoders read the inputs); default: a new registry.
     """
 
     def __init__(
@@ -65,10 +76,12 @@ class DataPlane:
         repository: ModelRepository,
         limits: RequestLimits | None = None,
         request_timeout_seconds: float | None = None,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.repository = repository
         self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.request_timeout_seconds = request_timeout_seconds
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
         self._ready = False
         self._draining = False
         self._inflight = 0
@@ -158,6 +171,30 @@ class DataPlane:
         """
         loaded = self.repository.get(name, model_version)
         return triton_model_config(loaded.config, name, loaded.platform, loaded.backend_parameters)
+
+    def model_statistics(self, name: str | None = None, model_version: str | None = None) -> list[ModelStatistics]:
+        """Triton's statistics extension: the statistics of the versions loaded and serving.
+
+        Args:
+            name: the model, or None (or empty) for every model.
+            model_version: the version, or None for every version of ``name`` that serves.
+
+        Raises:
+            NotFoundError, UnavailableError, InvalidArgumentError: as :meth:`ModelRepository.get`,
+                for a model (or version) named that does not serve.
+        """
+        if name and model_version:
+            loaded = [self.repository.get(name, model_version)]
+        elif name:
+            self.repository.get(name)  # raises for a model that does not serve
+            loaded = [self.repository.get(name, str(version)) for version in self.repository.ready_versions(name)]
+        else:
+            loaded = [
+                self.repository.get(entry.name, entry.version)
+                for entry in self.repository.index()
+                if entry.state is ModelState.READY and entry.version
+            ]
+        return [ModelStatistics(v.name, str(v.version), v.metrics.statistics) for v in loaded]
 
     async def infer(
         self,
@@ -284,6 +321,9 @@ class DataPlane:
         """Check a decoded request against the loaded version, run it, and collect the requested outputs."""
         feeds = _check_inputs(loaded, request.inputs)
         output_names = _check_outputs(loaded, request.outputs)
+        in_shared_memory = {
+            output.name: output.parameters for output in request.outputs if uses_shared_memory(output.parameters)
+        }
         try:
             batch_size = next(iter(feeds.values())).shape[0] if loaded.max_batch_size > 0 and feeds else 1
             results = await loaded.scheduler.run(feeds, output_names, batch_size, deadline, disconnected)
@@ -304,6 +344,11 @@ class DataPlane:
                     datatype=loaded.outputs[name].datatype,
                     shape=list(results[name].shape),
                     data=results[name],
+                    parameters=(
+                        self.shared_memory.write_output(name, results[name], in_shared_memory[name])
+                        if name in in_shared_memory
+                        else {}
+                    ),
                 )
                 for name in output_names
             ],

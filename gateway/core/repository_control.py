@@ -14,13 +14,14 @@ provides that link (:class:`gateway.process.peers.PeerWorkers`); this module nev
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Literal, Protocol
 
 from gateway.admin_token import AdminToken
 from gateway.core.types import UploadResult
-from gateway.errors import FailedPreconditionError, InvalidArgumentError
+from gateway.errors import FailedPreconditionError, InvalidArgumentError, NotSupportedError
 from gateway.repository.model_repository import IndexEntry, ModelRepository, ModelState
 from gateway.repository.names import check_model_name
 from gateway.repository.packages import check_version_files, receive_package, unpack_package
@@ -35,8 +36,11 @@ PeerAction = Literal["load", "unload"]
 class Peers(Protocol):
     """The other worker processes serving the same repository, as repository control sees them."""
 
-    async def follow(self, action: PeerAction, name: str) -> None:
+    async def follow(self, action: PeerAction, name: str, config_override: str | None = None) -> None:
         """Have every other worker load (or unload) model ``name`` from the repository; return once all have.
+
+        ``config_override`` is the config a load takes instead of the model's config file (see
+        :meth:`ModelRepository.load`).
 
         Raises:
             UnavailableError: some worker failed (the message says why), or they cannot be reached.
@@ -92,23 +96,32 @@ class RepositoryControl:
         """
         self.admin_token.check(authorization)
 
-    async def load_model(self, name: str, authorization: str | None) -> None:
+    async def load_model(
+        self, name: str, authorization: str | None, parameters: Mapping[str, Any] | None = None
+    ) -> None:
         """Load or reload a model (explicit model control mode only).
 
         Args:
             authorization: the request's ``Authorization`` header or metadata value.
+            parameters: the load request's parameters (Triton's): ``config``, the model's
+                configuration as Triton's ModelConfig JSON, replaces the model's config file for
+                this load (and the reloads that follow, until the next load request).
 
         Raises:
             UnauthenticatedError: no valid admin token.
             FailedPreconditionError: the server is not in explicit mode.
+            InvalidArgumentError: an unknown parameter, or a config that is not JSON text of a
+                config the gateway can serve.
+            NotSupportedError: model files sent with the request (Triton's ``file:`` parameters).
             NotFoundError: no such model folder.
             UnavailableError: the load failed, here or in another worker process (``--workers``); the
                 message says why.
         """
         self.admin_token.check(authorization)
         self._require_explicit_mode("load")
+        config_override = _config_override(parameters or {})
         try:
-            await self.repository.load(name)
+            await self.repository.load(name, config_override)
         finally:
             await self._tell_peers("load", name)
 
@@ -195,13 +208,13 @@ class RepositoryControl:
         return UploadResult(name, installed, installed in self.repository.ready_versions(name))
 
     async def _tell_peers(self, action: PeerAction, name: str) -> None:
-        """In a worker process, have the other workers load or unload ``name`` too.
+        """In a worker process, have the other workers load (with this worker's config override) or unload ``name``.
 
         Raises:
             UnavailableError: some other worker failed.
         """
         if self._peers is not None:
-            await self._peers.follow(action, name)
+            await self._peers.follow(action, name, self.repository.config_override(name) if action == "load" else None)
 
     def _require_explicit_mode(self, action: str) -> None:
         if self.control_mode is not ModelControlMode.EXPLICIT:
@@ -209,6 +222,30 @@ class RepositoryControl:
                 f"cannot {action} models in model control mode '{self.control_mode}'; "
                 "start the server with --model-control-mode explicit"
             )
+
+
+def _config_override(parameters: Mapping[str, Any]) -> str | None:
+    """The ``config`` parameter of a load request (Triton's ModelConfig JSON), or None.
+
+    Raises:
+        InvalidArgumentError: an unknown parameter, or a config that is neither JSON text nor a JSON object.
+        NotSupportedError: a ``file:`` parameter (model files sent with the request).
+    """
+    files = sorted(key for key in parameters if key.startswith("file:"))
+    if files:
+        raise NotSupportedError(
+            f"loading model files sent with the request ({', '.join(files)}) is not supported; put the files "
+            "into the model repository (or upload a version: PUT /v2/repository/models/<m>/versions/<v>)"
+        )
+    unknown = sorted(key for key in parameters if key != "config")
+    if unknown:
+        raise InvalidArgumentError(f"unknown load parameter {', '.join(unknown)}; a load takes 'config'")
+    config = parameters.get("config")
+    if config is None or isinstance(config, str):
+        return config
+    if isinstance(config, dict):
+        return json.dumps(config)
+    raise InvalidArgumentError("load parameter 'config' must be Triton's ModelConfig as JSON text")
 
 
 def _parse_version_number(version: str) -> int:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.metrics import Duration, InferenceStatistics
+
 Parameters = dict[str, Any]
 
 
@@ -103,3 +105,50 @@ class ServerMetadata:
     name: str
     version: str
     extensions: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatistics:
+    """Triton's statistics extension: one loaded version's statistics (``ModelStatistics``)."""
+
+    name: str
+    version: str
+    statistics: InferenceStatistics
+
+    def to_json(self) -> dict[str, Any]:
+        """Triton's ``ModelStatistics`` in the JSON of its statistics extension (durations in ns).
+
+        The one rendering: the REST route answers it, the gRPC ``ModelStatistics`` RPC parses it into
+        the message. There is no response cache: ``cache_hit`` and ``cache_miss`` stay zero.
+        """
+        statistics = self.statistics
+
+        def duration(value: Duration) -> dict[str, int]:
+            return {"count": value.count, "ns": value.ns}
+
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": statistics.last_inference_ms,
+            "inference_count": statistics.inference_count,
+            "execution_count": statistics.execution_count,
+            "inference_stats": {
+                "success": duration(statistics.success),
+                "fail": duration(statistics.fail),
+                "queue": duration(statistics.queue),
+                "compute_input": duration(statistics.compute_input),
+                "compute_infer": duration(statistics.compute_infer),
+                "compute_output": duration(statistics.compute_output),
+                "cache_hit": duration(Duration()),
+                "cache_miss": duration(Duration()),
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": duration(batch.compute_input),
+                    "compute_infer": duration(batch.compute_infer),
+                    "compute_output": duration(batch.compute_output),
+                }
+                for size, batch in sorted(statistics.batches.items())
+            ],
+        }

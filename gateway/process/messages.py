@@ -33,6 +33,7 @@ class FollowRequest:
     request_id: int
     action: PeerAction
     model: str
+    config_override: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class FollowDone:
 
 @dataclass(frozen=True, slots=True)
 class ApplyRequest:
-    """Supervisor -> worker: apply ``action`` to ``model`` as another worker did.
+    """Supervisor -> worker: apply ``action`` to ``model`` as another worker did (a load with its config override).
 
     ``key`` names the follow request waiting for the answer; None for a replay to a restarted
     worker, which nobody waits for.
@@ -54,6 +55,7 @@ class ApplyRequest:
     key: FollowKey | None
     action: PeerAction
     model: str
+    config_override: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,8 @@ class PeerWorkers:
         """Start reading the supervisor's messages on the running event loop."""
         asyncio.get_running_loop().add_reader(self._connection.fileno(), self._on_readable)
 
-    async def follow(self, action: PeerAction, name: str) -> None:
-        """Have every other worker load (or unload) model ``name`` too; return once all have.
+    async def follow(self, action: PeerAction, name: str, config_override: str | None = None) -> None:
+        """Have every other worker load (with ``config_override``) or unload model ``name`` too; return once all have.
 
         Raises:
             UnavailableError: some worker failed (the message has each one's reason), or the
@@ -52,7 +52,7 @@ class PeerWorkers:
         answer = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
         try:
-            self._send(FollowRequest(request_id, action, name))
+            self._send(FollowRequest(request_id, action, name, config_override))
             failures = await answer
         finally:
             self._waiting.pop(request_id, None)
@@ -87,7 +87,7 @@ class PeerWorkers:
         failure = None
         try:
             if request.action == "load":
-                await self._repository.load(request.model)
+                await self._repository.load(request.model, request.config_override)
             else:
                 await self._repository.unload(request.model)
         except NotFoundError:

@@ -33,6 +33,7 @@ import uvicorn
 from gateway.admin_token import AdminToken, server_token
 from gateway.core.dataplane import DataPlane
 from gateway.core.repository_control import RepositoryControl
+from gateway.core.shared_memory import SharedMemoryRegistry
 from gateway.datatypes import RequestLimits
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
@@ -140,6 +141,8 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
             repository,
             limits=RequestLimits.from_settings(settings),
             request_timeout_seconds=settings.request_timeout_seconds,
+            # A region registered with one worker would be unknown to the others.
+            shared_memory=SharedMemoryRegistry(enabled=not shared_ports),
         )
         peers = PeerWorkers(peers_connection, repository) if peers_connection is not None else None
         control = RepositoryControl(
@@ -207,6 +210,7 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
             await grpc_server.stop(CLOSE_GRACE_SECONDS)
             with contextlib.suppress(asyncio.CancelledError):
                 await http_task
+            dataplane.shared_memory.close()
             logger.info("server stopped")
     return drained
 

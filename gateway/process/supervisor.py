@@ -94,8 +94,9 @@ class _Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, _Worker] = {}
         self.pending: dict[FollowKey, _Pending] = {}
-        # Models loaded through the management API, in order: a restarted worker loads them too.
-        self.requested_loads: dict[str, None] = {}
+        # Models loaded through the management API, in order, with their config overrides: a restarted
+        # worker loads them too.
+        self.requested_loads: dict[str, str | None] = {}
         self.stopping = False
         self.exit_status = 0
         self.stop_deadline = float("inf")
@@ -109,8 +110,8 @@ class _Supervisor:
         child_end.close()
         self.workers[index] = _Worker(index, process, parent_end)
         logger.info("worker %d started (pid %s)", index, process.pid)
-        for name in self.requested_loads:  # read once the worker runs; no one waits for the answers
-            self.send(index, ApplyRequest(None, "load", name))
+        for name, config in self.requested_loads.items():  # read once the worker runs; no one waits for the answers
+            self.send(index, ApplyRequest(None, "load", name, config))
 
     def stop(self, exit_status: int = 0) -> None:
         if not self.stopping:
@@ -162,11 +163,11 @@ class _Supervisor:
         key = (origin, request.request_id)
         self.requested_loads.pop(request.model, None)
         if request.action == "load":
-            self.requested_loads[request.model] = None
+            self.requested_loads[request.model] = request.config_override
         others = {index for index in self.workers if index != origin}
         self.pending[key] = _Pending(origin, request.request_id, others)
         for index in others:
-            self.send(index, ApplyRequest(key, request.action, request.model))
+            self.send(index, ApplyRequest(key, request.action, request.model, request.config_override))
         self.settle(key)
 
     def applied(self, index: int, answer: Applied) -> None:

@@ -10,6 +10,7 @@ Triton does without a strict config. Field meanings follow Triton's model config
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -43,17 +44,54 @@ class _Strict(BaseModel):
 
 
 class TensorConfig(_Strict):
-    """One input or output: name, v2 datatype and dims (without the batch dim; -1: variable)."""
+    """One input or output: name, v2 datatype, dims (without the batch dim; -1: variable) and reshape.
+
+    ``reshape`` (Triton's) is the shape the model itself takes or gives, without the batch dim, when it
+    differs from ``dims``, the shape clients send and receive: e.g. dims ``[1]`` for a model taking a
+    scalar per item (reshape ``[]``), or dims ``[784]`` for one taking ``[28, 28]``. The tensor keeps
+    its elements and their order (a numpy reshape of each request's batch).
+    """
 
     name: str = Field(min_length=1)
     datatype: Datatype
     dims: list[int] = Field(description="Dims without the batch dimension; -1 for a variable size.")
+    reshape: list[int] | None = Field(
+        default=None, description="The shape the model takes (or gives), without the batch dim, if not dims."
+    )
 
     @model_validator(mode="after")
     def _check_dims(self) -> TensorConfig:
         if any(dim < -1 for dim in self.dims):
             raise ValueError(f"dims {self.dims}: each dim is -1 (variable) or a size >= 0")
+        if self.reshape is not None:
+            _check_reshape(self.dims, self.reshape)
         return self
+
+    @property
+    def model_dims(self) -> list[int]:
+        """The dims the model itself has: ``reshape`` when given, else ``dims``."""
+        return list(self.dims if self.reshape is None else self.reshape)
+
+
+def _check_reshape(dims: list[int], reshape: list[int]) -> None:
+    """Check that every tensor of ``dims`` can be reshaped to ``reshape`` and back (numpy's rules).
+
+    Raises:
+        ValueError: a dim below -1, or the two shapes cannot hold the same elements: fixed shapes of
+            other sizes, or variable dims on one side only or more than one on a side.
+    """
+    if any(dim < -1 for dim in reshape):
+        raise ValueError(f"reshape {reshape}: each dim is -1 (variable) or a size >= 0")
+    variable = (dims.count(-1), reshape.count(-1))
+    if variable == (0, 0):
+        if math.prod(dims) != math.prod(reshape):
+            raise ValueError(
+                f"reshape {reshape} holds {math.prod(reshape)} elements, dims {dims} hold {math.prod(dims)}"
+            )
+    elif variable != (1, 1):
+        raise ValueError(
+            f"reshape {reshape} of dims {dims}: a variable size (-1) must appear once on both sides, or not at all"
+        )
 
 
 class LatestPolicy(_Strict):
@@ -146,6 +184,17 @@ class ModelConfig(_Strict):
     outputs: list[TensorConfig] = Field(default_factory=list)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     instance_count: int = Field(default=1, ge=1, description="Backend instances running side by side.")
+    instance_kind: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="Where the instances run (Triton's instance_group kind): auto, as the backend's options "
+        "choose; cpu or gpu, checked once loaded (a version that runs elsewhere fails to load).",
+    )
+    default_model_filename: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The artifact's file (or SavedModel folder) name in each version folder, when it is "
+        "not the backend's default (model.onnx, model.pt2 / model.pt, model.savedmodel); needs backend.",
+    )
     dynamic_batching: DynamicBatchingConfig | None = Field(
         default=None,
         description="Merge requests into batches (needs max_batch_size > 0); `dynamic_batching: {}` or a "
@@ -160,24 +209,43 @@ class ModelConfig(_Strict):
     def _bare_key_turns_on(cls, value: object) -> object:
         return {} if value is None else value
 
+    @model_validator(mode="after")
+    def _check_model_filename(self) -> ModelConfig:
+        name = self.default_model_filename
+        if name is not None:
+            if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+                raise ValueError(f"default_model_filename {name!r} must be a plain file or folder name")
+            if self.backend is None:
+                raise ValueError("default_model_filename needs the backend named (backend, or Triton's platform)")
+        return self
+
     def backend_options(self, backend_name: str) -> BaseModel:
-        """The options section of ``backend_name`` (e.g. the ``onnxruntime:`` section)."""
-        sections: dict[str, BaseModel] = {
-            "onnxruntime": self.onnxruntime,
-            "torch": self.torch,
-            "tensorflow": self.tensorflow,
-        }
-        return sections[backend_name]
+        """The options section of ``backend_name`` (e.g. the ``onnxruntime:`` section), as ``instance_kind`` has it.
+
+        With ``instance_kind: cpu``, ONNX Runtime runs on the CPU provider unless its section lists
+        providers itself, and torch on the CPU unless its ``device`` says otherwise; with ``gpu``,
+        torch's ``device: auto`` becomes ``cuda``. (:func:`check_instance_kind` checks the outcome.)
+        """
+        if backend_name == "onnxruntime":
+            if self.instance_kind == "cpu" and "execution_providers" not in self.onnxruntime.model_fields_set:
+                return self.onnxruntime.model_copy(update={"execution_providers": ["CPUExecutionProvider"]})
+            return self.onnxruntime
+        if backend_name == "torch":
+            if self.instance_kind != "auto" and self.torch.device == "auto":
+                return self.torch.model_copy(update={"device": "cpu" if self.instance_kind == "cpu" else "cuda"})
+            return self.torch
+        return self.tensorflow
 
     def declared_signature(self) -> DeclaredSignature:
-        """The inputs and outputs config.yaml lists, as full shapes, for artifacts without a signature.
+        """The inputs and outputs the config lists, as the model's full shapes, for artifacts without a signature.
 
-        The batch dim (-1) leads every shape unless ``max_batch_size`` is 0 (a model without one).
+        The batch dim (-1) leads every shape unless ``max_batch_size`` is 0 (a model without one);
+        a tensor with ``reshape`` has the reshaped dims (the model's own).
         """
         batch = () if self.max_batch_size == 0 else (-1,)
 
         def specs(tensors: list[TensorConfig]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(t.name, V2_TO_NUMPY[t.datatype], (*batch, *t.dims)) for t in tensors)
+            return tuple(TensorSpec(t.name, V2_TO_NUMPY[t.datatype], (*batch, *t.model_dims)) for t in tensors)
 
         return DeclaredSignature(inputs=specs(self.inputs), outputs=specs(self.outputs))
 
@@ -195,14 +263,27 @@ def read_model_config(model_path: Path) -> ModelConfig:
         raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ModelConfigError(f"{CONFIG_FILE} is not valid YAML: {error}") from None
+    return validate_model_config(raw if raw is not None else {}, CONFIG_FILE)
+
+
+def validate_model_config(raw: object, source: str) -> ModelConfig:
+    """The :class:`ModelConfig` of ``raw`` (config.yaml's data, or a Triton config mapped onto it).
+
+    Args:
+        raw: the config's fields as plain data.
+        source: where they come from, for the message (e.g. ``config.yaml``).
+
+    Raises:
+        ModelConfigError: the schema is broken; the message names each bad field's path and why.
+    """
     try:
-        return ModelConfig.model_validate(raw if raw is not None else {})
+        return ModelConfig.model_validate(raw)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in problem['loc']) or '(top level)'}: {problem['msg']}"
             for problem in error.errors()
         )
-        raise ModelConfigError(f"{CONFIG_FILE} is invalid: {problems}") from None
+        raise ModelConfigError(f"{source} is invalid: {problems}") from None
 
 
 def complete_config(
@@ -296,12 +377,14 @@ def _complete_tensors(
                 f"{field}.{tensor.name}: datatype {tensor.datatype} but the model has {v2_datatype(spec.dtype)}"
             )
         model_dims = spec.shape[1:] if max_batch_size > 0 else spec.shape
-        compatible = len(tensor.dims) == len(model_dims) and all(
-            model_dim in (-1, dim) for dim, model_dim in zip(tensor.dims, model_dims, strict=True)
+        dims = tensor.model_dims
+        compatible = len(dims) == len(model_dims) and all(
+            model_dim in (-1, dim) for dim, model_dim in zip(dims, model_dims, strict=True)
         )
         if not compatible:
+            what = "dims" if tensor.reshape is None else "reshape"
             raise ModelConfigError(
-                f"{field}.{tensor.name}: dims {tensor.dims} do not fit the model's {list(model_dims)}"
+                f"{field}.{tensor.name}: {what} {dims} do not fit the model's {list(model_dims)}"
                 + (" (batch dim excluded)" if max_batch_size > 0 else "")
             )
     return list(configured)
@@ -328,9 +411,7 @@ def triton_model_config(
         backend_parameters: how the backend runs the version (its metadata parameters:
             ``execution_providers`` or ``device`` tell a GPU).
     """
-    providers = list(backend_parameters.get("execution_providers") or [])
-    on_gpu = bool(providers) and providers[0] != "CPUExecutionProvider"
-    on_gpu = on_gpu or str(backend_parameters.get("device", "")).startswith("cuda")
+    on_gpu = runs_on_gpu(backend_parameters)
     policy = config.version_policy.model_dump(exclude_none=True) or {"latest": {"num_versions": 1}}
     answer: dict[str, Any] = {
         "name": name,
@@ -344,6 +425,8 @@ def triton_model_config(
             {"name": name, "kind": "KIND_GPU" if on_gpu else "KIND_CPU", "count": config.instance_count}
         ],
     }
+    if config.default_model_filename is not None:
+        answer["default_model_filename"] = config.default_model_filename
     batching = config.dynamic_batching
     if batching is not None:
         answer["dynamic_batching"] = {
@@ -355,6 +438,44 @@ def triton_model_config(
 
 
 def _triton_tensor(tensor: TensorConfig) -> dict[str, Any]:
-    """Triton's ``ModelInput`` / ``ModelOutput`` in JSON: name, ``TYPE_*`` data type, dims."""
+    """Triton's ``ModelInput`` / ``ModelOutput`` in JSON: name, ``TYPE_*`` data type, dims, reshape."""
     data_type = "TYPE_STRING" if tensor.datatype == "BYTES" else f"TYPE_{tensor.datatype}"
-    return {"name": tensor.name, "data_type": data_type, "dims": list(tensor.dims)}
+    answer: dict[str, Any] = {"name": tensor.name, "data_type": data_type, "dims": list(tensor.dims)}
+    if tensor.reshape is not None:
+        answer["reshape"] = {"shape": list(tensor.reshape)}
+    return answer
+
+
+def runs_on_gpu(backend_parameters: Mapping[str, Any]) -> bool:
+    """Whether a loaded version runs on a GPU, from its backend's metadata parameters.
+
+    ONNX Runtime runs on a GPU when its first execution provider is not the CPU's (nor OpenVINO's,
+    which this build runs on the CPU); torch when its ``device`` is CUDA. TensorFlow reports no
+    device: the gateway's tensorflow backend is counted as running on the CPU.
+    """
+    providers = list(backend_parameters.get("execution_providers") or [])
+    if providers and providers[0] not in ("CPUExecutionProvider", "OpenVINOExecutionProvider"):
+        return True
+    return str(backend_parameters.get("device", "")).startswith("cuda")
+
+
+def check_instance_kind(config: ModelConfig, backend_parameters: Mapping[str, Any]) -> None:
+    """Check that a loaded version runs where its ``instance_kind`` (Triton's instance_group kind) asks.
+
+    Raises:
+        ModelConfigError: ``gpu`` but the version runs on the CPU here (no GPU, or a runtime without
+            GPU support), or ``cpu`` but it runs on a GPU; the message says how it runs.
+    """
+    if config.instance_kind == "auto" or runs_on_gpu(backend_parameters) == (config.instance_kind == "gpu"):
+        return
+    where = "the CPU" if config.instance_kind == "gpu" else "a GPU"
+    how = ", ".join(f"{key} {value}" for key, value in backend_parameters.items()) or "no device reported"
+    hint = (
+        " (a GPU needs onnxruntime-gpu or a CUDA build of PyTorch, and a GPU; the tensorflow backend runs on the CPU)"
+        if config.instance_kind == "gpu"
+        else ""
+    )
+    raise ModelConfigError(
+        f"instance_kind {config.instance_kind} (Triton's instance_group kind KIND_{config.instance_kind.upper()}), "
+        f"but the model runs on {where} here ({how}){hint}"
+    )

@@ -1,10 +1,12 @@
 """The model repository: which models and versions are served, and their load states.
 
-Layout: ``<root>/<model>/config.yaml`` (optional) and integer version folders
+Layout: ``<root>/<model>/config.yaml`` or Triton's ``<root>/<model>/config.pbtxt`` (optional; one
+repository may mix them, a model may not have both) and integer version folders
 ``<root>/<model>/<version>/`` holding the artifact (or a TorchServe archive,
-:mod:`gateway.repository.mar`). The repository loads, reloads and unloads models as the model
-control mode asks (Triton's none / poll / explicit), and answers which loaded version serves a
-request.
+:mod:`gateway.repository.mar`). A load request may carry a config override (Triton's ``config``
+parameter), which replaces the model's config file until the next load. The repository loads,
+reloads and unloads models as the model control mode asks (Triton's none / poll / explicit), and
+answers which loaded version serves a request.
 
 A load never takes the server down: a model or version that fails is recorded as UNAVAILABLE with
 the reason, other models keep serving, and a version that fails to reload keeps its previous
@@ -41,15 +43,19 @@ from converters.quantization_report import read_quantization_file
 from gateway.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.repository.config import (
+    CONFIG_FILE,
     ModelConfig,
     ModelConfigError,
     TensorConfig,
+    check_instance_kind,
     complete_config,
     full_shape,
     read_model_config,
 )
 from gateway.repository.mar import served_version
 from gateway.repository.names import check_model_name, valid_model_name
+from gateway.repository.triton_config import CONFIG_PBTXT, parse_config_override, read_triton_config
+from gateway.runtime.reshape import ReshapedBackend
 from gateway.runtime.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
 
 logger = logging.getLogger(__name__)
@@ -129,6 +135,9 @@ class _ModelRecord:
     loading: bool = False
     loaded: bool = False
     fingerprint: Fingerprint | None = None
+    # The config override of the last load request (Triton's), as sent and as read; None: the config file.
+    override_text: str | None = None
+    override: ModelConfig | None = None
 
 
 @dataclass
@@ -189,18 +198,40 @@ class ModelRepository:
             logger.info("model %s was removed from the repository; unloading it", name)
             self._forget(name)
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, config_override: str | None = None) -> None:
         """Load (or reload) every version of ``name`` its version policy selects.
 
         Versions whose files and config did not change keep their loaded instances; a changed
         version is loaded beside the old one and replaces it only once ready.
 
+        Args:
+            name: the model.
+            config_override: Triton's ModelConfig as JSON (a load request's ``config`` parameter):
+                it replaces the model's config file for this load, and for the reloads that follow
+                (an upload, a deleted version) until the next load request; None: the config file.
+
         Raises:
             NotFoundError: no folder ``name`` in the repository (or an invalid name).
+            InvalidArgumentError: the config override is not a config the gateway can serve (nothing
+                changed).
             UnavailableError: the config or some selected version failed to load; the reasons are
                 in the message and in the index, and versions that loaded keep serving.
         """
+        override = None
+        if config_override is not None:
+            try:
+                override = parse_config_override(config_override, name)
+            except ModelConfigError as error:
+                raise InvalidArgumentError(f"model '{name}': {error}") from None
+        self._model_path(name)  # raises NotFoundError before the override is kept
+        record = self._records.setdefault(name, _ModelRecord())
+        record.override_text, record.override = config_override, override
         await self._load(name, None)
+
+    def config_override(self, name: str) -> str | None:
+        """The config override ``name`` was last loaded with (Triton's JSON), or None."""
+        record = self._records.get(name)
+        return record.override_text if record is not None else None
 
     async def _load(self, name: str, fingerprint: Fingerprint | None) -> None:
         """:meth:`load`, with the model folder's fingerprint when the caller has just taken it."""
@@ -212,7 +243,7 @@ class ModelRepository:
             try:
                 if fingerprint is None:
                     fingerprint = await asyncio.to_thread(_fingerprint, path)
-                outcome = await asyncio.to_thread(self._load_versions, name, path, record.versions)
+                outcome = await asyncio.to_thread(self._load_versions, name, path, record.versions, record.override)
             finally:
                 record.loading = False
             retired = _retired(record.versions, outcome.versions)
@@ -255,6 +286,7 @@ class ModelRepository:
             record.failures = {}
             record.loaded = False
             record.fingerprint = None
+            record.override_text = record.override = None
             self._publish_ready(name)
         logger.info("model %s unloaded", name)
 
@@ -380,8 +412,12 @@ class ModelRepository:
 
     def _trial_load(self, model_path: Path, staged: Path) -> None:
         """Runs in a worker thread: load one instance of the staged files with the model's config."""
+        record = self._records.get(model_path.name)
         try:
-            config = read_model_config(model_path) if model_path.is_dir() else ModelConfig()
+            if record is not None and record.override is not None:
+                config = record.override
+            else:
+                config = read_config(model_path) if model_path.is_dir() else ModelConfig()
             self._create_instances(staged, config.model_copy(update={"instance_count": 1}))
         except (ModelLoadError, ModelConfigError) as error:
             raise InvalidArgumentError(f"the uploaded model does not load: {error}") from None
@@ -517,10 +553,12 @@ class ModelRepository:
         reasons = [f"{_version_label(version)}: {reason}" for version, reason in record.failures.items()]
         return "; ".join(reasons) or "no version is loaded"
 
-    def _load_versions(self, name: str, path: Path, current: dict[int, LoadedVersion]) -> _LoadOutcome:
-        """Runs in a worker thread: read the config and load each selected version."""
+    def _load_versions(
+        self, name: str, path: Path, current: dict[int, LoadedVersion], override: ModelConfig | None
+    ) -> _LoadOutcome:
+        """Runs in a worker thread: read the config (or take the override) and load each selected version."""
         try:
-            config = read_model_config(path)
+            config = override if override is not None else read_config(path)
         except ModelConfigError as error:
             return _LoadOutcome(versions=dict(current), failures={None: str(error)})
         available = _version_folders(path)
@@ -531,7 +569,9 @@ class ModelRepository:
             return _LoadOutcome(
                 versions={}, failures={None: f"the version policy selects none of versions {available}"}
             )
-        config_fingerprint = _file_fingerprint(path / "config.yaml")
+        config_fingerprint = _file_fingerprint(path / CONFIG_FILE) + _file_fingerprint(path / CONFIG_PBTXT)
+        if override is not None:
+            config_fingerprint += (("config override", 0, hash(override.model_dump_json())),)
         versions: dict[int, LoadedVersion] = {}
         failures: dict[int | None, str] = {}
         for version in selected:
@@ -577,6 +617,11 @@ class ModelRepository:
     ) -> LoadedVersion:
         instances, completed, parameters = self._create_instances(path, config)
         max_batch_size = completed.max_batch_size or 0
+        check_instance_kind(completed, instances[0].metadata_parameters)
+        input_dims = {t.name: t.reshape for t in completed.inputs if t.reshape is not None}
+        output_dims = {t.name: t.dims for t in completed.outputs if t.reshape is not None}
+        if input_dims or output_dims:
+            instances = [ReshapedBackend(i, input_dims, output_dims, max_batch_size > 0) for i in instances]
 
         def signatures(tensors: list[TensorConfig]) -> dict[str, TensorSignature]:
             return {t.name: TensorSignature(t.datatype, tuple(full_shape(t, max_batch_size))) for t in tensors}
@@ -616,7 +661,14 @@ class ModelRepository:
             declared = config.declared_signature()
             cpu_threads = max(1, self.cpu_cores // config.instance_count)
             instances = [
-                create_backend(backend_name, path, options, declared, cpu_threads=cpu_threads)
+                create_backend(
+                    backend_name,
+                    path,
+                    options,
+                    declared,
+                    cpu_threads=cpu_threads,
+                    artifact=config.default_model_filename,
+                )
                 for _ in range(config.instance_count)
             ]
         completed = complete_config(config, backend_name, instances[0], self.default_max_batch_size)
@@ -714,6 +766,22 @@ def _move_into_place(staged: Path, model_path: Path, version: int) -> Path:
     except OSError as error:  # e.g. the folder appeared meanwhile: rename onto a non-empty folder
         raise AlreadyExistsError(f"model '{model_path.name}' version {version} cannot be created: {error}") from None
     return target
+
+
+def read_config(model_path: Path) -> ModelConfig:
+    """The config of the model folder ``model_path``: its ``config.yaml`` or its Triton ``config.pbtxt``.
+
+    A folder with neither gets the all-default config (completed from the artifact at load).
+
+    Raises:
+        ModelConfigError: the folder holds both files, or the one it holds is invalid (the message
+            names the file and the field).
+    """
+    if (model_path / CONFIG_PBTXT).is_file():
+        if (model_path / CONFIG_FILE).exists():
+            raise ModelConfigError(f"the model folder holds both {CONFIG_FILE} and {CONFIG_PBTXT}; keep one")
+        return read_triton_config(model_path)
+    return read_model_config(model_path)
 
 
 def _parse_version(version: str) -> int:

@@ -92,6 +92,25 @@ class BatchingPolicy:
     max_queue_delay_seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class BatchTiming:
+    """When one batch ran and how long each part took, in ``time.perf_counter()`` seconds.
+
+    Attributes:
+        started: when the batch began to run.
+        input_seconds: merging the requests' inputs into one batch (0 for a request run alone).
+        infer_seconds: the backend's runs.
+        output_seconds: splitting the outputs back into the requests' (0 for a request run alone).
+        cpu_seconds: CPU time of the thread that ran the batch (all three parts).
+    """
+
+    started: float
+    input_seconds: float
+    infer_seconds: float
+    output_seconds: float
+    cpu_seconds: float
+
+
 @dataclass(slots=True, eq=False)  # compared by identity: taken off the queue with deque.remove
 class _Request:
     inputs: Mapping[str, np.ndarray]
@@ -352,44 +371,36 @@ class Scheduler:
     async def _compute_in_thread(self, instance: Backend, batch: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            answers, started, seconds, cpu_seconds = await loop.run_in_executor(
-                self._executor, self._compute, instance, batch
-            )
+            answers, timing = await loop.run_in_executor(self._executor, self._compute, instance, batch)
         except asyncio.CancelledError:  # the event loop is closing
             for request in batch:
                 request.future.cancel()
             raise
-        self._finish(instance, batch, answers, started, seconds, cpu_seconds)
+        self._finish(instance, batch, answers, timing)
         self._dispatch()
 
     def _finish(
-        self,
-        instance: Backend,
-        batch: list[_Request],
-        answers: list[Tensors | BaseException],
-        started: float,
-        seconds: float,
-        cpu_seconds: float,
+        self, instance: Backend, batch: list[_Request], answers: list[Tensors | BaseException], timing: BatchTiming
     ) -> None:
-        """On the event loop: free the instance, record the batch's metrics, answer its requests.
-
-        ``started`` is when the batch began to run (``time.perf_counter()``), ``seconds`` how long it
-        ran, ``cpu_seconds`` the CPU time of the thread that ran it.
-        """
+        """On the event loop: free the instance, record the batch's metrics, answer its requests."""
         self._busy -= 1
         if not self._closed:
             self._idle.append(instance)
         # Clamped, so that one slow batch (a page fault, a garbage collection) cannot flip the choice.
-        cpu_seconds = min(cpu_seconds, _CPU_SECONDS_CAP)
+        cpu_seconds = min(timing.cpu_seconds, _CPU_SECONDS_CAP)
         average = self._average_compute_seconds
         self._average_compute_seconds = (
             cpu_seconds if average == float("inf") else average + _AVERAGE_WEIGHT * (cpu_seconds - average)
         )
         if self._metrics is not None:
-            self._metrics.compute_duration.observe(seconds)
-            self._metrics.batch_size.observe(sum(request.batch_size for request in batch))
-            for request in batch:
-                self._metrics.queue_duration.observe(started - request.enqueued)
+            self._metrics.observe_batch(
+                [timing.started - request.enqueued for request in batch],
+                [request.batch_size for request in batch],
+                [not isinstance(answer, BaseException) for answer in answers],
+                timing.input_seconds,
+                timing.infer_seconds,
+                timing.output_seconds,
+            )
         for request, answer in zip(batch, answers, strict=True):
             if request.future.done():
                 continue
@@ -400,10 +411,8 @@ class Scheduler:
         if self._drained is not None:
             self._note_idle()
 
-    def _compute(
-        self, instance: Backend, batch: list[_Request]
-    ) -> tuple[list[Tensors | BaseException], float, float, float]:
-        """Run one batch: each request's rows or error, when it started, its seconds and its CPU seconds.
+    def _compute(self, instance: Backend, batch: list[_Request]) -> tuple[list[Tensors | BaseException], BatchTiming]:
+        """Run one batch: each request's rows or error, and the batch's timing.
 
         Never raises: a failure becomes the answer of the requests it concerns. Safe in a worker
         thread (touches no shared state). The CPU seconds of the calling thread tell how costly the
@@ -411,11 +420,17 @@ class Scheduler:
         """
         started, cpu_started = time.perf_counter(), time.thread_time()
         answers: list[Tensors | BaseException]
+        phases = (0.0, 0.0, 0.0)
         try:
-            answers = [self._run_one(instance, batch[0])] if len(batch) == 1 else self._run_merged(instance, batch)
+            if len(batch) == 1:
+                answers = [self._run_one(instance, batch[0])]
+                phases = (0.0, time.perf_counter() - started, 0.0)
+            else:
+                answers, phases = self._run_merged(instance, batch)
         except Exception as error:  # e.g. out of memory while merging: answer every request rather than hang
             answers = [error for _ in batch]
-        return answers, started, time.perf_counter() - started, time.thread_time() - cpu_started
+            phases = (0.0, time.perf_counter() - started, 0.0)
+        return answers, BatchTiming(started, *phases, cpu_seconds=time.thread_time() - cpu_started)
 
     @staticmethod
     def _run_one(instance: Backend, request: _Request) -> Tensors | BaseException:
@@ -424,26 +439,35 @@ class Scheduler:
         except Exception as error:
             return error
 
-    def _run_merged(self, instance: Backend, batch: list[_Request]) -> list[Tensors | BaseException]:
-        """Run requests as one batch along the first dim and split the outputs; alone again if it fails."""
+    def _run_merged(
+        self, instance: Backend, batch: list[_Request]
+    ) -> tuple[list[Tensors | BaseException], tuple[float, float, float]]:
+        """Run requests as one batch along the first dim and split the outputs; alone again if it fails.
+
+        Returns each request's answer, and the seconds spent merging, running and splitting.
+        """
+        started = time.perf_counter()
         output_names = list(dict.fromkeys(name for request in batch for name in request.output_names))
         feeds = {name: np.concatenate([request.inputs[name] for request in batch]) for name in batch[0].inputs}
         total = sum(request.batch_size for request in batch)
+        merged = time.perf_counter()
         try:
             outputs = instance.run(feeds, output_names)
         except Exception:  # find which request is at fault: each gets what it would get alone
-            return [self._run_one(instance, request) for request in batch]
+            alone = [self._run_one(instance, request) for request in batch]
+            return alone, (merged - started, time.perf_counter() - merged, 0.0)
+        ran = time.perf_counter()
         unbatched = [name for name, array in outputs.items() if array.shape[:1] != (total,)]
         if unbatched:
             error = InternalError(
                 f"output {', '.join(unbatched)} of a batch of {total} does not have {total} rows; "
                 "the model does not batch along the first dim (set max_batch_size: 0)"
             )
-            return [error for _ in batch]
+            return [error for _ in batch], (merged - started, ran - merged, 0.0)
         answers: list[Tensors | BaseException] = []
         start = 0
         for request in batch:
             stop = start + request.batch_size
             answers.append({name: outputs[name][start:stop] for name in request.output_names})
             start = stop
-        return answers
+        return answers, (merged - started, ran - merged, time.perf_counter() - ran)

@@ -1,10 +1,12 @@
 """KServe v2 gRPC API: the RPC methods of ``inference.GRPCInferenceService``, a thin adapter over the core.
 
-Service ``inference.GRPCInferenceService`` as in KServe's grpc_predict_v2.proto, with the repository
-RPCs of Triton's superset (``protos/grpc_predict_v2.proto``; messages from :mod:`protos.inference`).
-Messages are decoded and encoded by :mod:`gateway.transports.grpc.codec`; a request with raw inputs
-gets ``raw_output_contents`` back, as Triton does. Errors are aborted with the status code of
-:mod:`gateway.errors`' one table.
+Service ``inference.GRPCInferenceService`` as in KServe's grpc_predict_v2.proto, with the repository,
+model configuration, statistics and system shared memory RPCs of Triton's superset
+(``protos/grpc_predict_v2.proto``; messages from :mod:`protos.inference`). Messages are decoded and
+encoded by :mod:`gateway.transports.grpc.codec`; a request with raw inputs (or inputs in shared
+memory, as tritonclient sends them) gets ``raw_output_contents`` back, as Triton does. CUDA shared
+memory RPCs answer UNIMPLEMENTED. Errors are aborted with the status code of :mod:`gateway.errors`'
+one table.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from gateway.core.dataplane import DataPlane
 from gateway.core.repository_control import RepositoryControl
+from gateway.core.shared_memory import REGION, refuse_cuda_shared_memory
 from gateway.core.types import TensorMetadata
 from gateway.errors import GatewayError, status_code_name
 from gateway.logs import current_request_id
-from gateway.transports.grpc.codec import decode_infer_request, encode_infer_response
+from gateway.transports.grpc.codec import decode_infer_request, decode_parameters, encode_infer_response
 from protos import inference as pb
 from protos.pool import ProtoMessage
 
@@ -122,12 +126,12 @@ class InferenceServicer:
         work is dropped. A client that cancels has grpc.aio cancel this coroutine, which takes the
         request off the model's queue (see :meth:`gateway.runtime.scheduler.Scheduler.run`).
         """
-        raw = bool(request.raw_input_contents)
+        raw = bool(request.raw_input_contents) or any(REGION in tensor.parameters for tensor in request.inputs)
         response: ProtoMessage = await self.dataplane.infer(
             PROTOCOL,
             request.model_name,
             request.model_version or None,
-            decode=lambda: decode_infer_request(request, self.dataplane.limits),
+            decode=lambda: decode_infer_request(request, self.dataplane.limits, self.dataplane.shared_memory),
             encode=lambda answer: encode_infer_response(answer, raw=raw),
             request_id=_metadata_value(context, REQUEST_ID_KEY),
             timeout_seconds=context.time_remaining(),
@@ -150,8 +154,12 @@ class InferenceServicer:
 
     @_abort_on_error
     async def RepositoryModelLoad(self, request: ProtoMessage, context: Context) -> ProtoMessage:
-        """Triton's RepositoryModelLoad (explicit mode only; ``authorization: Bearer <admin token>`` metadata)."""
-        await self.control.load_model(request.model_name, _metadata_value(context, "authorization"))
+        """Triton's RepositoryModelLoad (explicit mode only; ``authorization: Bearer <admin token>`` metadata).
+
+        The ``config`` parameter (``string_param``: Triton's ModelConfig JSON) loads with a config override.
+        """
+        parameters = decode_parameters(request.parameters)
+        await self.control.load_model(request.model_name, _metadata_value(context, "authorization"), parameters)
         return pb.RepositoryModelLoadResponse()
 
     @_abort_on_error
@@ -159,3 +167,56 @@ class InferenceServicer:
         """Triton's RepositoryModelUnload (explicit mode only; ``authorization: Bearer <admin token>`` metadata)."""
         await self.control.unload_model(request.model_name, _metadata_value(context, "authorization"))
         return pb.RepositoryModelUnloadResponse()
+
+    @_abort_on_error
+    async def ModelConfig(self, request: ProtoMessage, context: Context) -> ProtoMessage:
+        """Triton's ModelConfig: the configuration a version is served with (as the REST ``.../config`` route)."""
+        config = self.dataplane.model_config(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    @_abort_on_error
+    async def ModelStatistics(self, request: ProtoMessage, context: Context) -> ProtoMessage:
+        """Triton's ModelStatistics: every version serving, of every model when no name is given."""
+        statistics = self.dataplane.model_statistics(request.name or None, request.version or None)
+        return pb.ModelStatisticsResponse(
+            model_stats=[json_format.ParseDict(entry.to_json(), pb.ModelStatistics()) for entry in statistics]
+        )
+
+    @_abort_on_error
+    async def SystemSharedMemoryStatus(self, request: ProtoMessage, context: Context) -> ProtoMessage:
+        """Triton's SystemSharedMemoryStatus: the registered regions (or the one named)."""
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.dataplane.shared_memory.status(request.name or None):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
+                )
+            )
+        return response
+
+    @_abort_on_error
+    async def SystemSharedMemoryRegister(self, request: ProtoMessage, context: Context) -> ProtoMessage:
+        """Triton's SystemSharedMemoryRegister: a region of a POSIX shared memory object, by name."""
+        self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_abort_on_error
+    async def SystemSharedMemoryUnregister(self, request: ProtoMessage, context: Context) -> ProtoMessage:
+        """Triton's SystemSharedMemoryUnregister: one region, or every region when no name is given."""
+        self.dataplane.shared_memory.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_abort_on_error
+    async def CudaSharedMemoryStatus(self, request: ProtoMessage, context: Context) -> ProtoMessage:
+        """CUDA shared memory is not supported: UNIMPLEMENTED."""
+        refuse_cuda_shared_memory()
+
+    @_abort_on_error
+    async def CudaSharedMemoryRegister(self, request: ProtoMessage, context: Context) -> ProtoMessage:
+        """CUDA shared memory is not supported: UNIMPLEMENTED."""
+        refuse_cuda_shared_memory()
+
+    @_abort_on_error
+    async def CudaSharedMemoryUnregister(self, request: ProtoMessage, context: Context) -> ProtoMessage:
+        """CUDA shared memory is not supported: UNIMPLEMENTED."""
+        refuse_cuda_shared_memory()

@@ -3,7 +3,8 @@
 :func:`create_rest_app` builds what the server runs: the :class:`~gateway.transports.rest.fast_path.InferenceFastPath`
 in front of the FastAPI application of :func:`create_app`, behind CORS when origins are configured.
 
-Routes: KServe v2 (:mod:`~gateway.transports.rest.v2`), TF Serving
+Routes: KServe v2 (:mod:`~gateway.transports.rest.v2`), Triton's statistics and shared memory
+extensions (:mod:`~gateway.transports.rest.triton`), TF Serving
 (:mod:`~gateway.transports.rest.tfserving`), TorchServe (:mod:`~gateway.transports.rest.torchserve`),
 ``GET /metrics`` (Prometheus text format), ``/openapi.json`` and ``/docs``. A :class:`GatewayError`
 from a v2 route is answered ``{"error": message}`` with its status; the TF Serving and TorchServe
@@ -31,6 +32,7 @@ from gateway.transports.rest.openapi import ADMIN_TOKEN_SCHEME
 from gateway.transports.rest.responses import error_response, internal_error_response, json_response
 from gateway.transports.rest.tfserving import tfserving_router
 from gateway.transports.rest.torchserve import torchserve_router
+from gateway.transports.rest.triton import triton_router
 from gateway.transports.rest.v2 import v2_router
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ def create_app(dataplane: DataPlane, control: RepositoryControl) -> FastAPI:
     """
     app = FastAPI(title="model-gateway", summary="KServe v2 inference over REST", docs_url="/docs")
     registry = dataplane.repository.metrics.registry
+    app.include_router(triton_router(dataplane))  # before v2: /v2/models/stats is not a model named "stats"
     app.include_router(v2_router(dataplane, control))
     app.include_router(tfserving_router(dataplane, control))
     app.include_router(torchserve_router(dataplane, control))

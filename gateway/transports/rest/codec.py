@@ -11,6 +11,11 @@ length-prefixed as in gRPC's raw contents). Outputs asked for with ``binary_data
 output, with the request parameter ``binary_data_output``) come back the same way: JSON first, its
 length in ``Inference-Header-Content-Length``, then the raw output data, each output's
 ``parameters.binary_data_size`` giving its length.
+
+An input whose parameters name a system shared memory region (Triton's ``shared_memory_region``,
+``shared_memory_byte_size``, ``shared_memory_offset``) has no data in the body: it is read from the
+region (:class:`gateway.core.shared_memory.SharedMemoryRegistry`). An output the data plane wrote to a
+region is answered with those parameters and no data.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, Field, StrictInt, ValidationError
 
+from gateway.core.shared_memory import SharedMemoryRegistry, uses_shared_memory
 from gateway.core.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 from gateway.datatypes import (
     BYTES,
@@ -104,6 +110,7 @@ def decode_infer_request(
     model_version: str | None,
     json_length: int | None = None,
     limits: RequestLimits = DEFAULT_LIMITS,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> InferRequest:
     """Decode a v2 REST inference request body into the data plane's request.
 
@@ -114,11 +121,14 @@ def decode_infer_request(
             or None when the body is all JSON.
         limits: the JSON depth, tensor count and element count limits, checked before the JSON is
             parsed and before any tensor is allocated.
+        shared_memory: the registry inputs placed in shared memory are read from (None: such
+            inputs are refused).
 
     Raises:
         InvalidArgumentError: malformed JSON, JSON nested deeper than the limit, a missing field, a
-            bad shape, data that does not fit the declared datatype and shape, or binary data that
-            does not add up to the ``binary_data_size`` of the inputs.
+            bad shape, data that does not fit the declared datatype and shape, binary data that
+            does not add up to the ``binary_data_size`` of the inputs, or an input in shared memory
+            that cannot be read (see :meth:`SharedMemoryRegistry.read_input`).
         PayloadTooLargeError: more inputs or requested outputs than the limit, or a shape that
             declares more elements than the limit.
     """
@@ -136,7 +146,15 @@ def decode_infer_request(
     offset = 0
     for tensor in body.inputs:
         size = tensor.parameters.get("binary_data_size")
-        if size is not None:
+        if uses_shared_memory(tensor.parameters):
+            if size is not None or tensor.data is not None or shared_memory is None:
+                raise InvalidArgumentError(
+                    f"input '{tensor.name}' is in shared memory: it takes neither data nor binary_data_size"
+                    if shared_memory is not None
+                    else f"input '{tensor.name}': shared memory is not available on this route"
+                )
+            data = shared_memory.read_input(tensor.name, tensor.datatype, tensor.shape, tensor.parameters, max_elements)
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidArgumentError(f"input '{tensor.name}': binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
@@ -193,7 +211,9 @@ def encode_infer_response(response: InferResponse, is_binary: Callable[[str], bo
     raw_parts: list[bytes] = []
     for tensor in response.outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
-        if is_binary is not None and is_binary(tensor.name):
+        if uses_shared_memory(tensor.parameters):
+            entry["parameters"] = tensor.parameters
+        elif is_binary is not None and is_binary(tensor.name):
             raw = array_to_raw(tensor.data)
             raw_parts.append(raw)
             entry["parameters"] = {"binary_data_size": len(raw)}

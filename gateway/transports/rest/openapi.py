@@ -84,6 +84,7 @@ class TritonTensorConfigJson(BaseModel):
     name: str
     data_type: str
     dims: list[int]
+    reshape: dict[str, list[int]] | None = None
 
 
 class InstanceGroupJson(BaseModel):
@@ -113,7 +114,64 @@ class ModelConfigJson(BaseModel):
     input: list[TritonTensorConfigJson]
     output: list[TritonTensorConfigJson]
     instance_group: list[InstanceGroupJson]
+    default_model_filename: str | None = None
     dynamic_batching: DynamicBatchingJson | None = None
+
+
+class StatisticDurationJson(BaseModel):
+    """Triton's ``StatisticDuration``: a count of events and their total duration in nanoseconds."""
+
+    count: int
+    ns: int
+
+
+class InferStatisticsJson(BaseModel):
+    """Triton's ``InferStatistics``: requests that succeeded and failed, queue and compute times."""
+
+    success: StatisticDurationJson
+    fail: StatisticDurationJson
+    queue: StatisticDurationJson
+    compute_input: StatisticDurationJson
+    compute_infer: StatisticDurationJson
+    compute_output: StatisticDurationJson
+    cache_hit: StatisticDurationJson
+    cache_miss: StatisticDurationJson
+
+
+class BatchStatisticsJson(BaseModel):
+    """Triton's ``InferBatchStatistics``: the model runs of one batch size."""
+
+    batch_size: int
+    compute_input: StatisticDurationJson
+    compute_infer: StatisticDurationJson
+    compute_output: StatisticDurationJson
+
+
+class ModelStatisticsJson(BaseModel):
+    """Triton's ``ModelStatistics`` of one version."""
+
+    name: str
+    version: str
+    last_inference: int
+    inference_count: int
+    execution_count: int
+    inference_stats: InferStatisticsJson
+    batch_stats: list[BatchStatisticsJson]
+
+
+class StatisticsJson(BaseModel):
+    """Triton's statistics extension: ``GET /v2/models[/{m}[/versions/{v}]]/stats``."""
+
+    model_stats: list[ModelStatisticsJson]
+
+
+class RegionStatusJson(BaseModel):
+    """A registered system shared memory region."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
 
 
 class DeleteJson(BaseModel):

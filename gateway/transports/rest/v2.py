@@ -24,10 +24,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.core.dataplane import DataPlane
 from gateway.core.repository_control import RepositoryControl
+from gateway.core.shared_memory import SharedMemoryRegistry
 from gateway.core.types import InferRequest, InferResponse, TensorMetadata
 from gateway.datatypes import DEFAULT_LIMITS, INFERENCE_HEADER_LENGTH, RequestLimits
 from gateway.errors import GatewayError, InvalidArgumentError
@@ -71,6 +72,12 @@ class IndexRequestJson(BaseModel):
     ready: bool = False
 
 
+class LoadRequestJson(BaseModel):
+    """Load request (Triton's): ``parameters.config``, a config override as Triton's ModelConfig JSON text."""
+
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
 class _InferCall:
     """One REST inference call: decodes the body, and encodes the answer as the request asked.
 
@@ -78,6 +85,7 @@ class _InferCall:
         raw: the request body.
         json_length: the ``Inference-Header-Content-Length`` header as received, or None.
         limits: the request limits the body is decoded within.
+        shared_memory: where inputs in shared memory are read from.
     """
 
     def __init__(
@@ -87,12 +95,14 @@ class _InferCall:
         model_version: str | None,
         json_length: str | None,
         limits: RequestLimits = DEFAULT_LIMITS,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.raw = raw
         self.model_name = model_name
         self.model_version = model_version
         self.json_length = json_length
         self.limits = limits
+        self.shared_memory = shared_memory
         self.is_binary: Callable[[str], bool] | None = None
 
     def decode(self) -> InferRequest:
@@ -103,7 +113,9 @@ class _InferCall:
                     f"{INFERENCE_HEADER_LENGTH} must be a number of bytes, got {self.json_length!r}"
                 )
             json_length = int(self.json_length)
-        request = decode_infer_request(self.raw, self.model_name, self.model_version, json_length, self.limits)
+        request = decode_infer_request(
+            self.raw, self.model_name, self.model_version, json_length, self.limits, self.shared_memory
+        )
         self.is_binary = binary_outputs(request)
         return request
 
@@ -134,7 +146,14 @@ async def answer_infer(
         asyncio.CancelledError: ``disconnected`` returned (the request was dropped), or the caller
             was cancelled.
     """
-    call = _InferCall(raw, model_name, model_version, headers.get(INFERENCE_HEADER_LENGTH.lower()), dataplane.limits)
+    call = _InferCall(
+        raw,
+        model_name,
+        model_version,
+        headers.get(INFERENCE_HEADER_LENGTH.lower()),
+        dataplane.limits,
+        dataplane.shared_memory,
+    )
     try:
         encoded = await dataplane.infer(
             PROTOCOL,
@@ -293,10 +312,15 @@ def v2_router(dataplane: DataPlane, control: RepositoryControl) -> APIRouter:
     @router.post(
         "/repository/models/{model_name}/load",
         responses=control_responses,
-        openapi_extra=management,
+        openapi_extra={
+            **management,
+            "requestBody": {"required": False, "content": {JSON: {"schema": LoadRequestJson.model_json_schema()}}},
+        },
     )
     async def repository_load(request: Request, model_name: str) -> Response:
-        await control.load_model(model_name, request.headers.get("authorization"))
+        """Triton's load; ``{"parameters": {"config": "<ModelConfig JSON>"}}`` loads with a config override."""
+        body = parse_json_body(LoadRequestJson, await request.body(), empty_ok=True)
+        await control.load_model(model_name, request.headers.get("authorization"), body.parameters)
         return json_response({})
 
     @router.post(
