@@ -1,50 +1,20 @@
-"""The gateway's protobuf messages and gRPC services, built at import from :mod:`protos.descriptor_set`.
+"""The gateway's gRPC service handlers, built at import from :mod:`protos.descriptor_set`.
 
-The descriptors live in a private ``DescriptorPool``, not protobuf's process-wide default pool, so
-they never clash with another package that registers the same names (tritonclient registers
-``inference.*`` too), and no generated ``_pb2`` code ties the gateway to one protobuf or grpcio
-release: message classes come from ``google.protobuf.message_factory.GetMessageClass`` and service
-handlers from ``grpc``'s generic handlers, which protobuf 5 to 7 and grpcio alike provide.
+The messages and their private descriptor pool are :mod:`protos.messages`' (re-exported here, with no
+gRPC import there); this module adds the service handlers, from ``grpc``'s generic handlers, so that no
+generated ``_pb2_grpc`` code ties the gateway to one grpcio release.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from protos.descriptor_set import SERIALIZED
+from protos.messages import POOL, ProtoMessage, message_class
 
 __all__ = ["POOL", "ProtoMessage", "add_service", "message_class"]
-
-#: The static type of a message built here: its class is made at run time, so its fields are unknown to
-#: type checkers.
-ProtoMessage: TypeAlias = Any
-
-
-def _load_pool() -> descriptor_pool.DescriptorPool:
-    """A new pool holding every file of the serialized set (they are in dependency order, as protoc writes them)."""
-    pool = descriptor_pool.DescriptorPool()
-    for file in descriptor_pb2.FileDescriptorSet.FromString(SERIALIZED).file:
-        pool.AddSerializedFile(file.SerializeToString())
-    return pool
-
-
-#: The gateway's own descriptor pool.
-POOL = _load_pool()
-
-
-def message_class(full_name: str) -> type[ProtoMessage]:
-    """The message class of ``full_name`` (e.g. ``inference.ModelInferRequest``) in :data:`POOL`.
-
-    Typed ``Any``: the classes are made at run time, so static checkers cannot know their fields.
-
-    Raises:
-        KeyError: no such message in the gateway's protos.
-    """
-    return message_factory.GetMessageClass(POOL.FindMessageTypeByName(full_name))
 
 
 def add_service(server: grpc.aio.Server, service_name: str, servicer: object) -> None:
