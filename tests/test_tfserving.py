@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 
-from tests.conftest import REPO_ROOT, GatewayProcess, start_gateway
+from tests.conftest import REPO_ROOT, SAMPLES, GatewayProcess, start_gateway
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -458,3 +458,116 @@ def test_our_descriptors_match_tensorflow_serving_apis_for_every_message_we_defi
                 ), path
     assert checked > 80  # every file was walked
     assert "tensorflow.serving.ModelSpec" in {k for file in ours for k in _messages(file)}
+
+
+# -- the tensor codec, against TensorFlow's own TensorProtos ---------------------------------------------------
+
+
+def _ours(theirs: Any) -> Any:
+    """TensorFlow's TensorProto as the gateway's message (through the wire, as a request brings it)."""
+    from protos.tfserving import TensorProto
+
+    return TensorProto.FromString(theirs.SerializeToString())
+
+
+@pytest.mark.parametrize("datatype", sorted(SAMPLES))
+def test_tensor_codec_reads_tensorflows_protos_and_tensorflow_reads_ours(datatype: str) -> None:
+    from gateway.core.types import InferTensor
+    from gateway.transports.grpc.tfserving_codec import decode_tensor, encode_tensor
+
+    sample = SAMPLES[datatype]
+    # tensor_content (what tf.make_tensor_proto writes for numbers), and the typed *_val fields.
+    for proto in (tf.make_tensor_proto(sample), _typed_tensor_proto(sample, datatype)):
+        decoded = decode_tensor("t", _ours(proto))
+        assert (decoded.datatype, decoded.shape) == (datatype, list(sample.shape))
+        assert decoded.data.dtype == sample.dtype and np.array_equal(decoded.data, sample), proto
+    answer = encode_tensor(InferTensor("t", datatype, list(sample.shape), sample))
+    assert not answer.tensor_content  # typed values, as TF Serving answers
+    back = tf.make_ndarray(type(tf.make_tensor_proto(0)).FromString(answer.SerializeToString()))
+    assert back.dtype == sample.dtype and np.array_equal(back, sample)
+
+
+def _typed_tensor_proto(sample: np.ndarray, datatype: str) -> Any:
+    """TensorFlow's TensorProto of ``sample`` with its values in the typed field of its dtype, not tensor_content."""
+    from gateway.transports.grpc.tfserving_codec import VALUES_FIELD
+
+    proto = tf.make_tensor_proto(sample)
+    proto.ClearField("tensor_content")
+    field = getattr(proto, VALUES_FIELD[datatype])
+    del field[:]
+    field.extend(sample.view(np.uint16).ravel().tolist() if datatype == "FP16" else sample.ravel().tolist())
+    return proto
+
+
+def test_tensor_codec_fills_with_the_last_value_and_refuses_what_tensorflow_would() -> None:
+    from gateway.errors import InvalidArgumentError
+    from gateway.transports.grpc.tfserving_codec import decode_tensor
+
+    filled = tf.make_tensor_proto(7.0, dtype=tf.float32, shape=[2, 2])  # one value for four elements
+    assert np.array_equal(decode_tensor("t", _ours(filled)).data, np.full((2, 2), 7.0, np.float32))
+    too_many = _typed_tensor_proto(np.zeros((1, 2), np.float32), "FP32")
+    too_many.float_val.append(1.0)
+    bad = {
+        "values": too_many,
+        "dtype": tf.make_tensor_proto(np.zeros(2, np.complex64)),
+        "empty": tf.make_tensor_proto(np.zeros((1, 2), np.float32)),
+        "unknown rank": tf.make_tensor_proto(np.zeros(2, np.float32)),
+    }
+    bad["empty"].ClearField("tensor_content")
+    bad["unknown rank"].tensor_shape.unknown_rank = True
+    for case, proto in bad.items():
+        with pytest.raises(InvalidArgumentError):
+            decode_tensor(case, _ours(proto))
+
+
+# -- models.config ---------------------------------------------------------------------------------------------
+
+
+def test_models_config_maps_onto_the_repositorys_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.repository.tfserving_config import read_model_server_config
+
+    config = tmp_path / "models.config"
+    config.write_text(
+        """
+model_config_list {
+  config { name: "a" base_path: "/models/a" model_platform: "tensorflow"
+           model_version_policy { latest { num_versions: 2 } } }
+  config { name: "b" base_path: "relative/b" model_version_policy { all {} } }
+  config { name: "c" base_path: "/models/c" model_version_policy { specific { versions: 3 versions: 5 } }
+           version_labels { key: "stable" value: 3 } version_labels { key: "canary" value: 5 } }
+}
+"""
+    )
+    monkeypatch.chdir(tmp_path)
+    models = read_model_server_config(config)
+    assert sorted(models) == ["a", "b", "c"]
+    assert models["a"].path == Path("/models/a") and models["a"].config.backend == "tensorflow"
+    assert models["a"].config.version_policy.select([1, 2, 3]) == [2, 3]
+    assert models["b"].path == tmp_path / "relative" / "b"  # from the working directory, as TF Serving
+    assert models["b"].config.backend is None and models["b"].config.version_policy.select([1, 2]) == [1, 2]
+    assert models["b"].config.model_fields_set == {"version_policy"}  # only what models.config gives
+    assert models["c"].config.version_policy.select([1, 3, 4, 5]) == [3, 5]
+    assert models["c"].config.version_labels == {"stable": 3, "canary": 5}
+
+
+@pytest.mark.parametrize(
+    ("entry", "named"),
+    [
+        ('config { name: "a" base_path: "/m" logging_config {} }', "logging_config"),
+        ('config { name: "a" base_path: "/m" model_type: TENSORFLOW }', "model_type"),
+        ('config { name: "a" base_path: "gs://bucket/a" }', "object storage"),
+        ('config { name: "a" base_path: "/m" model_platform: "pytorch" }', "model_platform"),
+        ('config { name: "a" }', "base_path is required"),
+        ('config { name: "a b" base_path: "/m" }', "not a valid model name"),
+        ('config { name: "a" base_path: "/m" } config { name: "a" base_path: "/n" }', "listed twice"),
+        ('config { name: "a" base_path: "/m" model_version_policy { specific {} } }', "lists no versions"),
+        ('config { name: "a" base_path: "/m" version_labels { key: "2" value: 2 } }', "not a version number"),
+    ],
+)
+def test_models_config_refuses_what_the_gateway_cannot_honour(tmp_path: Path, entry: str, named: str) -> None:
+    from gateway.repository.tfserving_config import ModelServerConfigError, read_model_server_config
+
+    config = tmp_path / "models.config"
+    config.write_text(f"model_config_list {{ {entry} }}\n")
+    with pytest.raises(ModelServerConfigError, match=named):
+        read_model_server_config(config)
