@@ -14,6 +14,7 @@ from protos import inference
 from protos.descriptor_set import SERIALIZED
 from protos.generate import GENERATED_MODULE, REPO_ROOT, compile_descriptor_set, render_module
 from protos.pool import POOL
+from tests.proto_compat import assert_wire_compatible, messages_by_name
 
 triton_grpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2 as triton_pb  # noqa: E402
@@ -38,59 +39,13 @@ def _triton_file_descriptor() -> descriptor_pb2.FileDescriptorProto:
     return proto
 
 
-def _messages_by_name(
-    fdp: descriptor_pb2.FileDescriptorProto,
-) -> dict[str, descriptor_pb2.DescriptorProto]:
-    """Map every message (nested ones included) to its full name, e.g. ``inference.A.B``."""
-    out: dict[str, descriptor_pb2.DescriptorProto] = {}
-
-    def walk(prefix: str, messages: list[descriptor_pb2.DescriptorProto]) -> None:
-        for msg in messages:
-            full = f"{prefix}.{msg.name}"
-            out[full] = msg
-            walk(full, list(msg.nested_type))
-
-    walk(fdp.package, list(fdp.message_type))
-    return out
-
-
-def _field_signature(
-    msg: descriptor_pb2.DescriptorProto, field: descriptor_pb2.FieldDescriptorProto
-) -> tuple[object, ...]:
-    oneof = msg.oneof_decl[field.oneof_index].name if field.HasField("oneof_index") else None
-    return (field.number, field.type, field.label, field.type_name, oneof)
-
-
 def test_wire_compatible_with_tritonclient() -> None:
     ours = _our_file_descriptor()
     theirs = _triton_file_descriptor()
     assert ours.package == theirs.package == "inference"
-
-    our_messages = _messages_by_name(ours)
-    their_messages = _messages_by_name(theirs)
-    assert "inference.ModelInferRequest.InferInputTensor" in our_messages  # sanity: nesting walked
-    for full_name, msg in our_messages.items():
-        assert full_name in their_messages, f"message {full_name} not in tritonclient's proto"
-        their_msg = their_messages[full_name]
-        assert msg.options.map_entry == their_msg.options.map_entry, full_name
-        their_fields = {f.name: f for f in their_msg.field}
-        for field in msg.field:
-            assert field.name in their_fields, f"{full_name}.{field.name} not in tritonclient's proto"
-            assert _field_signature(msg, field) == _field_signature(their_msg, their_fields[field.name]), (
-                f"{full_name}.{field.name}: (number, type, label, type_name, oneof) differs"
-            )
-
-    their_methods = {f"/{theirs.package}.{svc.name}/{m.name}": m for svc in theirs.service for m in svc.method}
-    our_methods = {f"/{ours.package}.{svc.name}/{m.name}": m for svc in ours.service for m in svc.method}
-    assert len(our_methods) == 9
-    for path, method in our_methods.items():
-        assert path in their_methods, f"RPC {path} not in tritonclient's service"
-        theirs_m = their_methods[path]
-        assert (method.input_type, method.output_type) == (theirs_m.input_type, theirs_m.output_type), path
-        assert (method.client_streaming, method.server_streaming) == (
-            theirs_m.client_streaming,
-            theirs_m.server_streaming,
-        ), path
+    assert "inference.ModelInferRequest.InferInputTensor" in messages_by_name(ours)  # sanity: nesting walked
+    checked = assert_wire_compatible([ours], [theirs], "tritonclient")
+    assert checked.methods == 9
 
 
 def test_messages_travel_between_tritonclient_and_the_gateway_in_one_process() -> None:

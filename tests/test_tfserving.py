@@ -21,6 +21,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from tests.conftest import REPO_ROOT, SAMPLES, GatewayProcess, start_gateway
+from tests.proto_compat import assert_wire_compatible
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -369,25 +370,6 @@ def test_models_config_fields_the_gateway_cannot_honour_stop_the_start(tmp_path:
 # -- our descriptors are TF Serving's -------------------------------------------------------------------------
 
 
-def _messages(file: descriptor_pb2.FileDescriptorProto) -> dict[str, descriptor_pb2.DescriptorProto]:
-    found: dict[str, descriptor_pb2.DescriptorProto] = {}
-
-    def walk(prefix: str, messages: Any) -> None:
-        for message in messages:
-            found[f"{prefix}.{message.name}"] = message
-            walk(f"{prefix}.{message.name}", message.nested_type)
-
-    walk(file.package, file.message_type)
-    return found
-
-
-def _enums(file: descriptor_pb2.FileDescriptorProto) -> dict[str, descriptor_pb2.EnumDescriptorProto]:
-    found = {f"{file.package}.{enum.name}": enum for enum in file.enum_type}
-    for full_name, message in _messages(file).items():
-        found.update({f"{full_name}.{enum.name}": enum for enum in message.enum_type})
-    return found
-
-
 def _their_files() -> list[descriptor_pb2.FileDescriptorProto]:
     """Every file of protobuf's default pool that tensorflow-serving-api's and TensorFlow's messages come from."""
     from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
@@ -408,11 +390,6 @@ def _their_files() -> list[descriptor_pb2.FileDescriptorProto]:
     return list(seen.values())
 
 
-def _field_signature(message: descriptor_pb2.DescriptorProto, field: descriptor_pb2.FieldDescriptorProto) -> tuple:
-    oneof = message.oneof_decl[field.oneof_index].name if field.HasField("oneof_index") else None
-    return (field.number, field.type, field.label, field.type_name, oneof)
-
-
 def test_our_descriptors_match_tensorflow_serving_apis_for_every_message_we_define() -> None:
     from protos.messages import POOL
 
@@ -421,43 +398,9 @@ def test_our_descriptors_match_tensorflow_serving_apis_for_every_message_we_defi
         proto = descriptor_pb2.FileDescriptorProto()
         POOL.FindFileByName(f"protos/tfserving/{name}.proto").CopyToProto(proto)
         ours.append(proto)
-    theirs = _their_files()
-    their_messages = {k: v for file in theirs for k, v in _messages(file).items()}
-    their_enums = {k: v for file in theirs for k, v in _enums(file).items()}
-    their_methods = {
-        f"/{file.package}.{service.name}/{method.name}": method
-        for file in theirs
-        for service in file.service
-        for method in service.method
-    }
-    checked = 0
-    for file in ours:
-        for full_name, message in _messages(file).items():
-            assert full_name in their_messages, f"message {full_name} is not TF Serving's"
-            their_message = their_messages[full_name]
-            assert message.options.map_entry == their_message.options.map_entry, full_name
-            their_fields = {field.name: field for field in their_message.field}
-            for field in message.field:
-                assert field.name in their_fields, f"{full_name}.{field.name} is not TF Serving's"
-                assert _field_signature(message, field) == _field_signature(their_message, their_fields[field.name]), (
-                    f"{full_name}.{field.name}: (number, type, label, type_name, oneof) differs"
-                )
-                checked += 1
-        for full_name, enum in _enums(file).items():
-            assert full_name in their_enums, f"enum {full_name} is not TF Serving's"
-            their_values = {value.name: value.number for value in their_enums[full_name].value}
-            for value in enum.value:
-                assert their_values.get(value.name) == value.number, f"{full_name}.{value.name}"
-        for service in file.service:
-            for method in service.method:
-                path = f"/{file.package}.{service.name}/{method.name}"
-                assert path in their_methods, f"RPC {path} is not TF Serving's"
-                assert (method.input_type, method.output_type) == (
-                    their_methods[path].input_type,
-                    their_methods[path].output_type,
-                ), path
-    assert checked > 80  # every file was walked
-    assert "tensorflow.serving.ModelSpec" in {k for file in ours for k in _messages(file)}
+    checked = assert_wire_compatible(ours, _their_files(), "tensorflow-serving-api")
+    # Every file was walked: 49 messages (map entries included) and the 5 RPCs served.
+    assert (checked.messages, checked.methods) == (49, 5), checked
 
 
 # -- the tensor codec, against TensorFlow's own TensorProtos ---------------------------------------------------

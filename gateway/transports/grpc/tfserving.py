@@ -19,7 +19,7 @@ served answers. ``signature_name`` may be empty or the one signature the model s
   ``metadata["signature_def"]`` is a ``SignatureDefMap`` packed in a ``google.protobuf.Any``, with the one
   signature served (inputs and outputs with TF dtypes and shapes, -1 for variable dims, and its method name).
 - ``Classify`` and ``Regress``: for a model whose signature takes serialized ``tf.Example``\\ s, see
-  :func:`classification_outputs` and :func:`regression_output`. Each example of ``input.example_list`` is
+  :func:`classification_outputs` and :func:`regression_outputs`. Each example of ``input.example_list`` is
   fed serialized, one per row; with ``example_list_with_context`` each is merged over the context first (as
   TF Serving does, the example's features win).
 - ``GetModelStatus`` (ModelService): each version's state (AVAILABLE, LOADING, END) and status.
@@ -29,6 +29,7 @@ served answers. ``signature_name`` may be empty or the one signature the model s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -143,8 +144,8 @@ def classification_outputs(metadata: ModelMetadata) -> list[str]:
     return present
 
 
-def regression_output(metadata: ModelMetadata) -> str:
-    """The output Regress reads, ``outputs``, for a model that qualifies.
+def regression_outputs(metadata: ModelMetadata) -> list[str]:
+    """The output Regress reads, ``["outputs"]``, for a model that qualifies.
 
     A model qualifies when its served signature takes one input, a vector of strings (shape ``[-1]``,
     serialized ``tf.Example``\\ s), and has an FP32 output ``outputs`` of shape ``[batch]`` or ``[batch, 1]``,
@@ -165,7 +166,7 @@ def regression_output(metadata: ModelMetadata) -> str:
             f"model '{metadata.name}' cannot Regress: its signature needs an output 'outputs' (FP32, [batch] or "
             f"[batch, 1]), and has {_described(metadata.outputs)}"
         )
-    return REGRESSION_OUTPUTS
+    return [REGRESSION_OUTPUTS]
 
 
 def _check_example_input(metadata: ModelMetadata, method: str, rpc: str) -> None:
@@ -315,49 +316,36 @@ class PredictionServicer:
     @_abort_on_error
     async def Classify(self, request: ProtoMessage, context: Context) -> ProtoMessage:
         """TF Serving's Classify: per example, its classes and scores; see :func:`classification_outputs`."""
+        return await self._infer_examples(
+            request, context, classification_outputs, pb.ClassificationResponse, _fill_classifications
+        )
+
+    @_abort_on_error
+    async def Regress(self, request: ProtoMessage, context: Context) -> ProtoMessage:
+        """TF Serving's Regress: one value per example; see :func:`regression_outputs`."""
+        return await self._infer_examples(
+            request, context, regression_outputs, pb.RegressionResponse, _fill_regressions
+        )
+
+    async def _infer_examples(
+        self,
+        request: ProtoMessage,
+        context: Context,
+        qualifying_outputs: Callable[[ModelMetadata], list[str]],
+        response_class: type[ProtoMessage],
+        fill: Callable[[ProtoMessage, dict[str, np.ndarray]], None],
+    ) -> ProtoMessage:
+        """A Classify or Regress: the examples in as the model's one input, its ``result`` filled from the outputs."""
         address = ModelAddress(request.model_spec)
         metadata = self._metadata(address)
-        outputs = classification_outputs(metadata)
+        outputs = qualifying_outputs(metadata)
 
         def decode() -> InferRequest:
             return self._examples_request(address, metadata, request.input, outputs)
 
         def encode(answer: InferResponse) -> ProtoMessage:
-            by_name = {tensor.name: tensor.data for tensor in answer.outputs}
-            message = pb.ClassificationResponse(
-                model_spec=model_spec(address.name, answer.model_version, metadata.signature_name)
-            )
-            classes, scores = by_name.get(CLASSES), by_name.get(SCORES)
-            shape = _classification_shape(classes, scores)
-            for row in range(shape[0]):
-                classifications = message.result.classifications.add()
-                for column in range(shape[1]):
-                    label = classes[row, column] if classes is not None else b""
-                    classifications.classes.add(
-                        label=label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label),
-                        score=float(scores[row, column]) if scores is not None else 0.0,
-                    )
-            return message
-
-        return await self._infer(address, context, decode, encode)
-
-    @_abort_on_error
-    async def Regress(self, request: ProtoMessage, context: Context) -> ProtoMessage:
-        """TF Serving's Regress: one value per example; see :func:`regression_output`."""
-        address = ModelAddress(request.model_spec)
-        metadata = self._metadata(address)
-        output = regression_output(metadata)
-
-        def decode() -> InferRequest:
-            return self._examples_request(address, metadata, request.input, [output])
-
-        def encode(answer: InferResponse) -> ProtoMessage:
-            values = answer.outputs[0].data
-            message = pb.RegressionResponse(
-                model_spec=model_spec(address.name, answer.model_version, metadata.signature_name)
-            )
-            for value in values.reshape(values.shape[0], -1)[:, 0]:
-                message.result.regressions.add(value=float(value))
+            message = response_class(model_spec=model_spec(address.name, answer.model_version, metadata.signature_name))
+            fill(message.result, {tensor.name: tensor.data for tensor in answer.outputs})
             return message
 
         return await self._infer(address, context, decode, encode)
@@ -376,19 +364,34 @@ class PredictionServicer:
         )
 
 
-def _classification_shape(classes: np.ndarray | None, scores: np.ndarray | None) -> tuple[int, int]:
-    """The (examples, classes) shape of a classification's outputs.
+def _fill_classifications(result: ProtoMessage, outputs: dict[str, np.ndarray]) -> None:
+    """Fill a ``ClassificationResult``: per example (row), a ``Class`` (label, score) per column of the outputs.
 
     Raises:
         InvalidArgumentError: an output that is not ``[batch, classes]``, or two that disagree (as TF Serving).
     """
+    classes, scores = outputs.get(CLASSES), outputs.get(SCORES)
     shapes = {tensor.shape for tensor in (classes, scores) if tensor is not None}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise InvalidArgumentError(
             f"the classification outputs must both have shape [batch, classes]; got {sorted(shapes)}"
         )
     rows, columns = next(iter(shapes))
-    return int(rows), int(columns)
+    for row in range(rows):
+        classifications = result.classifications.add()
+        for column in range(columns):
+            label = classes[row, column] if classes is not None else b""
+            classifications.classes.add(
+                label=label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label),
+                score=float(scores[row, column]) if scores is not None else 0.0,
+            )
+
+
+def _fill_regressions(result: ProtoMessage, outputs: dict[str, np.ndarray]) -> None:
+    """Fill a ``RegressionResult``: one ``Regression`` per example (row) of the ``outputs`` output."""
+    values = outputs[REGRESSION_OUTPUTS]
+    for value in values.reshape(values.shape[0], -1)[:, 0]:
+        result.regressions.add(value=float(value))
 
 
 class ModelStatusServicer:
