@@ -514,3 +514,33 @@ def test_models_config_refuses_what_the_gateway_cannot_honour(tmp_path: Path, en
     config.write_text(f"model_config_list {{ {entry} }}\n")
     with pytest.raises(ModelServerConfigError, match=named):
         read_model_server_config(config)
+
+
+def test_configured_models_keep_their_files_and_their_settings_in_one_place(tmp_path: Path) -> None:
+    """Uploads and deletes leave a models.config model's base path alone; a setting given twice is a load error."""
+    import asyncio
+
+    from gateway.errors import FailedPreconditionError, UnavailableError
+    from gateway.repository.config import ModelConfig, VersionPolicy
+    from gateway.repository.model_repository import ConfiguredModel, ModelRepository
+
+    base = tmp_path / "base"
+    (base / "1").mkdir(parents=True)
+    (base / "config.yaml").write_text("version_policy: {all: {}}\n")
+    configured = ConfiguredModel(base, ModelConfig(version_policy=VersionPolicy(all={})), "models.config")
+    repository = ModelRepository(tmp_path / "repository", 8, configured_models={"m": configured})
+    assert repository.model_names() == ["m"]
+
+    async def attempt() -> None:
+        with pytest.raises(FailedPreconditionError, match=r"models\.config"):
+            await repository.delete("m")
+        with pytest.raises(FailedPreconditionError, match=r"models\.config"):
+            await repository.install_version("m", None, tmp_path)
+        with pytest.raises(UnavailableError, match=r"version_policy set both in models\.config and in config\.yaml"):
+            await repository.load("m")
+
+    asyncio.run(attempt())
+    assert sorted(path.name for path in base.iterdir()) == ["1", "config.yaml"]
+    (tmp_path / "repository" / "m").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"both in models\.config and a folder of the model repository"):
+        ModelRepository(tmp_path / "repository", 8, configured_models={"m": configured})
