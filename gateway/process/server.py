@@ -74,7 +74,7 @@ def run_gateway(settings: GatewaySettings, peers_connection: Connection | None =
         peers_connection: in a worker process, its pipe to the supervisor (:mod:`gateway.process.supervisor`).
 
     Raises:
-        StartupError: a port cannot be bound, or the TLS files cannot be read.
+        StartupError: a port cannot be bound, the TLS files cannot be read, or the models.config not honoured.
     """
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
         drained = runner.run(serve(settings, peers_connection))
@@ -126,7 +126,7 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
         Whether every request in flight finished within the exit timeout.
 
     Raises:
-        StartupError: a port cannot be bound, or the TLS files cannot be read.
+        StartupError: a port cannot be bound, the TLS files cannot be read, or the models.config not honoured.
     """
     shared_ports = settings.workers > 1
     repository = _model_repository(settings)
