@@ -34,12 +34,13 @@ __all__ = [
 ]
 
 #: Backend names accepted in config.yaml, with the artifacts each one serves from a version folder
-#: (``model.savedmodel`` is a SavedModel folder; the torch backend prefers an ExportedProgram ``model.pt2``
-#: and also serves TorchScript, ``model.pt``).
+#: (``model.savedmodel`` is a SavedModel folder, and ``saved_model.pb`` a version folder that is itself a
+#: SavedModel, TF Serving's layout; the torch backend prefers an ExportedProgram ``model.pt2`` and also
+#: serves TorchScript, ``model.pt``).
 BACKEND_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("model.onnx",),
     "torch": ("model.pt2", "model.pt"),
-    "tensorflow": ("model.savedmodel",),
+    "tensorflow": ("model.savedmodel", "saved_model.pb"),
 }
 
 #: The runtime each backend runs the model with, as people call it (for messages).

@@ -1,4 +1,8 @@
-"""TensorFlow backend (TF Serving-style): serves one signature of a SavedModel folder ``model.savedmodel/``.
+"""TensorFlow backend (TF Serving-style): serves one signature of a SavedModel in a version folder.
+
+The SavedModel is ``model.savedmodel/`` inside the version folder (Triton's layout, what ``gateway
+push`` writes), or the version folder itself (TF Serving's layout: ``<base path>/<version>/saved_model.pb``
+and ``variables/``); :func:`saved_model_folder` is the one place that tells them apart.
 
 The signature is ``serving_default`` unless the ``tensorflow:`` options name another. Its inputs are
 its keyword arguments, sorted by name; its outputs are the keys of the dict it returns, sorted. Dtypes
@@ -25,7 +29,11 @@ from backends.base import Backend, InferenceInputError, ModelLoadError, TensorSp
 logger = logging.getLogger(__name__)
 
 ARTIFACT = "model.savedmodel"
+#: The file that makes a folder a SavedModel; in a version folder itself, TF Serving's layout.
+SAVED_MODEL_FILE = "saved_model.pb"
 DEFAULT_SIGNATURE = "serving_default"
+#: TF Serving's method name of a prediction signature (what TF2's ``tf.saved_model.save`` writes).
+PREDICT_METHOD = "tensorflow/serving/predict"
 
 
 class TensorFlowOptions(BaseModel):
@@ -61,6 +69,45 @@ def import_tensorflow() -> Any:
     except ImportError as error:
         raise missing_framework("tensorflow", "TensorFlow", error) from None
     return tf
+
+
+def saved_model_folder(version_path: Path, artifact: str | None = None) -> Path:
+    """The SavedModel of a version folder: ``artifact`` in it when given (Triton's ``default_model_filename``),
+    else ``model.savedmodel/`` in it, else the folder itself (TF Serving's layout).
+
+    Raises:
+        ModelLoadError: none of those holds a ``saved_model.pb``.
+    """
+    if artifact is not None:
+        folder = version_path / artifact
+        if (folder / SAVED_MODEL_FILE).is_file():
+            return folder
+        raise ModelLoadError(f"no SavedModel {artifact}/ (with {SAVED_MODEL_FILE}) in {version_path.name}/")
+    for folder in (version_path / ARTIFACT, version_path):
+        if (folder / SAVED_MODEL_FILE).is_file():
+            return folder
+    raise ModelLoadError(
+        f"no SavedModel {ARTIFACT}/ (with {SAVED_MODEL_FILE}) in {version_path.name}/, nor a {SAVED_MODEL_FILE} "
+        f"in {version_path.name}/ itself (TF Serving's layout)"
+    )
+
+
+def _method_name(folder: Path, signature_name: str) -> str:
+    """The ``method_name`` the SavedModel's MetaGraph gives signature ``signature_name`` (TF Serving's metadata).
+
+    TF2's ``tf.saved_model.save`` writes ``tensorflow/serving/predict`` for every signature; TF1's builder
+    could write ``.../classify`` or ``.../regress``. The default when the file cannot be read that way.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    try:
+        saved_model = saved_model_pb2.SavedModel.FromString((folder / SAVED_MODEL_FILE).read_bytes())
+    except Exception:  # a file TensorFlow loaded but whose proto this reading does not parse: keep the default
+        return PREDICT_METHOD
+    for meta_graph in saved_model.meta_graphs:
+        if signature_name in meta_graph.signature_def:
+            return str(meta_graph.signature_def[signature_name].method_name) or PREDICT_METHOD
+    return PREDICT_METHOD
 
 
 def _configure_threads(tf: Any, threads: int) -> None:
@@ -114,7 +161,7 @@ def _error_text(error: Exception) -> str:
 
 
 class TensorFlowBackend(Backend):
-    """One signature of ``<version folder>/model.savedmodel/``, called with one tensor per input by name.
+    """One signature of a version folder's SavedModel (:func:`saved_model_folder`), called with one tensor per input.
 
     Raises (from the constructor):
         ModelLoadError: TensorFlow is not installed, the folder is missing or does not load, the
@@ -126,23 +173,23 @@ class TensorFlowBackend(Backend):
 
     def __init__(self, version_path: Path, options: TensorFlowOptions, artifact: str | None = None) -> None:
         tf = import_tensorflow()
-        folder = version_path / (artifact or ARTIFACT)
-        if not (folder / "saved_model.pb").is_file():
-            raise ModelLoadError(f"no SavedModel {folder.name}/ (with saved_model.pb) in {version_path.name}/")
+        folder = saved_model_folder(version_path, artifact)
+        shown = f"{version_path.name}/{folder.name if folder != version_path else ''}"
         _configure_threads(tf, options.threads)
         try:
             self._loaded = tf.saved_model.load(str(folder))
         except Exception as error:  # TensorFlow raises many types for a bad folder
-            raise ModelLoadError(f"TensorFlow cannot load {folder.name}: {type(error).__name__}: {error}") from None
+            raise ModelLoadError(f"TensorFlow cannot load {shown}: {type(error).__name__}: {error}") from None
         signatures = dict(self._loaded.signatures)
         if options.signature_name not in signatures:
             available = ", ".join(sorted(signatures)) or "none"
             raise ModelLoadError(
-                f"{folder.name} has no signature '{options.signature_name}' (its signatures: {available}); "
+                f"{shown} has no signature '{options.signature_name}' (its signatures: {available}); "
                 "set tensorflow: {signature_name: ...} in config.yaml"
             )
         self._function = signatures[options.signature_name]
         self.signature_name = options.signature_name
+        self.method_name = _method_name(folder, self.signature_name)
         positional, keyword = self._function.structured_input_signature
         if positional:
             raise ModelLoadError(f"signature '{self.signature_name}' takes positional inputs; only named ones serve")
@@ -162,8 +209,8 @@ class TensorFlowBackend(Backend):
 
     @property
     def metadata_parameters(self) -> dict[str, Any]:
-        """``{"signature_name": ...}``: the signature served."""
-        return {"signature_name": self.signature_name}
+        """``{"signature_name": ..., "method_name": ...}``: the signature served and its TF Serving method name."""
+        return {"signature_name": self.signature_name, "method_name": self.method_name}
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         """Call the signature; string outputs come back as ``object`` arrays of ``bytes``.

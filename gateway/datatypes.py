@@ -60,6 +60,23 @@ V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
 #: numpy dtype -> v2 datatype name; numpy's str and bytes dtypes are BYTES too.
 NUMPY_TO_V2: dict[np.dtype[Any], str] = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
 
+#: v2 datatype name -> TensorFlow's ``DataType`` enum name (TF Serving's metadata and tensors).
+V2_TO_TF_DTYPE: dict[str, str] = {
+    "BOOL": "DT_BOOL",
+    "INT8": "DT_INT8",
+    "INT16": "DT_INT16",
+    "INT32": "DT_INT32",
+    "INT64": "DT_INT64",
+    "UINT8": "DT_UINT8",
+    "UINT16": "DT_UINT16",
+    "UINT32": "DT_UINT32",
+    "UINT64": "DT_UINT64",
+    "FP16": "DT_HALF",
+    "FP32": "DT_FLOAT",
+    "FP64": "DT_DOUBLE",
+    BYTES: "DT_STRING",
+}
+
 _BYTES_LENGTH = struct.Struct("<I")
 
 # Which numpy kinds (as inferred from wire values) each dtype kind accepts without losing meaning.

@@ -43,6 +43,11 @@ class GatewaySettings(BaseSettings):
         default=Path("model-repository"),
         description="Folder holding one sub-folder per model, each with integer version folders.",
     )
+    model_config_file: Path | None = Field(
+        default=None,
+        description="TF Serving's models.config (text format of its ModelServerConfig): models served from their "
+        "base paths, with their version policies and version labels, beside those of model-repository.",
+    )
     host: str = Field(
         default="127.0.0.1",
         description="Address both servers bind to; loopback unless told otherwise (0.0.0.0 for all).",

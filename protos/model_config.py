@@ -1,4 +1,4 @@
-"""Triton's model configuration messages (``protos/triton/model_config.proto``), from :mod:`protos.descriptors`.
+"""Triton's model configuration messages (``protos/triton/model_config.proto``), from :mod:`protos.messages`.
 
 ``inference.ModelConfig`` and the messages it holds, the subset of Triton's ``model_config.proto``
 the gateway honours: :mod:`gateway.repository.triton_config` parses ``config.pbtxt`` (protobuf text
@@ -8,7 +8,7 @@ configuration extension answers with it. Imports no grpc, so the repository laye
 
 from __future__ import annotations
 
-from protos.descriptors import ProtoMessage, message_class
+from protos.messages import ProtoMessage, message_class
 
 __all__ = ["ModelConfig"]
 

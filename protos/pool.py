@@ -1,11 +1,8 @@
-"""The gateway's gRPC services, served from the messages of :mod:`protos.descriptors`.
+"""The gateway's gRPC service handlers, built at import from :mod:`protos.descriptor_set`.
 
-The descriptors live in a private ``DescriptorPool``, not protobuf's process-wide default pool, so
-they never clash with another package that registers the same names (tritonclient registers
-``inference.*`` too), and no generated ``_pb2`` code ties the gateway to one protobuf or grpcio
-release: message classes come from ``google.protobuf.message_factory.GetMessageClass``
-(:mod:`protos.descriptors`, which imports no grpc) and service handlers from ``grpc``'s generic
-handlers, which protobuf 5 to 7 and grpcio alike provide.
+The messages and their private descriptor pool are :mod:`protos.messages`' (re-exported here, with no
+gRPC import there); this module adds the service handlers, from ``grpc``'s generic handlers, so that no
+generated ``_pb2_grpc`` code ties the gateway to one grpcio release.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from protos.descriptors import POOL, ProtoMessage, message_class
+from protos.messages import POOL, ProtoMessage, message_class
 
 __all__ = ["POOL", "ProtoMessage", "add_service", "message_class"]
 

@@ -22,6 +22,13 @@ stamp=".venv/.model-gateway-installed-${extras//,/+}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
     step "model-gateway[${extras}] is installed and pyproject.toml has not changed: pip skipped"
 else
+    if .venv/bin/python -m pip show --quiet tensorflow-cpu >/dev/null 2>&1; then
+        # The tensorflow extra installs `tensorflow` since tensorflow-serving-api (dev) needs it by that
+        # name; `tensorflow-cpu`, which earlier set-ups installed, holds the same files: both go first,
+        # so that one distribution owns them.
+        step "replacing tensorflow-cpu with tensorflow"
+        .venv/bin/python -m pip uninstall --disable-pip-version-check -y tensorflow-cpu tensorflow
+    fi
     step "installing model-gateway[${extras}] into .venv with pip (torch is pinned to 2.13.0)"
     # pip's lines as they come (Collecting, Downloading, Installing), without the long list of what is
     # already there.

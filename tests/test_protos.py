@@ -14,6 +14,7 @@ from protos import inference
 from protos.descriptor_set import SERIALIZED
 from protos.generate import GENERATED_MODULE, REPO_ROOT, compile_descriptor_set, render_module
 from protos.pool import POOL
+from tests.proto_compat import assert_wire_compatible, messages_by_name
 
 triton_grpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import model_config_pb2 as triton_model_config_pb  # noqa: E402
@@ -39,87 +40,27 @@ def _triton_file_descriptor(module: object = triton_pb) -> descriptor_pb2.FileDe
     return proto
 
 
-def _messages_by_name(
-    fdp: descriptor_pb2.FileDescriptorProto,
-) -> dict[str, descriptor_pb2.DescriptorProto]:
-    """Map every message (nested ones included) to its full name, e.g. ``inference.A.B``."""
-    out: dict[str, descriptor_pb2.DescriptorProto] = {}
-
-    def walk(prefix: str, messages: list[descriptor_pb2.DescriptorProto]) -> None:
-        for msg in messages:
-            full = f"{prefix}.{msg.name}"
-            out[full] = msg
-            walk(full, list(msg.nested_type))
-
-    walk(fdp.package, list(fdp.message_type))
-    return out
-
-
-def _field_signature(
-    msg: descriptor_pb2.DescriptorProto, field: descriptor_pb2.FieldDescriptorProto
-) -> tuple[object, ...]:
-    oneof = msg.oneof_decl[field.oneof_index].name if field.HasField("oneof_index") else None
-    return (field.number, field.type, field.label, field.type_name, oneof)
-
-
-def _assert_messages_are_a_subset(
-    ours: descriptor_pb2.FileDescriptorProto, theirs: descriptor_pb2.FileDescriptorProto
-) -> None:
-    """Every message, field and enum value of ``ours`` is in ``theirs`` with the same number, type, label and oneof."""
-    assert ours.package == theirs.package == "inference"
-    our_messages = _messages_by_name(ours)
-    their_messages = _messages_by_name(theirs)
-    for full_name, msg in our_messages.items():
-        assert full_name in their_messages, f"message {full_name} not in tritonclient's proto"
-        their_msg = their_messages[full_name]
-        assert msg.options.map_entry == their_msg.options.map_entry, full_name
-        their_fields = {f.name: f for f in their_msg.field}
-        for field in msg.field:
-            assert field.name in their_fields, f"{full_name}.{field.name} not in tritonclient's proto"
-            assert _field_signature(msg, field) == _field_signature(their_msg, their_fields[field.name]), (
-                f"{full_name}.{field.name}: (number, type, label, type_name, oneof) differs"
-            )
-        their_enums = {enum.name: enum for enum in their_msg.enum_type}
-        for enum in msg.enum_type:
-            assert enum.name in their_enums, f"enum {full_name}.{enum.name} not in tritonclient's proto"
-            assert {v.name: v.number for v in enum.value}.items() <= {
-                v.name: v.number for v in their_enums[enum.name].value
-            }.items(), f"{full_name}.{enum.name}: values differ"
-    their_enums = {enum.name: enum for enum in theirs.enum_type}
-    for enum in ours.enum_type:
-        assert [(v.name, v.number) for v in enum.value] == [(v.name, v.number) for v in their_enums[enum.name].value]
-
-
 def test_wire_compatible_with_tritonclient() -> None:
     ours = _our_file_descriptor()
     theirs = _triton_file_descriptor()
-    our_messages = _messages_by_name(ours)
+    assert ours.package == theirs.package == "inference"
+    our_messages = messages_by_name(ours)
     assert "inference.ModelInferRequest.InferInputTensor" in our_messages  # sanity: nesting walked
     assert "inference.ModelStatistics" in our_messages and "inference.SystemSharedMemoryStatusResponse" in our_messages
-    _assert_messages_are_a_subset(ours, theirs)
-
-    their_methods = {f"/{theirs.package}.{svc.name}/{m.name}": m for svc in theirs.service for m in svc.method}
-    our_methods = {f"/{ours.package}.{svc.name}/{m.name}": m for svc in ours.service for m in svc.method}
-    assert len(our_methods) == 17
-    for path, method in our_methods.items():
-        assert path in their_methods, f"RPC {path} not in tritonclient's service"
-        theirs_m = their_methods[path]
-        assert (method.input_type, method.output_type) == (theirs_m.input_type, theirs_m.output_type), path
-        assert (method.client_streaming, method.server_streaming) == (
-            theirs_m.client_streaming,
-            theirs_m.server_streaming,
-        ), path
+    checked = assert_wire_compatible([ours], [theirs], "tritonclient")
+    assert checked.methods == 17
 
 
 def test_model_config_is_wire_compatible_with_tritonclients() -> None:
     """protos/triton/model_config.proto declares a subset of Triton's model_config.proto, numbered as it is."""
     ours = _our_file_descriptor("protos/triton/model_config.proto")
-    our_messages = _messages_by_name(ours)
+    our_messages = messages_by_name(ours)
     assert {"inference.ModelConfig", "inference.ModelInput", "inference.ModelDynamicBatching"} <= set(our_messages)
     assert "inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator" in our_messages
-    _assert_messages_are_a_subset(ours, _triton_file_descriptor(triton_model_config_pb))
+    checked = assert_wire_compatible([ours], [_triton_file_descriptor(triton_model_config_pb)], "tritonclient")
+    assert checked.messages == len(our_messages) and checked.enum_values > 0
     # The response of the ModelConfig RPC holds the very message Triton's does.
-    response = _messages_by_name(_our_file_descriptor())["inference.ModelConfigResponse"]
+    response = messages_by_name(_our_file_descriptor())["inference.ModelConfigResponse"]
     assert response.field[0].type_name == ".inference.ModelConfig"
 
 

@@ -47,6 +47,7 @@ def serve_epilog() -> str:
 
 def serve(
     model_repository: Annotated[Path | None, _option("model_repository", "--model-repository")] = None,
+    model_config_file: Annotated[Path | None, _option("model_config_file", "--model-config-file")] = None,
     host: Annotated[str | None, _option("host", "--host")] = None,
     http_port: Annotated[int | None, _option("http_port", "--http-port")] = None,
     grpc_port: Annotated[int | None, _option("grpc_port", "--grpc-port")] = None,

@@ -138,13 +138,16 @@ class DataPlane:
             return False
         return True
 
-    def model_metadata(self, name: str, model_version: str | None = None) -> ModelMetadata:
-        """Metadata of the model as served by ``model_version`` (default: its highest ready version).
+    def model_metadata(
+        self, name: str, model_version: str | None = None, version_label: str | None = None
+    ) -> ModelMetadata:
+        """Metadata of the model as served by ``model_version``, or the version ``version_label`` names
+        (default: its highest ready version).
 
         Raises:
             NotFoundError, UnavailableError, InvalidArgumentError: as :meth:`ModelRepository.get`.
         """
-        loaded = self.repository.get(name, model_version)
+        loaded = self.repository.get(name, model_version, version_label)
         return ModelMetadata(
             name=name,
             versions=[str(v) for v in self.repository.ready_versions(name)],
@@ -158,6 +161,15 @@ class DataPlane:
                 **({"quantization": loaded.quantization} if loaded.quantization is not None else {}),
             },
         )
+
+    def version_for_label(self, name: str, version_label: str) -> str:
+        """The version (a decimal string) that ``version_label`` of model ``name`` names (TF Serving's version labels).
+
+        Raises:
+            NotFoundError: unknown or unloaded model.
+            InvalidArgumentError: the model has no such label.
+        """
+        return str(self.repository.version_for_label(name, version_label))
 
     def model_config(self, name: str, model_version: str | None = None) -> dict[str, Any]:
         """The configuration ``model_version`` (default: the highest ready version) is served with.
@@ -206,6 +218,7 @@ class DataPlane:
         request_id: str | None = None,
         timeout_seconds: float | None = None,
         disconnected: Disconnected | None = None,
+        version_label: str | None = None,
     ) -> Encoded:
         """Answer one inference request: decode it, check it against the model, run it, encode the answer.
 
@@ -225,6 +238,8 @@ class DataPlane:
                 until a gRPC deadline, ``context.time_remaining()``), or None.
             disconnected: a coroutine function returning when the client goes away (REST), watched
                 only while the request waits; see :meth:`gateway.runtime.scheduler.Scheduler.run`.
+            version_label: a version label of the model (TF Serving's), naming the version in place
+                of ``model_version``.
 
         The request's deadline is the earliest of ``timeout_seconds``, the server's
         ``request_timeout_seconds`` and the request's ``timeout`` parameter (Triton's: a non-negative
@@ -235,9 +250,9 @@ class DataPlane:
         Raises:
             NotFoundError: unknown model or version.
             UnavailableError: the model or version is not ready, or its queue is full.
-            InvalidArgumentError: a body that does not decode; a missing, unknown or repeated input;
-                a datatype or shape that does not match the model; a batch over max_batch_size; an
-                unknown output; a ``timeout`` parameter that is not a non-negative integer.
+            InvalidArgumentError: an unknown version label; a body that does not decode; a missing, unknown
+                or repeated input; a datatype or shape that does not match the model; a batch over
+                max_batch_size; an unknown output; a ``timeout`` parameter that is not a non-negative integer.
             DeadlineExceededError: the deadline passed before the answer was ready.
             asyncio.CancelledError: the caller was cancelled or ``disconnected`` returned.
             InternalError: the backend failed on a request that passed every check.
@@ -247,7 +262,7 @@ class DataPlane:
         try:
             if self._draining:
                 raise UnavailableError("the server is shutting down; send the request to another replica")
-            loaded = self.repository.get(model_name, model_version)
+            loaded = self.repository.get(model_name, model_version, version_label)
         except GatewayError as error:
             known = model_name if self.repository.is_known(model_name) else ""
             # No version was chosen: the label stays empty, so that clients cannot add series at will.

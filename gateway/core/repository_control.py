@@ -21,7 +21,13 @@ from typing import Any, Literal, Protocol
 
 from gateway.admin_token import AdminToken
 from gateway.core.types import UploadResult
-from gateway.errors import FailedPreconditionError, InvalidArgumentError, NotSupportedError
+from gateway.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotSupportedError,
+    UnavailableError,
+)
 from gateway.repository.model_repository import IndexEntry, ModelRepository, ModelState
 from gateway.repository.names import check_model_name
 from gateway.repository.packages import check_version_files, receive_package, unpack_package
@@ -87,6 +93,24 @@ class RepositoryControl:
             NotFoundError: no such model.
         """
         return self.repository.model_index(name)
+
+    def version_status(self, name: str, model_version: str | None = None) -> list[IndexEntry]:
+        """The state of each version of ``name`` in the index, or of ``model_version`` alone (TF Serving's status).
+
+        Raises:
+            UnavailableError: the model is loading and lists no version yet.
+            NotFoundError: the model, or that version, is not in the index (the message gives the reasons the
+                index gives, e.g. a failed load).
+        """
+        entries = [entry for entry in self.repository.index() if entry.name == name]
+        versions = [entry for entry in entries if entry.version and model_version in (None, entry.version)]
+        if not versions:
+            if any(entry.state is ModelState.LOADING for entry in entries):
+                raise UnavailableError(f"model '{name}' is loading")
+            reasons = "; ".join(entry.reason for entry in entries if entry.reason)
+            which = f"version {model_version} of model" if model_version is not None else "any version of model"
+            raise NotFoundError(f"could not find {which} '{name}'" + (f": {reasons}" if reasons else ""))
+        return versions
 
     def check_token(self, authorization: str | None) -> None:
         """Accept a valid admin token and do nothing else: a cheap check for clients (``gateway push``).

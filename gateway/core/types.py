@@ -15,6 +15,11 @@ from gateway.metrics import Duration, InferenceStatistics
 
 Parameters = dict[str, Any]
 
+#: The signature a model serves in TF Serving's terms, unless its backend names another (tensorflow).
+DEFAULT_SIGNATURE = "serving_default"
+#: TF Serving's method name of a prediction signature, for models whose backend gives none.
+PREDICT_METHOD = "tensorflow/serving/predict"
+
 
 @dataclass(slots=True)
 class InferTensor:
@@ -87,6 +92,16 @@ class ModelMetadata:
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
     parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def signature_name(self) -> str:
+        """The signature served, as TF Serving's APIs name it: the backend's (tensorflow), else ``serving_default``."""
+        return str(self.parameters.get("signature_name", DEFAULT_SIGNATURE))
+
+    @property
+    def method_name(self) -> str:
+        """The served signature's TF Serving method name (``tensorflow/serving/predict`` unless the SavedModel says)."""
+        return str(self.parameters.get("method_name", PREDICT_METHOD))
 
 
 @dataclass(frozen=True, slots=True)

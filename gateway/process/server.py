@@ -40,6 +40,7 @@ from gateway.metrics import Metrics
 from gateway.process.messages import WORKER_START_FAILED
 from gateway.process.peers import PeerWorkers
 from gateway.repository.model_repository import ModelRepository
+from gateway.repository.tfserving_config import read_model_server_config
 from gateway.settings import GatewaySettings, ModelControlMode
 from gateway.transports.grpc.server import HealthStatus, create_grpc_server, set_serving
 from gateway.transports.rest.app import create_rest_app
@@ -74,7 +75,7 @@ def run_gateway(settings: GatewaySettings, peers_connection: Connection | None =
         peers_connection: in a worker process, its pipe to the supervisor (:mod:`gateway.process.supervisor`).
 
     Raises:
-        StartupError: a port cannot be bound, or the TLS files cannot be read.
+        StartupError: a port cannot be bound, the TLS files cannot be read, or the models.config not honoured.
     """
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
         drained = runner.run(serve(settings, peers_connection))
@@ -126,15 +127,10 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
         Whether every request in flight finished within the exit timeout.
 
     Raises:
-        StartupError: a port cannot be bound, or the TLS files cannot be read.
+        StartupError: a port cannot be bound, the TLS files cannot be read, or the models.config not honoured.
     """
     shared_ports = settings.workers > 1
-    repository = ModelRepository(
-        settings.model_repository,
-        settings.default_max_batch_size,
-        Metrics(),
-        cpu_cores=max(1, len(os.sched_getaffinity(0)) // settings.workers),
-    )
+    repository = _model_repository(settings)
     given_token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
     with server_token(given_token, settings.admin_token_dir, settings.http_port) as token:
         dataplane = DataPlane(
@@ -213,6 +209,25 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
             dataplane.shared_memory.close()
             logger.info("server stopped")
     return drained
+
+
+def _model_repository(settings: GatewaySettings) -> ModelRepository:
+    """The model repository of ``settings``, with the models of its TF Serving models.config if it names one.
+
+    Raises:
+        StartupError: the models.config cannot be read or honoured, or names a model the repository holds too.
+    """
+    try:
+        configured = read_model_server_config(settings.model_config_file) if settings.model_config_file else {}
+        return ModelRepository(
+            settings.model_repository,
+            settings.default_max_batch_size,
+            Metrics(),
+            cpu_cores=max(1, len(os.sched_getaffinity(0)) // settings.workers),
+            configured_models=configured,
+        )
+    except ValueError as error:  # ModelServerConfigError, or a name both configured and in the repository
+        raise StartupError(str(error)) from None
 
 
 async def _load_and_poll(

@@ -183,6 +183,11 @@ class ModelConfig(_Strict):
     inputs: list[TensorConfig] = Field(default_factory=list)
     outputs: list[TensorConfig] = Field(default_factory=list)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    version_labels: dict[str, int] = Field(
+        default_factory=dict,
+        description="Names for versions, e.g. {stable: 1, canary: 2} (TF Serving's version labels): a request "
+        "may name a label where it names a version. Each label must point at a version the policy serves.",
+    )
     instance_count: int = Field(default=1, ge=1, description="Backend instances running side by side.")
     instance_kind: Literal["auto", "cpu", "gpu"] = Field(
         default="auto",
@@ -203,6 +208,16 @@ class ModelConfig(_Strict):
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
     torch: TorchOptions = Field(default_factory=TorchOptions)
     tensorflow: TensorFlowOptions = Field(default_factory=TensorFlowOptions)
+
+    @field_validator("version_labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[str, int]) -> dict[str, int]:
+        for label, version in labels.items():
+            if not label or label.isdigit():
+                raise ValueError(f"version label {label!r}: a label is a non-empty name, not a version number")
+            if version < 0:
+                raise ValueError(f"version label {label!r}: version {version} is not a non-negative integer")
+        return labels
 
     @field_validator("dynamic_batching", mode="before")
     @classmethod
@@ -284,6 +299,18 @@ def validate_model_config(raw: object, source: str) -> ModelConfig:
             for problem in error.errors()
         )
         raise ModelConfigError(f"{source} is invalid: {problems}") from None
+
+
+def merge_config(config: ModelConfig, overrides: ModelConfig, source: str) -> ModelConfig:
+    """``config`` (the model's config.yaml) with the fields ``overrides`` sets, from ``source`` (e.g. models.config).
+
+    Raises:
+        ModelConfigError: a field is set in both (the message names it and both places).
+    """
+    both = sorted(overrides.model_fields_set & config.model_fields_set)
+    if both:
+        raise ModelConfigError(f"{', '.join(both)} set both in {source} and in {CONFIG_FILE}; set it in one place")
+    return config.model_copy(update={name: getattr(overrides, name) for name in overrides.model_fields_set})
 
 
 def complete_config(

@@ -3,10 +3,13 @@
 Layout: ``<root>/<model>/config.yaml`` or Triton's ``<root>/<model>/config.pbtxt`` (optional; one
 repository may mix them, a model may not have both) and integer version folders
 ``<root>/<model>/<version>/`` holding the artifact (or a TorchServe archive,
-:mod:`gateway.repository.mar`). A load request may carry a config override (Triton's ``config``
-parameter), which replaces the model's config file until the next load. The repository loads,
-reloads and unloads models as the model control mode asks (Triton's none / poll / explicit), and
-answers which loaded version serves a request.
+:mod:`gateway.repository.mar`). Models may also live outside the root, each in a folder of its own
+with settings from elsewhere (:class:`ConfiguredModel`: TF Serving's ``models.config`` base paths).
+A load request may carry a config override (Triton's ``config`` parameter), which replaces the
+model's config file until the next load. A model's version labels (``version_labels``) name
+versions: :meth:`ModelRepository.get` resolves a label where a version is asked for. The repository
+loads, reloads and unloads models as the model control mode asks (Triton's none / poll / explicit),
+and answers which loaded version serves a request.
 
 A load never takes the server down: a model or version that fails is recorded as UNAVAILABLE with
 the reason, other models keep serving, and a version that fails to reload keeps its previous
@@ -40,7 +43,13 @@ from typing import Any
 from backends import Backend, ModelLoadError, create_backend, detect_backend
 from converters.parity import read_parity_file
 from converters.quantization_report import read_quantization_file
-from gateway.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
+from gateway.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.repository.config import (
     CONFIG_FILE,
@@ -50,6 +59,7 @@ from gateway.repository.config import (
     check_instance_kind,
     complete_config,
     full_shape,
+    merge_config,
     read_model_config,
 )
 from gateway.repository.mar import served_version
@@ -73,6 +83,11 @@ class ModelState(StrEnum):
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
     LOADING = "LOADING"
+
+    @property
+    def tf_serving_name(self) -> str:
+        """The state's name in TF Serving's ``ModelVersionStatus.State``: AVAILABLE, LOADING or END."""
+        return {"READY": "AVAILABLE", "LOADING": "LOADING"}.get(self.value, "END")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +142,27 @@ class IndexEntry:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ConfiguredModel:
+    """A model served from a folder outside the repository root, with settings given outside its folder.
+
+    Attributes:
+        path: the model's folder, holding its integer version folders (TF Serving's ``base_path``).
+        config: the settings given for it (e.g. backend, version policy, version labels); its fields
+            that are set override the folder's config.yaml, which must not set them too.
+        source: where the settings come from, for messages (e.g. ``models.config``).
+    """
+
+    path: Path
+    config: ModelConfig
+    source: str
+
+
 @dataclass
 class _ModelRecord:
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    # Version labels (label -> version) of the config last read.
+    labels: dict[str, int] = field(default_factory=dict)
     # Failure reasons by version; None holds a failure of the whole model (e.g. a bad config.yaml).
     failures: dict[int | None, str] = field(default_factory=dict)
     loading: bool = False
@@ -144,6 +177,7 @@ class _ModelRecord:
 class _LoadOutcome:
     versions: dict[int, LoadedVersion]
     failures: dict[int | None, str]
+    labels: dict[str, int] | None = None  # None: the config could not be read
 
 
 class ModelRepository:
@@ -155,12 +189,30 @@ class ModelRepository:
         metrics: where load times and readiness are published (default: a registry of its own).
         cpu_cores: CPU cores the model instances may use together (default: all those of this process);
             each version's ``instance_count`` instances share them.
+        configured_models: models served from folders outside ``root``, by name (TF Serving's
+            ``models.config``); uploads and deletes leave them alone (their files are their owner's).
+
+    Raises:
+        ValueError: a configured model's name is invalid, or is also a model folder under ``root``.
     """
 
     def __init__(
-        self, root: Path, default_max_batch_size: int, metrics: Metrics | None = None, cpu_cores: int | None = None
+        self,
+        root: Path,
+        default_max_batch_size: int,
+        metrics: Metrics | None = None,
+        cpu_cores: int | None = None,
+        configured_models: dict[str, ConfiguredModel] | None = None,
     ) -> None:
         self.root = root
+        self.configured_models = dict(configured_models or {})
+        for name, configured in self.configured_models.items():
+            if not valid_model_name(name):
+                raise ValueError(f"model name {name!r} ({configured.source}) is not a valid model name")
+            if (root / name).is_dir():
+                raise ValueError(
+                    f"model '{name}' is both in {configured.source} and a folder of the model repository {root}"
+                )
         self.default_max_batch_size = default_max_batch_size
         self.metrics = metrics if metrics is not None else Metrics()
         self.cpu_cores = cpu_cores if cpu_cores is not None else len(os.sched_getaffinity(0))
@@ -172,14 +224,41 @@ class ModelRepository:
         self._draining: set[asyncio.Task[None]] = set()
 
     def model_names(self) -> list[str]:
-        """Names of the model folders on disk, sorted; folders with invalid names are skipped."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            entry.name
-            for entry in self.root.iterdir()
-            if entry.is_dir() and not entry.is_symlink() and valid_model_name(entry.name)
+        """Names of the model folders on disk and of the configured models, sorted; invalid folder names are skipped."""
+        in_root = (
+            [
+                entry.name
+                for entry in self.root.iterdir()
+                if entry.is_dir() and not entry.is_symlink() and valid_model_name(entry.name)
+            ]
+            if self.root.is_dir()
+            else []
         )
+        return sorted({*in_root, *self.configured_models})
+
+    def model_folder(self, name: str) -> Path:
+        """Where model ``name``'s version folders are (or would be): its configured folder, else ``<root>/<name>``."""
+        configured = self.configured_models.get(name)
+        return configured.path if configured is not None else self.root / name
+
+    def version_for_label(self, name: str, label: str) -> int:
+        """The version that version label ``label`` of model ``name`` names.
+
+        Raises:
+            NotFoundError: unknown or unloaded model.
+            InvalidArgumentError: the model has no such label (TF Serving: "Unrecognized servable
+                version label").
+        """
+        record = self._records.get(name)
+        if record is None or not (record.loaded or record.loading):
+            raise NotFoundError(self._missing_model_message(name))
+        version = record.labels.get(label)
+        if version is None:
+            known = ", ".join(sorted(record.labels)) or "none"
+            raise InvalidArgumentError(
+                f"Unrecognized servable version label: '{label}' (model '{name}' has labels: {known})"
+            )
+        return version
 
     async def load_all(self) -> None:
         """Load every model on disk; failures are recorded, never raised."""
@@ -191,7 +270,7 @@ class ModelRepository:
         on_disk = self.model_names()
         for name in on_disk:
             record = self._records.get(name)
-            fingerprint = await asyncio.to_thread(_fingerprint, self.root / name)
+            fingerprint = await asyncio.to_thread(_fingerprint, self.model_folder(name))
             if record is None or not record.loaded or fingerprint != record.fingerprint:
                 await self._load_quietly(name, fingerprint)
         for name in [name for name in self._records if name not in on_disk]:
@@ -249,6 +328,8 @@ class ModelRepository:
             retired = _retired(record.versions, outcome.versions)
             record.versions = outcome.versions
             record.failures = outcome.failures
+            if outcome.labels is not None:
+                record.labels = outcome.labels
             record.loaded = True
             record.fingerprint = fingerprint
             self._publish_ready(name)
@@ -274,7 +355,7 @@ class ModelRepository:
             NotFoundError: the model is not loaded.
         """
         record = self._records.get(name)
-        if record is not None and not (self.root / name).is_dir():
+        if record is not None and not self.model_folder(name).is_dir():
             async with self._locks.setdefault(name, asyncio.Lock()):
                 self._forget(name)
             return
@@ -310,7 +391,9 @@ class ModelRepository:
         Raises:
             NotFoundError: no such model folder, or no such version folder.
             UnavailableError: the repository cannot be written (e.g. mounted read-only).
+            FailedPreconditionError: a configured model (its files are not the repository's to delete).
         """
+        self._check_repository_model(name, "deleted")
         model_path = self._model_path(name)
         reload = False
         async with self.staging_folder() as staging:
@@ -384,8 +467,10 @@ class ModelRepository:
             InvalidArgumentError: an invalid model name, or the files do not load (the message says why).
             AlreadyExistsError: that version exists already.
             UnavailableError: the model failed to load the new version; the repository is as before.
+            FailedPreconditionError: a configured model (its files are not the repository's to change).
         """
         check_model_name(name)
+        self._check_repository_model(name, "uploaded to")
         model_path = self.root / name
         if model_path.is_symlink() or (model_path.exists() and not model_path.is_dir()):
             raise InvalidArgumentError(f"'{name}' in the repository is not a model folder")
@@ -414,22 +499,29 @@ class ModelRepository:
         """Runs in a worker thread: load one instance of the staged files with the model's config."""
         record = self._records.get(model_path.name)
         try:
-            if record is not None and record.override is not None:
-                config = record.override
+            override = record.override if record is not None else None
+            if override is None and not model_path.is_dir():
+                config = ModelConfig()
             else:
-                config = read_config(model_path) if model_path.is_dir() else ModelConfig()
+                config = self._model_config(model_path.name, model_path, override)
             self._create_instances(staged, config.model_copy(update={"instance_count": 1}))
         except (ModelLoadError, ModelConfigError) as error:
             raise InvalidArgumentError(f"the uploaded model does not load: {error}") from None
 
-    def get(self, name: str, version: str | None = None) -> LoadedVersion:
-        """The loaded version that serves a request: ``version``, or the highest ready one.
+    def get(self, name: str, version: str | None = None, label: str | None = None) -> LoadedVersion:
+        """The loaded version that serves a request: ``version``, the version ``label`` names, or the highest ready one.
 
         Raises:
-            InvalidArgumentError: ``version`` is not an integer.
+            InvalidArgumentError: ``version`` is not an integer, or the model has no label ``label``.
             NotFoundError: unknown or unloaded model, or a version the model does not serve.
             UnavailableError: the model or version is loading or failed to load.
         """
+        if label is not None:
+            number = self.version_for_label(name, label)
+            try:
+                return self.get(name, str(number))
+            except (NotFoundError, UnavailableError) as error:
+                raise type(error)(f"version label '{label}' names version {number}: {error.message}") from None
         record = self._records.get(name)
         if record is None or not (record.loaded or record.loading):
             raise NotFoundError(self._missing_model_message(name))
@@ -474,7 +566,7 @@ class ModelRepository:
         Raises:
             NotFoundError: the model is neither on disk nor loaded.
         """
-        path = self.root / name
+        path = self.model_folder(name)
         on_disk = _version_folders(path) if valid_model_name(name) and path.is_dir() and not path.is_symlink() else []
         if not on_disk and name not in self._records:
             self._model_path(name)  # raises NotFoundError for a name that is not a model folder
@@ -536,13 +628,39 @@ class ModelRepository:
             await self._load(name, fingerprint)
 
     def _model_path(self, name: str) -> Path:
+        if name in self.configured_models:
+            return self.configured_models[name].path  # a missing folder is a load failure, in the index
         path = self.root / name
         if not valid_model_name(name) or not path.is_dir() or path.is_symlink():
             raise NotFoundError(f"no model '{name}' in the repository")
         return path
 
+    def _check_repository_model(self, name: str, done: str) -> None:
+        """Refuse to change the files of a configured model (they are where its configuration says, not ours).
+
+        Raises:
+            FailedPreconditionError: ``name`` is a configured model.
+        """
+        configured = self.configured_models.get(name)
+        if configured is not None:
+            raise FailedPreconditionError(
+                f"model '{name}' is served from {configured.path} as {configured.source} says, and cannot be "
+                f"{done} through the gateway; change its files there"
+            )
+
+    def _model_config(self, name: str, path: Path, override: ModelConfig | None = None) -> ModelConfig:
+        """The model's config: the load's config override, else its config.yaml or config.pbtxt
+        (:func:`read_config`), with the settings of its configuration when it is a configured model.
+
+        Raises:
+            ModelConfigError: the config file is invalid, or sets a field its configuration sets too.
+        """
+        config = override if override is not None else read_config(path)
+        configured = self.configured_models.get(name)
+        return config if configured is None else merge_config(config, configured.config, configured.source)
+
     def _missing_model_message(self, name: str) -> str:
-        if valid_model_name(name) and (self.root / name).is_dir():
+        if valid_model_name(name) and (name in self.configured_models or (self.root / name).is_dir()):
             return f"model '{name}' is not loaded"
         return f"unknown model '{name}'"
 
@@ -558,22 +676,36 @@ class ModelRepository:
     ) -> _LoadOutcome:
         """Runs in a worker thread: read the config (or take the override) and load each selected version."""
         try:
-            config = override if override is not None else read_config(path)
+            config = self._model_config(name, path, override)
         except ModelConfigError as error:
             return _LoadOutcome(versions=dict(current), failures={None: str(error)})
+        labels = dict(config.version_labels)
+        if not path.is_dir():
+            return _LoadOutcome(versions={}, failures={None: f"the model folder {path} does not exist"}, labels=labels)
         available = _version_folders(path)
         if not available:
-            return _LoadOutcome(versions={}, failures={None: "no version folders (1/, 2/, ...)"})
+            return _LoadOutcome(versions={}, failures={None: "no version folders (1/, 2/, ...)"}, labels=labels)
         selected = config.version_policy.select(available)
         if not selected:
             return _LoadOutcome(
-                versions={}, failures={None: f"the version policy selects none of versions {available}"}
+                versions={},
+                failures={None: f"the version policy selects none of versions {available}"},
+                labels=labels,
             )
         config_fingerprint = _file_fingerprint(path / CONFIG_FILE) + _file_fingerprint(path / CONFIG_PBTXT)
         if override is not None:
             config_fingerprint += (("config override", 0, hash(override.model_dump_json())),)
         versions: dict[int, LoadedVersion] = {}
         failures: dict[int | None, str] = {}
+        unserved = {label: version for label, version in labels.items() if version not in selected}
+        if unserved:
+            failures[None] = (
+                "version_labels: "
+                + ", ".join(
+                    f"'{label}' names version {version}, which is not served" for label, version in unserved.items()
+                )
+                + f" (versions served by the policy: {', '.join(str(v) for v in selected)})"
+            )
         for version in selected:
             version_path = path / str(version)
             files = _fingerprint(version_path)
@@ -603,7 +735,7 @@ class ModelRepository:
             for version, loaded in current.items():
                 if version in available:
                     versions.setdefault(version, loaded)
-        return _LoadOutcome(versions=versions, failures=failures)
+        return _LoadOutcome(versions=versions, failures=failures, labels=labels)
 
     def _load_version(
         self,
@@ -794,7 +926,7 @@ def _version_folders(path: Path) -> list[int]:
     return sorted(
         int(entry.name)
         for entry in path.iterdir()
-        if entry.is_dir() and entry.name.isdigit() and entry.name == str(int(entry.name))
+        if entry.is_dir() and entry.name.isascii() and entry.name.isdigit() and entry.name == str(int(entry.name))
     )
 
 

@@ -35,7 +35,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.repository.config import ModelConfig, ModelConfigError, validate_model_config
-from protos.descriptors import ProtoMessage
+from protos.messages import ProtoMessage
 from protos.model_config import ModelConfig as TritonModelConfig
 
 #: The file of a Triton model configuration in a model folder.

@@ -1,4 +1,8 @@
-"""The grpc.aio server of the gRPC transport: the inference and ``grpc.health.v1`` services on one port."""
+"""The grpc.aio server of the gRPC transport: the inference and ``grpc.health.v1`` services on one port.
+
+The inference services are KServe v2's ``inference.GRPCInferenceService`` and TF Serving's
+``tensorflow.serving.PredictionService`` and ``ModelService`` (:mod:`gateway.transports.grpc.tfserving`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway.core.dataplane import DataPlane
 from gateway.core.repository_control import RepositoryControl
 from gateway.transports.grpc.servicer import InferenceServicer
+from gateway.transports.grpc.tfserving import ModelStatusServicer, PredictionServicer
 from protos.inference import SERVICE_NAME
 from protos.pool import add_service
+from protos.tfserving import MODEL_SERVICE, PREDICTION_SERVICE
 
 
 class HealthStatus(Protocol):
@@ -53,6 +59,8 @@ def create_grpc_server(
         ]
     )
     add_service(server, SERVICE_NAME, InferenceServicer(dataplane, control))
+    add_service(server, PREDICTION_SERVICE, PredictionServicer(dataplane))
+    add_service(server, MODEL_SERVICE, ModelStatusServicer(dataplane, control))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
@@ -62,7 +70,7 @@ def create_grpc_server(
 
 
 async def set_serving(health_servicer: HealthStatus, serving: bool) -> None:
-    """Set grpc.health.v1 status of the server ("") and of the inference service."""
+    """Set grpc.health.v1 status of the server ("") and of the inference services."""
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for service in ("", SERVICE_NAME):
+    for service in ("", SERVICE_NAME, PREDICTION_SERVICE, MODEL_SERVICE):
         await health_servicer.set(service, status)

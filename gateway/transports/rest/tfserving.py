@@ -7,7 +7,7 @@ these routes only translate JSON (:mod:`gateway.transports.rest.rows`).
 
 Routes (https://www.tensorflow.org/tfx/serving/api_rest):
 
-- ``POST /v1/models/{m}[/versions/{v}]:predict`` with ``{"signature_name"?, "instances": ...}`` (row
+- ``POST /v1/models/{m}[/versions/{v}|/labels/{label}]:predict`` with ``{"signature_name"?, "instances": ...}`` (row
   format: one item per instance along dim 0; a plain value per instance when the model has one
   input, else an object ``{input: value}`` per instance) or ``{"signature_name"?, "inputs": ...}``
   (columnar: one value for a single input, else an object ``{input: value}``). The answer is
@@ -16,10 +16,12 @@ Routes (https://www.tensorflow.org/tfx/serving/api_rest):
   strings or ``{"b64": "..."}``; BYTES outputs whose name ends in ``_bytes`` answer ``{"b64": "..."}``.
   ``NaN`` and ``Infinity`` are valid numbers, as in TF Serving. The only signature of a model is
   ``serving_default`` (or, for the tensorflow backend, the one its config names).
-- ``GET /v1/models/{m}[/versions/{v}]``: ``{"model_version_status": [{"version", "state", "status":
+- ``GET /v1/models/{m}[/versions/{v}|/labels/{label}]``: ``{"model_version_status": [{"version", "state", "status":
   {"error_code", "error_message"}}]}`` (AVAILABLE, LOADING, or END with the load error).
-- ``GET /v1/models/{m}[/versions/{v}]/metadata``: ``{"model_spec", "metadata": {"signature_def":
+- ``GET /v1/models/{m}[/versions/{v}|/labels/{label}]/metadata``: ``{"model_spec", "metadata": {"signature_def":
   {"signature_def": {<signature>: {"inputs", "outputs", "method_name"}}}}}`` with TF dtypes.
+- A label is one of the model's version labels (``version_labels`` in models.config or config.yaml); an
+  unknown one is 400, "Unrecognized servable version label", as in TF Serving.
 - Errors: ``{"error": "<message>"}`` with the status of :mod:`gateway.errors`.
 """
 
@@ -32,9 +34,9 @@ from fastapi import APIRouter, Request, Response
 
 from gateway.core.dataplane import DataPlane
 from gateway.core.repository_control import RepositoryControl
-from gateway.core.types import InferRequest, InferResponse, InferTensor, ModelMetadata, TensorMetadata
-from gateway.datatypes import BYTES, RequestLimits
-from gateway.errors import GatewayError, InvalidArgumentError, NotFoundError, UnavailableError
+from gateway.core.types import InferRequest, InferResponse, InferTensor, TensorMetadata
+from gateway.datatypes import V2_TO_TF_DTYPE, RequestLimits
+from gateway.errors import GatewayError, InvalidArgumentError
 from gateway.logs import REQUEST_ID_HEADER
 from gateway.repository.model_repository import ModelState
 from gateway.transports.rest.openapi import error_responses
@@ -50,27 +52,6 @@ from gateway.transports.rest.rows import (
 
 #: The ``protocol`` label of these routes' metrics.
 PROTOCOL = "tfserving-rest"
-#: The signature every model serves unless its backend says otherwise (TF Serving's default).
-DEFAULT_SIGNATURE = "serving_default"
-
-#: v2 datatype -> TensorFlow DataType enum name, for TF Serving's metadata.
-_TF_DTYPES = {
-    "BOOL": "DT_BOOL",
-    "INT8": "DT_INT8",
-    "INT16": "DT_INT16",
-    "INT32": "DT_INT32",
-    "INT64": "DT_INT64",
-    "UINT8": "DT_UINT8",
-    "UINT16": "DT_UINT16",
-    "UINT32": "DT_UINT32",
-    "UINT64": "DT_UINT64",
-    "FP16": "DT_HALF",
-    "FP32": "DT_FLOAT",
-    "FP64": "DT_DOUBLE",
-    BYTES: "DT_STRING",
-}
-#: Model states of the repository index -> TF Serving's ModelVersionStatus states.
-_TF_STATES = {ModelState.READY: "AVAILABLE", ModelState.LOADING: "LOADING", ModelState.UNAVAILABLE: "END"}
 
 
 def _error_response(error: GatewayError) -> Response:
@@ -123,13 +104,17 @@ class _TfServingPredict:
     Args:
         dataplane: the data plane, for the model's metadata (its inputs' names and datatypes).
         model_name, model_version: the model addressed (version None: its highest ready one).
+        version_label: the model's version label naming the version instead, or None.
         raw: the request body.
     """
 
-    def __init__(self, dataplane: DataPlane, model_name: str, model_version: str | None, raw: bytes) -> None:
+    def __init__(
+        self, dataplane: DataPlane, model_name: str, model_version: str | None, version_label: str | None, raw: bytes
+    ) -> None:
         self._dataplane = dataplane
         self._model_name = model_name
         self._model_version = model_version
+        self._version_label = version_label
         self._raw = raw
         self._row_format = True
 
@@ -151,8 +136,8 @@ class _TfServingPredict:
             )
         if ("instances" in body) == ("inputs" in body):
             raise InvalidArgumentError("give exactly one of 'instances' (row format) and 'inputs' (columnar format)")
-        metadata = self._dataplane.model_metadata(self._model_name, self._model_version)
-        signature = _signature_name(metadata)
+        metadata = self._dataplane.model_metadata(self._model_name, self._model_version, self._version_label)
+        signature = metadata.signature_name
         asked = body.get("signature_name", signature)
         if asked != signature:
             raise InvalidArgumentError(
@@ -191,15 +176,10 @@ def _column_tensors(columns: Any, inputs: list[TensorMetadata], limits: RequestL
     return [tensor_from_values(inputs[0].name, columns, datatypes, limits)]
 
 
-def _signature_name(metadata: ModelMetadata) -> str:
-    """The signature a model serves: its backend's (tensorflow) or ``serving_default``."""
-    return str(metadata.parameters.get("signature_name", DEFAULT_SIGNATURE))
-
-
 def _tf_tensor_info(tensor: TensorMetadata) -> dict[str, Any]:
     """TF Serving's TensorInfo JSON: name, dtype and shape (sizes as strings, -1 for variable dims)."""
     return {
-        "dtype": _TF_DTYPES[tensor.datatype],
+        "dtype": V2_TO_TF_DTYPE[tensor.datatype],
         "tensor_shape": {"dim": [{"size": str(size), "name": ""} for size in tensor.shape], "unknown_rank": False},
         "name": tensor.name,
     }
@@ -215,8 +195,15 @@ def tfserving_router(dataplane: DataPlane, control: RepositoryControl) -> APIRou
         responses=_TF_PREDICT_RESPONSES,
         openapi_extra=_TF_PREDICT_OPENAPI,
     )
-    async def predict(request: Request, model_name: str, model_version: str | None = None) -> Response:
-        call = _TfServingPredict(dataplane, model_name, model_version, await request.body())
+    @router.post(
+        "/{model_name}/labels/{version_label}:predict",
+        responses=_TF_PREDICT_RESPONSES,
+        openapi_extra=_TF_PREDICT_OPENAPI,
+    )
+    async def predict(
+        request: Request, model_name: str, model_version: str | None = None, version_label: str | None = None
+    ) -> Response:
+        call = _TfServingPredict(dataplane, model_name, model_version, version_label, await request.body())
         body = await dataplane.infer(
             PROTOCOL,
             model_name,
@@ -224,37 +211,35 @@ def tfserving_router(dataplane: DataPlane, control: RepositoryControl) -> APIRou
             decode=call.decode,
             encode=call.encode,
             request_id=request.headers.get(REQUEST_ID_HEADER),
+            version_label=version_label,
         )
         return json_response(body)
 
     status_responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {JSON: {"schema": {"type": "object", "required": ["model_version_status"]}}}},
-        **error_responses(404, 503),
+        **error_responses(400, 404, 503),
     }
 
     @router.get("/{model_name}", responses=status_responses)
     @router.get("/{model_name}/versions/{model_version}", responses=status_responses)
-    async def model_status(model_name: str, model_version: str | None = None) -> Response:
-        entries = [entry for entry in control.index() if entry.name == model_name]
-        versions = [entry for entry in entries if entry.version and model_version in (None, entry.version)]
-        if not versions:
-            if any(entry.state is ModelState.LOADING for entry in entries):
-                raise UnavailableError(f"model '{model_name}' is loading")
-            reasons = "; ".join(entry.reason for entry in entries if entry.reason)
-            which = f"version {model_version} of model" if model_version is not None else "any version of model"
-            raise NotFoundError(f"could not find {which} '{model_name}'" + (f": {reasons}" if reasons else ""))
+    @router.get("/{model_name}/labels/{version_label}", responses=status_responses)
+    async def model_status(
+        model_name: str, model_version: str | None = None, version_label: str | None = None
+    ) -> Response:
+        if version_label is not None:
+            model_version = dataplane.version_for_label(model_name, version_label)
         return json_response(
             {
                 "model_version_status": [
                     {
                         "version": entry.version,
-                        "state": _TF_STATES[entry.state],
+                        "state": entry.state.tf_serving_name,
                         "status": {
                             "error_code": "UNAVAILABLE" if entry.state is ModelState.UNAVAILABLE else "OK",
                             "error_message": entry.reason if entry.state is ModelState.UNAVAILABLE else "",
                         },
                     }
-                    for entry in versions
+                    for entry in control.version_status(model_name, model_version)
                 ]
             }
         )
@@ -266,18 +251,23 @@ def tfserving_router(dataplane: DataPlane, control: RepositoryControl) -> APIRou
 
     @router.get("/{model_name}/metadata", responses=metadata_responses)
     @router.get("/{model_name}/versions/{model_version}/metadata", responses=metadata_responses)
-    async def model_metadata(model_name: str, model_version: str | None = None) -> Response:
+    @router.get("/{model_name}/labels/{version_label}/metadata", responses=metadata_responses)
+    async def model_metadata(
+        model_name: str, model_version: str | None = None, version_label: str | None = None
+    ) -> Response:
+        if version_label is not None:
+            model_version = dataplane.version_for_label(model_name, version_label)
         metadata = dataplane.model_metadata(model_name, model_version)
         signature = {
             "inputs": {tensor.name: _tf_tensor_info(tensor) for tensor in metadata.inputs},
             "outputs": {tensor.name: _tf_tensor_info(tensor) for tensor in metadata.outputs},
-            "method_name": "tensorflow/serving/predict",
+            "method_name": metadata.method_name,
         }
         version = model_version or max(metadata.versions, key=int)
         return json_response(
             {
                 "model_spec": {"name": model_name, "signature_name": "", "version": version},
-                "metadata": {"signature_def": {"signature_def": {_signature_name(metadata): signature}}},
+                "metadata": {"signature_def": {"signature_def": {metadata.signature_name: signature}}},
             }
         )
 

@@ -1,11 +1,12 @@
-"""The gateway's protobuf messages, built at import from :mod:`protos.descriptor_set` in a private pool.
+"""The gateway's protobuf messages, built at import from :mod:`protos.descriptor_set` (no gRPC here).
 
 The descriptors live in a private ``DescriptorPool``, not protobuf's process-wide default pool, so
 they never clash with another package that registers the same names (tritonclient registers
-``inference.*`` too). Message classes come from ``google.protobuf.message_factory.GetMessageClass``,
-which protobuf 5 to 7 provide. This module imports no grpc: the model repository reads Triton's
-``config.pbtxt`` with these messages (:mod:`protos.model_config`); :mod:`protos.pool` adds the gRPC
-services.
+``inference.*``, tensorflow-serving-api ``tensorflow.serving.*``), and no generated ``_pb2`` code ties
+the gateway to one protobuf release: message classes come from
+``google.protobuf.message_factory.GetMessageClass``, which protobuf 5 to 7 provide. This module imports
+no gRPC, so that file formats built on these messages (TF Serving's ``models.config``) can be read below
+the transports; :mod:`protos.pool` adds the gRPC service handlers.
 """
 
 from __future__ import annotations
