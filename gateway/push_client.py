@@ -175,7 +175,7 @@ def parse_dynamic_axes(values: Sequence[str]) -> dict[str, dict[int, str]]:
         labels: dict[int, str] = {}
         for item in spec.split(","):
             axis, _, label = item.partition("=")
-            if not axis.strip().isdigit() or not label.strip():
+            if not (axis.strip().isascii() and axis.strip().isdigit()) or not label.strip():
                 raise PushError(f"--dynamic-axes {value!r}: {item!r} is not AXIS=LABEL (e.g. 1=sequence)")
             labels[int(axis)] = label.strip()
         axes[name] = labels

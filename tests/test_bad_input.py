@@ -541,3 +541,12 @@ def test_the_gateway_still_answers_correctly(limited_gateway, stub):
     request.inputs.add(name="input", datatype="INT8", shape=[1, 3]).contents.int_contents.extend([-128, 0, 127])
     assert list(stub.ModelInfer(request).outputs[0].contents.int_contents) == [-128, 0, 127]
     assert "Traceback" not in limited_gateway.logs()
+
+
+@pytest.mark.parametrize("header", [b"\xb2", b"1\xb9"])  # '²', '1¹' in latin-1: digits to str.isdigit, not to int()
+def test_a_binary_header_of_non_ascii_digits_is_400(limited_gateway, header):
+    response = limited_gateway.http.post(
+        "/v2/models/identity_fp32/infer", content=b"{}", headers={b"Inference-Header-Content-Length": header}
+    )
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert "Inference-Header-Content-Length" in response.text

@@ -77,7 +77,7 @@ def delete(
     chooses among the versions left (with `latest`, the previous one serves again).
     """
     model, _, version = target.partition(":")
-    if not model or (version and not version.isdigit()):
+    if not model or (version and not (version.isascii() and version.isdigit())):
         fail(f"'{target}' is not MODEL or MODEL:VERSION (e.g. digits:2)")
     what = f"version {version} of model {model}" if version else f"model {model} and every version of it"
     if not yes and not _confirmed(f"Delete {what} from {base_url(server)}? Its files go for good."):

@@ -385,7 +385,7 @@ def _tensorrt_options(
 
 
 def _count_parameter(key: str, value: str, fail: Callable[[str], ModelConfigError]) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # '²' is a digit to str.isdigit, not to int()
         raise fail(f"parameters {key} '{value}' is not a non-negative integer")
     return int(value)
 

@@ -110,7 +110,12 @@ def check_content_length(content_length: str | None, limit: int) -> None:
     Raises:
         PayloadTooLargeError: the declared length is over the limit (413).
     """
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+    if (
+        content_length is not None
+        and content_length.isascii()
+        and content_length.isdigit()
+        and int(content_length) > limit
+    ):
         raise PayloadTooLargeError(_too_large(f"Content-Length {content_length}", limit))
 
 
@@ -147,6 +152,7 @@ async def receive_body(receive: Receive, headers: Mapping[str, str], limit: int)
     if (
         content_length is not None
         and "content-encoding" not in headers
+        and content_length.isascii()
         and content_length.isdigit()
         and int(content_length) <= limit
     ):

@@ -108,7 +108,7 @@ class _InferCall:
     def decode(self) -> InferRequest:
         json_length = None
         if self.json_length is not None:
-            if not self.json_length.isdigit():
+            if not (self.json_length.isascii() and self.json_length.isdigit()):
                 raise InvalidArgumentError(
                     f"{INFERENCE_HEADER_LENGTH} must be a number of bytes, got {self.json_length!r}"
                 )
