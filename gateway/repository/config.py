@@ -539,7 +539,8 @@ def triton_model_config(
     BYTES as ``TYPE_STRING``; ``dims`` without the batch dim, -1 for a variable size),
     ``instance_group`` (``count``, ``kind`` ``KIND_GPU`` when the backend runs on a GPU, else
     ``KIND_CPU``) and, when on, ``dynamic_batching`` (``preferred_batch_size``,
-    ``max_queue_delay_microseconds``, ``default_queue_policy.max_queue_size``). The one rendering
+    ``max_queue_delay_microseconds``, ``default_queue_policy.max_queue_size``); a pipeline has
+    ``ensemble_scheduling`` (its steps) in place of ``instance_group``. The one rendering
     of it: the REST route answers it, a gRPC ``ModelConfig`` RPC can parse it into the message.
 
     Args:
@@ -565,6 +566,9 @@ def triton_model_config(
     }
     if config.default_model_filename is not None:
         answer["default_model_filename"] = config.default_model_filename
+    if config.pipeline is not None:  # an ensemble: no instances of its own
+        del answer["instance_group"]
+        answer["ensemble_scheduling"] = {"step": [step.model_dump() for step in config.pipeline.steps]}
     batching = config.dynamic_batching
     if batching is not None:
         answer["dynamic_batching"] = {
