@@ -54,7 +54,6 @@ TRITON_BACKENDS = {"onnxruntime": "onnxruntime", "pytorch": "torch", "tensorflow
 #: Why a field of Triton's ModelConfig that our .proto does not declare is refused, by its path.
 UNSUPPORTED_FIELDS = {
     "sequence_batching": "stateful (sequence) models are not served: the gateway keeps no state between requests",
-    "ensemble_scheduling.step.model_namespace": "model namespacing is not supported",
     "model_warmup": "the gateway sends no warmup requests",
     "response_cache": "the gateway has no response cache",
     "model_transaction_policy": "decoupled models (several responses per request) are not served",
