@@ -198,7 +198,7 @@ pipeline:
     [
         (ENSEMBLE_CONFIG.replace('platform: "ensemble"', 'platform: "onnxruntime_onnx"'), 'platform "ensemble"'),
         (ENSEMBLE_CONFIG + "instance_group [ { count: 2 } ]", "leave out instance_group"),
-        (ENSEMBLE_CONFIG.replace('model_version: 2', 'model_version: 2 model_namespace: "n"'), "model_namespace"),
+        (ENSEMBLE_CONFIG.replace("model_version: 2", 'model_version: 2 model_namespace: "n"'), "model_namespace"),
         (ENSEMBLE_CONFIG.replace('output [ { name: "LOGITS" data_type: TYPE_FP32 dims: [ 10 ] } ]', ""), "outputs"),
     ],
 )
