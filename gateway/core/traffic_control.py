@@ -22,12 +22,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import ValidationError
-
 from gateway.admin_token import AdminToken
 from gateway.errors import FailedPreconditionError, GatewayError, InvalidArgumentError
+from gateway.repository.config import ModelConfigError
 from gateway.repository.model_repository import ModelRepository
-from gateway.repository.traffic import STABLE_LABEL, TrafficPolicy
+from gateway.repository.traffic import STABLE_LABEL, TrafficPolicy, parse_traffic_policy
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +77,9 @@ class TrafficControl:
         """
         self.admin_token.check(authorization)
         try:
-            parsed = TrafficPolicy.model_validate(policy)
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in problem['loc']) or '(top level)'}: {problem['msg']}"
-                for problem in error.errors()
-            )
-            raise InvalidArgumentError(f"invalid traffic policy for model '{name}': {problems}") from None
+            parsed = parse_traffic_policy(policy, f"the traffic policy for model '{name}'")
+        except ModelConfigError as error:
+            raise InvalidArgumentError(str(error)) from None
         await self._swap(name, parsed)
         return parsed.to_json()
 

@@ -405,11 +405,15 @@ def validate_model_config(raw: object, source: str) -> ModelConfig:
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc']) or '(top level)'}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        raise ModelConfigError(f"{source} is invalid: {problems}") from None
+        raise ModelConfigError(f"{source} is invalid: {validation_problems(error)}") from None
+
+
+def validation_problems(error: ValidationError) -> str:
+    """A schema error's problems in one line: each bad field's path and why (``routing.weights: ...``)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or '(top level)'}: {problem['msg']}"
+        for problem in error.errors()
+    )
 
 
 def merge_config(config: ModelConfig, overrides: ModelConfig, source: str) -> ModelConfig:

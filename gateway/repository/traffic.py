@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError
 
-from gateway.repository.config import ModelConfig, ModelConfigError, TrafficConfig
+from gateway.repository.config import ModelConfig, ModelConfigError, TrafficConfig, validation_problems
 
 #: The management API's traffic policy in a model folder.
 TRAFFIC_FILE = "traffic.json"
@@ -61,9 +61,22 @@ def read_traffic_file(model_path: Path) -> TrafficPolicy | None:
     except (OSError, UnicodeDecodeError) as error:
         raise ModelConfigError(f"{TRAFFIC_FILE} cannot be read: {error}") from None
     try:
-        return TrafficPolicy.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as error:
-        raise ModelConfigError(f"{TRAFFIC_FILE} is invalid: {error}") from None
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ModelConfigError(f"{TRAFFIC_FILE} is not JSON: {error}") from None
+    return parse_traffic_policy(raw, TRAFFIC_FILE)
+
+
+def parse_traffic_policy(raw: object, source: str) -> TrafficPolicy:
+    """The :class:`TrafficPolicy` of ``raw`` (JSON data), from ``source`` (for the message).
+
+    Raises:
+        ModelConfigError: not a valid policy; the message names each bad field and why.
+    """
+    try:
+        return TrafficPolicy.model_validate(raw)
+    except ValidationError as error:
+        raise ModelConfigError(f"{source} is invalid: {validation_problems(error)}") from None
 
 
 def write_traffic_file(model_path: Path, policy: TrafficPolicy) -> None:
