@@ -249,7 +249,8 @@ class DataPlane:
         it (:mod:`gateway.core.routing`: a weighted split between labels, maybe sticky), else to the
         highest ready version; such a request may be copied to the policy's shadow label once
         answered (:mod:`gateway.core.shadow`). The response's ``model_version`` is the version that
-        answered.
+        answered. A policy sticky by a request parameter needs the body decoded before the version
+        is chosen: a body that does not decode is then counted as refused before a version was chosen.
 
         The request's deadline is the earliest of ``timeout_seconds``, the server's
         ``request_timeout_seconds`` and the request's ``timeout`` parameter (Triton's: a non-negative
@@ -278,8 +279,9 @@ class DataPlane:
                 policy = self.repository.traffic_policy(model_name)
                 shadow = policy.shadow
                 if policy.routing is not None:
-                    request = decode()  # a sticky key may be a request parameter
-                    version_label = choose_label(policy.routing, request.parameters, headers)
+                    if policy.routing.sticky_parameter is not None:
+                        request = decode()  # the sticky key may be a request parameter
+                    version_label = choose_label(policy.routing, request.parameters if request else {}, headers)
             loaded = self.repository.get(model_name, model_version, version_label)
         except GatewayError as error:
             known = model_name if self.repository.is_known(model_name) else ""
