@@ -7,7 +7,11 @@ repository may mix them, a model may not have both) and integer version folders
 with settings from elsewhere (:class:`ConfiguredModel`: TF Serving's ``models.config`` base paths).
 A load request may carry a config override (Triton's ``config`` parameter), which replaces the
 model's config file until the next load. A model's version labels (``version_labels``) name
-versions: :meth:`ModelRepository.get` resolves a label where a version is asked for. The repository
+versions: :meth:`ModelRepository.get` resolves a label where a version is asked for. The labels
+belong to the model's traffic policy (:mod:`gateway.repository.traffic`: labels, routing, shadow),
+read from its config or its ``traffic.json`` and swapped whole by :meth:`ModelRepository.set_traffic_policy`.
+A pipeline (``pipeline`` in the config, Triton's ensemble) loads as a version without a backend: its
+steps checked and ordered (:mod:`gateway.repository.pipelines`), run by the core. The repository
 loads, reloads and unloads models as the model control mode asks (Triton's none / poll / explicit),
 and answers which loaded version serves a request.
 
@@ -277,13 +281,10 @@ class ModelRepository:
             raise NotFoundError(self._missing_model_message(name))
         return record.traffic
 
-    async def set_traffic_policy(self, name: str, policy: TrafficPolicy) -> TrafficPolicy:
+    async def set_traffic_policy(self, name: str, policy: TrafficPolicy) -> None:
         """Put ``policy`` in force for model ``name``: written to its ``traffic.json``, then swapped in whole.
 
         A request sees the old policy or the new one, never a part; the files of every version stay.
-
-        Returns:
-            The policy in force before.
 
         Raises:
             NotFoundError: unknown or unloaded model.
@@ -293,7 +294,7 @@ class ModelRepository:
         """
         self._check_repository_model(name, "given a traffic policy")
         async with self._locks.setdefault(name, asyncio.Lock()):
-            previous = self.traffic_policy(name)
+            self.traffic_policy(name)  # raises NotFoundError for a model that is not loaded
             record = self._records[name]
             unserved = {label: v for label, v in policy.version_labels.items() if v not in record.versions}
             if unserved:
@@ -311,7 +312,6 @@ class ModelRepository:
                 raise UnavailableError(f"model '{name}': the traffic policy cannot be written: {error}") from None
             record.traffic = policy
         logger.info("model %s: traffic policy %s", name, policy.to_json())
-        return previous
 
     async def load_all(self) -> None:
         """Load every model on disk; failures are recorded, never raised."""
