@@ -330,18 +330,19 @@ def test_every_worker_and_a_restart_see_the_policy(tmp_path: Path) -> None:
     (tmp_path / "repository" / "ab" / "config.yaml").write_text("version_policy: {all: {}}\n")
     gateway = start_gateway(tmp_path / "repository", tmp_path / "gateway.log", "--workers", "2")
     try:
-        policy = {"version_labels": {"stable": 1, "canary": 2}, "routing": {"weights": {"canary": 1}}}
+        # Version 1, not the highest: a worker that did not follow would answer 2.
+        policy = {"version_labels": {"stable": 1, "canary": 2}, "routing": {"weights": {"stable": 1}}}
         answer = gateway.http.put("/v2/repository/models/ab/traffic", json=policy, headers=ADMIN_HEADERS)
         assert answer.status_code == 200, answer.text
         for _ in range(30):  # new connections: SO_REUSEPORT spreads them over both workers
             with httpx.Client(base_url=gateway.http_url) as http:
-                assert infer(http) == "2"
+                assert infer(http) == "1"
     finally:
         gateway.stop()
     assert (tmp_path / "repository" / "ab" / "traffic.json").is_file()
     gateway = start_gateway(tmp_path / "repository", tmp_path / "again.log")
     try:
-        assert gateway.http.get("/v2/repository/models/ab/traffic").json()["routing"]["weights"] == {"canary": 1.0}
-        assert infer(gateway.http) == "2"
+        assert gateway.http.get("/v2/repository/models/ab/traffic").json()["routing"]["weights"] == {"stable": 1.0}
+        assert infer(gateway.http) == "1"
     finally:
         gateway.stop()
