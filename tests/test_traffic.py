@@ -310,6 +310,28 @@ def test_promote_and_rollback_under_rest_and_grpc_traffic_fail_no_request(server
     assert again.returncode == 1 and "no promote to roll back" in again.stderr
 
 
+def test_gateway_traffic_shows_and_changes_the_policy(server: GatewayProcess) -> None:
+    set_policy(server, routing={"weights": {"stable": 90, "canary": 10}})
+    shown = run_cli("traffic", "ab", "--server", server.http_url)
+    assert shown.returncode == 0, shown.stderr
+    assert "split: stable 90%, canary 10%" in shown.stdout and "canary -> version 2" in shown.stdout
+    changed = run_cli(
+        "traffic", "ab", "--label", "canary=3", "--weight", "canary=1", "--sticky-header", "x-user",
+        "--shadow", "broken", "--shadow-fraction", "0.5", "--server", server.http_url, "--json",
+    )  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    policy = server.http.get("/v2/repository/models/ab/traffic").json()
+    assert policy["version_labels"]["canary"] == 3 and policy["version_labels"]["stable"] == 1
+    assert policy["routing"] == {"weights": {"canary": 1.0}, "sticky_header": "x-user"}
+    assert policy["shadow"]["label"] == "broken" and policy["shadow"]["fraction"] == 0.5
+    assert {infer(server.http) for _ in range(10)} == {"3"}
+    refused = run_cli("traffic", "ab", "--weight", "beta=1", "--server", server.http_url)
+    assert refused.returncode == 1 and "beta is not in version_labels" in refused.stderr
+    cleared = run_cli("traffic", "ab", "--no-routing", "--shadow", "none", "--server", server.http_url)
+    assert cleared.returncode == 0 and "split: none" in cleared.stdout
+    assert infer(server.http) == "5"  # the highest version (the slow one: one request)
+
+
 def test_the_policy_is_checked_and_needs_the_admin_token(server: GatewayProcess) -> None:
     policy = {"version_labels": {"stable": 1}, "routing": {"weights": {"stable": 1}}}
     assert server.http.put("/v2/repository/models/ab/traffic", json=policy).status_code == 401
