@@ -1,7 +1,8 @@
 """The ``gateway`` command: one verb per job, each in :mod:`gateway.commands`.
 
 ``serve`` runs the server; ``push`` converts and uploads a model; ``models``, ``status``,
-``predict``, ``load``, ``unload``, ``delete`` and ``token`` talk to a running gateway over its REST API
+``predict``, ``load``, ``unload``, ``delete``, ``token``, ``traffic``, ``promote`` and ``rollback``
+talk to a running gateway over its REST API
 (:mod:`gateway.client`). Help is written as Markdown paragraphs, so that it wraps between words at
 any terminal width.
 """
@@ -15,6 +16,7 @@ from gateway.commands.models import models, status
 from gateway.commands.predict import predict
 from gateway.commands.push import push
 from gateway.commands.serve import serve, serve_epilog
+from gateway.commands.traffic import promote, rollback, traffic
 
 app = typer.Typer(
     help="Serve PyTorch, TensorFlow/Keras, JAX and ONNX models over KServe v2 REST and gRPC, "
@@ -26,5 +28,5 @@ app = typer.Typer(
 )
 
 app.command(epilog=serve_epilog())(serve)
-for verb in (push, models, status, predict, load, unload, delete, token):
+for verb in (push, models, status, predict, load, unload, delete, token, traffic, promote, rollback):
     app.command()(verb)

@@ -349,6 +349,35 @@ class GatewayClient:
         answer = self._object(self._call("DELETE", path, what=what, admin=True, model=name, version=version), what)
         return [str(deleted) for deleted in answer.get("versions", [])]
 
+    def traffic(self, name: str) -> dict[str, Any]:
+        """``GET /v2/repository/models/{m}/traffic``: the model's version labels, routing and shadow."""
+        what = f"reading the traffic policy of model '{name}'"
+        path = f"/v2/repository/models/{_segment(name)}/traffic"
+        return self._object(self._call("GET", path, what=what, model=name), what)
+
+    def set_traffic(self, name: str, policy: Mapping[str, Any]) -> dict[str, Any]:
+        """``PUT /v2/repository/models/{m}/traffic``: replace the model's traffic policy; the new one."""
+        what = f"setting the traffic policy of model '{name}'"
+        path = f"/v2/repository/models/{_segment(name)}/traffic"
+        return self._object(self._call("PUT", path, what=what, admin=True, model=name, json=dict(policy)), what)
+
+    def promote(self, name: str, to: str | None = None) -> dict[str, Any]:
+        """``POST /v2/repository/models/{m}/promote``: move the ``stable`` label to ``to`` (default: canary's version).
+
+        Returns:
+            ``{"name", "stable", "previous_stable", "drained"}``.
+        """
+        what = f"promoting model '{name}'" + (f" to {to}" if to else "")
+        path = f"/v2/repository/models/{_segment(name)}/promote"
+        body = {"to": to} if to else {}
+        return self._object(self._call("POST", path, what=what, admin=True, model=name, json=body), what)
+
+    def rollback(self, name: str) -> dict[str, Any]:
+        """``POST /v2/repository/models/{m}/rollback``: move ``stable`` back to where the last promote found it."""
+        what = f"rolling back model '{name}'"
+        path = f"/v2/repository/models/{_segment(name)}/rollback"
+        return self._object(self._call("POST", path, what=what, admin=True, model=name), what)
+
     def upload(self, package: Path, name: str, version: int | None) -> dict[str, Any]:
         """Upload a model package (tar.gz of a version folder) as ``version``, or as the next version.
 

@@ -18,6 +18,10 @@ every worker's counters and histograms. ``gateway_inference_inflight_requests`` 
 live workers and ``gateway_model_ready`` their minimum (1 only when every live worker serves the
 version). The process metrics (``process_*``) are left out in that mode: they describe one process.
 
+Shadow copies (:mod:`gateway.core.shadow`) are counted by the candidate's ``model`` and ``version``
+and their ``outcome`` (``agree``, ``disagree``, ``error``, ``skipped``); their agreement rate is
+``agree / (agree + disagree)``.
+
 Beside them, each loaded version keeps Triton's statistics (:class:`InferenceStatistics`: counts
 and total nanoseconds of successful and failed requests, queue, compute input / infer / output,
 per batch size), counted by the same calls that feed its metrics, and served by the statistics
@@ -136,6 +140,21 @@ class Metrics:
             "Time to load a model version (all its instances).",
             ["model", "version"],
             buckets=LOAD_BUCKETS,
+            registry=own_registry,
+        )
+
+        self.shadow_requests = Counter(
+            "gateway_shadow_requests",
+            "Shadow copies of requests sent to a candidate version (the version label), by outcome: agree or "
+            "disagree with the primary's answer, error, or skipped (too many copies running).",
+            ["model", "version", "outcome"],
+            registry=own_registry,
+        )
+        self.shadow_duration = Histogram(
+            "gateway_shadow_duration_seconds",
+            "Time the candidate version took to answer a shadow copy, from queued to answered.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
             registry=own_registry,
         )
 

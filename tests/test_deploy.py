@@ -52,7 +52,7 @@ LIVE_PATH = "/v2/health/live"
 METRICS_PATH = "/metrics"
 
 # The gateway's metrics, by type: histograms are queried through their _bucket, _sum, _count series.
-COUNTERS = {"gateway_inference_requests_total"}
+COUNTERS = {"gateway_inference_requests_total", "gateway_shadow_requests_total"}
 GAUGES = {"gateway_inference_inflight_requests", "gateway_model_ready"}
 HISTOGRAMS = {
     "gateway_inference_request_duration_seconds",
@@ -60,6 +60,7 @@ HISTOGRAMS = {
     "gateway_inference_compute_duration_seconds",
     "gateway_inference_batch_size",
     "gateway_model_load_duration_seconds",
+    "gateway_shadow_duration_seconds",
 }
 QUERYABLE_SERIES = (
     COUNTERS | GAUGES | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
@@ -671,6 +672,25 @@ def test_dashboard_expressions_use_only_gateway_metrics(dashboard: dict[str, Any
         name.removesuffix(suffix) for name in used for suffix in ("_bucket", "_sum", "_count") if name.endswith(suffix)
     }
     assert used | shown >= COUNTERS | GAUGES | HISTOGRAMS
+
+
+def test_dashboard_shows_each_version_side_by_side_and_the_shadow_agreement(dashboard: dict[str, Any]) -> None:
+    exprs = {title: target["expr"] for title, target in dashboard_targets(dashboard)}
+    for title in ("Request rate per version", "Error ratio per version", "Latency p99 per version"):
+        assert "by (model, version" in exprs[title], title
+    agreement = exprs["Shadow agreement rate"]
+    assert 'outcome="agree"' in agreement and 'outcome=~"agree|disagree"' in agreement
+    assert promql_metric_names(agreement) == {"gateway_shadow_requests_total"}
+    assert "gateway_shadow_duration_seconds_bucket" in exprs["Shadow latency p99"]
+
+
+def test_the_dashboard_s_metric_names_are_the_gateway_s() -> None:
+    """The names above (and so every dashboard query) are those the gateway registers."""
+    from gateway.metrics import Metrics
+
+    registered = {metric.name for metric in Metrics().registry.collect() if metric.name.startswith("gateway_")}
+    counters = {name.removesuffix("_total") for name in COUNTERS}
+    assert counters | GAUGES | HISTOGRAMS == registered
 
 
 def test_promql_metric_names_helper() -> None:

@@ -22,8 +22,11 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as triton_grpc
+import yaml
+from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -111,11 +114,50 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 # ----------------------------------------------------------------------------- fixtures
 
 
+#: Digits' traffic policy: every request to version 1, copied to a shadow: version 2 (a copy of 1,
+#: so it agrees), or version 3, which fails at run time.
+DIGITS_TRAFFIC = {
+    "version_labels": {"stable": 1, "twin": 2, "broken": 3},
+    "routing": {"weights": {"stable": 1}},
+    "shadow": {"label": "twin", "max_inflight": 64},
+}
+
+
+def write_failing_digits(path: Path) -> None:
+    """Digits' signature (input FP32 [batch, 64] -> logits FP32 [batch, 10]) with a Gather out of bounds at run time."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Slice", ["input", "start", "end", "axis"], ["first"]),
+            helper.make_node("Gather", ["input", "index"], ["gathered"], axis=1),
+            helper.make_node("Add", ["first", "gathered"], ["logits"]),
+        ],
+        "failing_digits",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [
+            numpy_helper.from_array(np.array([0]), "start"),
+            numpy_helper.from_array(np.array([10]), "end"),
+            numpy_helper.from_array(np.array([1]), "axis"),
+            numpy_helper.from_array(np.array([100]), "index"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.parent.mkdir(parents=True)
+    onnx.save(model, path)
+
+
 @pytest.fixture(scope="module")
 def gateway(digits_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """A gateway serving digits (control mode none) with JSON logs."""
+    """A gateway serving digits (control mode none) with JSON logs; requests go to version 1 and are
+    copied to a shadow version (:data:`DIGITS_TRAFFIC`)."""
     root = tmp_path_factory.mktemp("metrics")
-    shutil.copytree(digits_source, root / "repository" / "digits")
+    digits = root / "repository" / "digits"
+    shutil.copytree(digits_source, digits)
+    shutil.copytree(digits / "1", digits / "2")
+    write_failing_digits(digits / "3" / "model.onnx")
+    config = (digits / "config.yaml").read_text().replace("latest:\n    num_versions: 1", "all: {}")
+    (digits / "config.yaml").write_text(config + yaml.safe_dump(DIGITS_TRAFFIC))
     server = start_gateway(root / "repository", root / "gateway.log", "--log-format", "json")
     yield server
     server.stop()
@@ -203,7 +245,13 @@ class PrometheusServer:
 
 
 def send_traffic(gateway: GatewayProcess, client: triton_grpc.InferenceServerClient) -> None:
-    """Successes and errors over REST and gRPC: bad shape (InvalidArgument), unknown model (NotFound)."""
+    """Successes and errors over REST and gRPC: bad shape (InvalidArgument), unknown model (NotFound);
+    shadow copies that fail, then copies that agree."""
+    broken = {**DIGITS_TRAFFIC, "shadow": {"label": "broken", "max_inflight": 64}}
+    for policy in (broken, DIGITS_TRAFFIC):
+        answer = gateway.http.put("/v2/repository/models/digits/traffic", json=policy, headers=ADMIN_HEADERS)
+        assert answer.status_code == 200, answer.text
+        assert gateway.http.post("/v2/models/digits/infer", json=digits_body()).status_code == 200
     for batch in (1, 3):
         assert gateway.http.post("/v2/models/digits/infer", json=digits_body(batch)).status_code == 200
     assert gateway.http.post("/v2/models/digits/infer", json=digits_body(width=63)).status_code == 400
@@ -311,7 +359,7 @@ def test_prometheus_answers_rate_errors_and_latency_per_model(recent_traffic: Pr
     assert protocols.get(("v2-rest",), 0) > 0 and protocols.get(("v2-grpc",), 0) > 0, protocols
 
     ready = by_labels(prometheus.query("gateway_model_ready"), "model", "version", "backend")
-    assert ready == {("digits", "1", "onnxruntime"): 1.0}
+    assert ready == {("digits", version, "onnxruntime"): 1.0 for version in ("1", "2", "3")}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

@@ -142,11 +142,75 @@ def test_torchscript_and_savedmodel_parameters(tmp_path: Path) -> None:
     assert (tf_config.backend, tf_config.tensorflow.signature_name) == ("tensorflow", "predict")
 
 
+ENSEMBLE_CONFIG = """
+name: "classify"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "RAW" data_type: TYPE_FP32 dims: [ 64 ] } ]
+output [ { name: "LOGITS" data_type: TYPE_FP32 dims: [ 10 ] } ]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "preprocess"
+      model_version: -1
+      input_map { key: "input" value: "RAW" }
+      output_map { key: "output" value: "scaled" }
+    },
+    {
+      model_name: "classifier"
+      model_version: 2
+      input_map { key: "input" value: "scaled" }
+      output_map { key: "output" value: "LOGITS" }
+    }
+  ]
+}
+"""
+
+
+def test_an_ensemble_maps_onto_the_pipeline_config_of_config_yaml(tmp_path: Path) -> None:
+    from_triton = read_config(write_model(tmp_path, ENSEMBLE_CONFIG, name="classify"))
+    ours = read_config(
+        write_model(
+            tmp_path,
+            yaml="""
+max_batch_size: 8
+inputs: [{name: RAW, datatype: FP32, dims: [64]}]
+outputs: [{name: LOGITS, datatype: FP32, dims: [10]}]
+pipeline:
+  steps:
+    - {model_name: preprocess, input_map: {input: RAW}, output_map: {output: scaled}}
+    - {model_name: classifier, model_version: 2, input_map: {input: scaled}, output_map: {output: LOGITS}}
+""",
+            name="ours",
+        )
+    )
+    assert from_triton.pipeline is not None and from_triton.pipeline == ours.pipeline
+    assert (from_triton.inputs, from_triton.outputs, from_triton.max_batch_size) == (
+        ours.inputs,
+        ours.outputs,
+        ours.max_batch_size,
+    )
+    assert [step.model_version for step in from_triton.pipeline.steps] == [-1, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (ENSEMBLE_CONFIG.replace('platform: "ensemble"', 'platform: "onnxruntime_onnx"'), 'platform "ensemble"'),
+        (ENSEMBLE_CONFIG + "instance_group [ { count: 2 } ]", "leave out instance_group"),
+        (ENSEMBLE_CONFIG.replace("model_version: 2", 'model_version: 2 model_namespace: "n"'), "model_namespace"),
+        (ENSEMBLE_CONFIG.replace('output [ { name: "LOGITS" data_type: TYPE_FP32 dims: [ 10 ] } ]', ""), "outputs"),
+    ],
+)
+def test_an_ensemble_the_gateway_cannot_run_is_a_load_error(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ModelConfigError, match=problem):
+        read_config(write_model(tmp_path, text, name="classify"))
+
+
 @pytest.mark.parametrize(
     ("text", "field", "reason"),
     [
         ("sequence_batching { max_sequence_idle_microseconds: 5000000 }", "sequence_batching", "stateful"),
-        ("ensemble_scheduling { step [ { model_name: 'a' model_version: -1 } ] }", "ensemble_scheduling", "ensembles"),
         ("model_warmup [ { name: 'w' batch_size: 1 } ]", "model_warmup", "warmup"),
         ("response_cache { enable: true }", "response_cache", "response cache"),
         ("model_transaction_policy { decoupled: true }", "model_transaction_policy", "decoupled"),

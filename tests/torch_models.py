@@ -32,6 +32,18 @@ class DigitsCNN(torch.nn.Module):
         return self.out(features.flatten(1))
 
 
+class Standardize(torch.nn.Module):
+    """A preprocessing model: float32 [batch, 64] -> (input - mean) / std, float32 [batch, 64]."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.from_numpy(mean.astype(np.float32)))
+        self.register_buffer("std", torch.from_numpy(std.astype(np.float32)))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return (input - self.mean) / self.std
+
+
 class TokenBag(torch.nn.Module):
     """Two int64 inputs [batch, sequence] (token ids, 0/1 mask) -> float32 [batch, 4]: a masked mean embedding."""
 

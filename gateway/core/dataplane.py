@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
-import numpy as np
-
-from backends import InferenceInputError
+from gateway.core.checks import check_inputs, check_outputs
+from gateway.core.pipeline import run_version
+from gateway.core.routing import choose_label
+from gateway.core.shadow import ShadowCopies
 from gateway.core.shared_memory import SharedMemoryRegistry, uses_shared_memory
 from gateway.core.types import (
     InferRequest,
@@ -29,15 +30,14 @@ from gateway.core.types import (
     ModelMetadata,
     ModelStatistics,
     Parameters,
-    RequestedOutput,
     ServerMetadata,
     TensorMetadata,
 )
 from gateway.datatypes import DEFAULT_LIMITS, RequestLimits
-from gateway.errors import GatewayError, InternalError, InvalidArgumentError, UnavailableError
+from gateway.errors import GatewayError, InvalidArgumentError, UnavailableError
 from gateway.logs import new_request_id, set_request_id
 from gateway.metrics import SUCCESS, error_status
-from gateway.repository.config import triton_model_config
+from gateway.repository.config import ShadowConfig, triton_model_config
 from gateway.repository.model_repository import LoadedVersion, ModelRepository, ModelState
 from gateway.runtime.scheduler import Disconnected
 
@@ -87,6 +87,7 @@ class DataPlane:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._shadows = ShadowCopies(repository, repository.metrics)
         try:
             self._version = version("model-gateway")
         except PackageNotFoundError:
@@ -219,6 +220,7 @@ class DataPlane:
         timeout_seconds: float | None = None,
         disconnected: Disconnected | None = None,
         version_label: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Encoded:
         """Answer one inference request: decode it, check it against the model, run it, encode the answer.
 
@@ -240,6 +242,15 @@ class DataPlane:
                 only while the request waits; see :meth:`gateway.runtime.scheduler.Scheduler.run`.
             version_label: a version label of the model (TF Serving's), naming the version in place
                 of ``model_version``.
+            headers: the request's headers (REST) or metadata (gRPC) with lower-case keys, for a
+                sticky routing policy; None when the transport has none.
+
+        A request naming neither a version nor a label goes where the model's traffic policy routes
+        it (:mod:`gateway.core.routing`: a weighted split between labels, maybe sticky), else to the
+        highest ready version; such a request may be copied to the policy's shadow label once
+        answered (:mod:`gateway.core.shadow`). The response's ``model_version`` is the version that
+        answered. A policy sticky by a request parameter needs the body decoded before the version
+        is chosen: a body that does not decode is then counted as refused before a version was chosen.
 
         The request's deadline is the earliest of ``timeout_seconds``, the server's
         ``request_timeout_seconds`` and the request's ``timeout`` parameter (Triton's: a non-negative
@@ -259,9 +270,18 @@ class DataPlane:
         """
         started = time.perf_counter()
         set_request_id(request_id or new_request_id())
+        request: InferRequest | None = None
+        shadow: ShadowConfig | None = None
         try:
             if self._draining:
                 raise UnavailableError("the server is shutting down; send the request to another replica")
+            if model_version is None and version_label is None:
+                policy = self.repository.traffic_policy(model_name)
+                shadow = policy.shadow
+                if policy.routing is not None:
+                    if policy.routing.sticky_parameter is not None:
+                        request = decode()  # the sticky key may be a request parameter
+                    version_label = choose_label(policy.routing, request.parameters if request else {}, headers)
             loaded = self.repository.get(model_name, model_version, version_label)
         except GatewayError as error:
             known = model_name if self.repository.is_known(model_name) else ""
@@ -275,13 +295,17 @@ class DataPlane:
         self._idle.clear()
         status = SUCCESS
         try:
-            request = decode()
+            if request is None:
+                request = decode()
             if request.id:
                 set_request_id(request.id)
             deadline = None
             if timeout_seconds is not None or self.request_timeout_seconds is not None or request.parameters:
                 deadline = self._deadline(started, timeout_seconds, request.parameters)
-            return encode(await self._check_and_run(loaded, request, deadline, disconnected))
+            answer = await self._check_and_run(loaded, request, deadline, disconnected)
+            if shadow is not None:
+                self._shadows.copy(shadow, loaded, request, answer)
+            return encode(answer)
         except GatewayError as error:
             status = error_status(error)
             logger.info("%s inference for model '%s' refused: %s", protocol, model_name, error.message)
@@ -334,21 +358,12 @@ class DataPlane:
         disconnected: Disconnected | None = None,
     ) -> InferResponse:
         """Check a decoded request against the loaded version, run it, and collect the requested outputs."""
-        feeds = _check_inputs(loaded, request.inputs)
-        output_names = _check_outputs(loaded, request.outputs)
+        feeds = check_inputs(loaded, request.inputs)
+        output_names = check_outputs(loaded, request.outputs)
         in_shared_memory = {
             output.name: output.parameters for output in request.outputs if uses_shared_memory(output.parameters)
         }
-        try:
-            batch_size = next(iter(feeds.values())).shape[0] if loaded.max_batch_size > 0 and feeds else 1
-            results = await loaded.scheduler.run(feeds, output_names, batch_size, deadline, disconnected)
-        except InferenceInputError as error:
-            raise InvalidArgumentError(f"model '{loaded.name}' rejected the inputs: {error}") from None
-        except GatewayError:  # e.g. the queue is full, or the deadline passed
-            raise
-        except Exception as error:
-            logger.exception("model %s version %d failed on a valid request", loaded.name, loaded.version)
-            raise InternalError(f"model '{loaded.name}' failed: {error}") from error
+        results = await run_version(self.repository, loaded, feeds, output_names, deadline, disconnected)
         return InferResponse(
             model_name=loaded.name,
             model_version=str(loaded.version),
@@ -368,63 +383,3 @@ class DataPlane:
                 for name in output_names
             ],
         )
-
-
-def _check_inputs(loaded: LoadedVersion, inputs: list[InferTensor]) -> dict[str, np.ndarray]:
-    feeds: dict[str, np.ndarray] = {}
-    batch_sizes: set[int] = set()
-    for tensor in inputs:
-        signature = loaded.inputs.get(tensor.name)
-        if signature is None:
-            raise InvalidArgumentError(
-                f"unknown input '{tensor.name}' for model '{loaded.name}'; {_expected_inputs(loaded)}"
-            )
-        if tensor.name in feeds:
-            raise InvalidArgumentError(f"input '{tensor.name}' is given more than once")
-        if tensor.datatype != signature.datatype:
-            raise InvalidArgumentError(
-                f"input '{tensor.name}': datatype {tensor.datatype} does not match the model's {signature.datatype}"
-            )
-        shape = tuple(tensor.shape)
-        if len(shape) != len(signature.shape) or any(
-            expected not in (-1, actual) for expected, actual in zip(signature.shape, shape, strict=True)
-        ):
-            raise InvalidArgumentError(
-                f"input '{tensor.name}': shape {list(shape)} does not match the model's "
-                f"{list(signature.shape)} (-1: any size)"
-            )
-        if loaded.max_batch_size > 0:
-            if shape[0] > loaded.max_batch_size:
-                raise InvalidArgumentError(
-                    f"input '{tensor.name}': batch size {shape[0]} exceeds the model's "
-                    f"max_batch_size {loaded.max_batch_size}"
-                )
-            batch_sizes.add(shape[0])
-        feeds[tensor.name] = tensor.data
-    missing = [name for name in loaded.inputs if name not in feeds]
-    if missing:
-        raise InvalidArgumentError(f"missing input {', '.join(repr(n) for n in missing)}; {_expected_inputs(loaded)}")
-    if len(batch_sizes) > 1:
-        raise InvalidArgumentError(f"inputs disagree on the batch size (first dim): {sorted(batch_sizes)}")
-    return feeds
-
-
-def _check_outputs(loaded: LoadedVersion, requested: list[RequestedOutput]) -> list[str]:
-    if not requested:
-        return list(loaded.outputs)
-    names: list[str] = []
-    for output in requested:
-        if output.name not in loaded.outputs:
-            raise InvalidArgumentError(
-                f"unknown output '{output.name}' for model '{loaded.name}'; it has {', '.join(loaded.outputs)}"
-            )
-        if output.name not in names:
-            names.append(output.name)
-    return names
-
-
-def _expected_inputs(loaded: LoadedVersion) -> str:
-    described = ", ".join(
-        f"'{name}' ({signature.datatype} {list(signature.shape)})" for name, signature in loaded.inputs.items()
-    )
-    return f"the model expects {described}"

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal, Protocol
 
 from gateway.admin_token import AdminToken
+from gateway.core.traffic_control import TrafficControl
 from gateway.core.types import UploadResult
 from gateway.errors import (
     FailedPreconditionError,
@@ -61,8 +62,11 @@ class RepositoryControl:
         control_mode: the model control mode; load and unload requests need ``explicit``.
         admin_token: the token the management API (upload, load, unload, delete) requires.
         max_upload_bytes: largest model package accepted, compressed and unpacked alike, in bytes.
-        peers: in a worker process, the other workers, which follow every load, unload, upload and
-            delete; None in a single process.
+        peers: in a worker process, the other workers, which follow every load, unload, upload,
+            delete and traffic policy change; None in a single process.
+
+    Attributes:
+        traffic: the traffic management API (policy, promote, rollback) over the same repository.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class RepositoryControl:
         self.admin_token = admin_token
         self.max_upload_bytes = max_upload_bytes
         self._peers = peers
+        self.traffic = TrafficControl(repository, admin_token, self._follow_load if peers is not None else None)
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Every model in the repository with its state and, when not ready, the reason (one entry per version)."""
@@ -230,6 +235,10 @@ class RepositoryControl:
         await self._tell_peers("load", name)
         logger.info("model %s version %d uploaded", name, installed)
         return UploadResult(name, installed, installed in self.repository.ready_versions(name))
+
+    async def _follow_load(self, name: str) -> None:
+        """Have the other workers load ``name`` again (after a traffic policy change: it is read again)."""
+        await self._tell_peers("load", name)
 
     async def _tell_peers(self, action: PeerAction, name: str) -> None:
         """In a worker process, have the other workers load (with this worker's config override) or unload ``name``.

@@ -165,7 +165,114 @@ class DynamicBatchingConfig(_Strict):
         return sizes
 
 
-class ModelConfig(_Strict):
+class RoutingConfig(_Strict):
+    """Where a request that names no version goes: a weighted split between version labels.
+
+    A request naming a version or a label gets exactly that one; the others are split by
+    ``weights`` (e.g. ``{stable: 90, canary: 10}``). With ``sticky_header`` (a request header, or gRPC
+    metadata key, lower case) or ``sticky_parameter`` (a v2 request parameter), requests carrying the
+    same value always get the same label while the weights stay the same; requests without it are
+    split at random.
+    """
+
+    weights: dict[str, float] = Field(
+        min_length=1, description="Label -> share of the requests that name no version (any positive scale)."
+    )
+    sticky_header: str | None = Field(
+        default=None, min_length=1, description="Header (gRPC metadata key) whose value keeps a client on one label."
+    )
+    sticky_parameter: str | None = Field(
+        default=None, min_length=1, description="v2 request parameter whose value keeps a client on one label."
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        if any(weight < 0 or not math.isfinite(weight) for weight in weights.values()) or not sum(weights.values()):
+            raise ValueError(f"weights {weights}: each weight is >= 0 and at least one is > 0")
+        return weights
+
+    @field_validator("sticky_header")
+    @classmethod
+    def _lower_case_header(cls, header: str | None) -> str | None:
+        return header.lower() if header is not None else None
+
+
+class ShadowConfig(_Strict):
+    """A candidate version that receives a copy of a fraction of the requests routed by the policy.
+
+    The client gets the primary's answer only; the copy runs after it, and its answer is compared
+    with the primary's (``compare``: ``allclose``, every output within ``atol + rtol * |primary|``;
+    ``argmax``, the same argmax along the last axis of every output, for classifiers). At most
+    ``max_inflight`` copies run at once; a copy finding them all busy is skipped (counted).
+    """
+
+    label: str = Field(min_length=1, description="The version label of the candidate (e.g. canary).")
+    fraction: float = Field(default=1.0, gt=0, le=1, description="Share of the routed requests copied, 0 to 1.")
+    compare: Literal["allclose", "argmax"] = "allclose"
+    atol: float = Field(default=1e-5, ge=0, description="Absolute tolerance of allclose.")
+    rtol: float = Field(default=1e-4, ge=0, description="Relative tolerance of allclose.")
+    max_inflight: int = Field(default=4, ge=1, description="Most shadow copies running at once.")
+
+
+class TrafficConfig(_Strict):
+    """A model's version labels and the traffic policy over them (``config.yaml`` fields, and the
+    management API's ``traffic.json``, see :mod:`gateway.repository.traffic`)."""
+
+    version_labels: dict[str, int] = Field(
+        default_factory=dict,
+        description="Names for versions, e.g. {stable: 1, canary: 2} (TF Serving's version labels): a request "
+        "may name a label where it names a version. Each label must point at a version the policy serves.",
+    )
+    routing: RoutingConfig | None = Field(
+        default=None, description="Weighted split of the requests that name no version between labels."
+    )
+    shadow: ShadowConfig | None = Field(default=None, description="A candidate label receiving copies of requests.")
+
+    @field_validator("version_labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[str, int]) -> dict[str, int]:
+        for label, version in labels.items():
+            if not label or label.isdigit():
+                raise ValueError(f"version label {label!r}: a label is a non-empty name, not a version number")
+            if version < 0:
+                raise ValueError(f"version label {label!r}: version {version} is not a non-negative integer")
+        return labels
+
+    @model_validator(mode="after")
+    def _known_labels(self) -> TrafficConfig:
+        named = [
+            *(self.routing.weights if self.routing is not None else ()),
+            *([self.shadow.label] if self.shadow else []),
+        ]
+        unknown = sorted({label for label in named if label not in self.version_labels})
+        if unknown:
+            known = ", ".join(sorted(self.version_labels)) or "none"
+            raise ValueError(f"label {', '.join(unknown)} is not in version_labels (labels: {known})")
+        return self
+
+
+class PipelineStep(_Strict):
+    """One step of a pipeline (Triton's ``ensemble_scheduling.step``): a model and its tensor mapping."""
+
+    model_name: str = Field(min_length=1, description="The step's model, another model of the repository.")
+    model_version: int = Field(default=-1, ge=-1, description="The version to run; -1: its highest ready version.")
+    input_map: dict[str, str] = Field(min_length=1, description="Step model input -> pipeline tensor name.")
+    output_map: dict[str, str] = Field(min_length=1, description="Step model output -> pipeline tensor name.")
+
+
+class PipelineConfig(_Strict):
+    """A model made of other models (Triton's ensemble): steps run in process, in dependency order.
+
+    The pipeline's own ``inputs`` and ``outputs`` (which the config must list) are tensors of the
+    graph: each step reads pipeline tensors into its model's inputs (``input_map``) and writes its
+    model's outputs to pipeline tensors (``output_map``).
+    """
+
+    steps: list[PipelineStep] = Field(min_length=1)
+
+
+class ModelConfig(TrafficConfig):
     """The schema of config.yaml. Fields left out are completed from the artifact at load."""
 
     backend: Literal["onnxruntime", "torch", "tensorflow"] | None = Field(
@@ -183,10 +290,9 @@ class ModelConfig(_Strict):
     inputs: list[TensorConfig] = Field(default_factory=list)
     outputs: list[TensorConfig] = Field(default_factory=list)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
-    version_labels: dict[str, int] = Field(
-        default_factory=dict,
-        description="Names for versions, e.g. {stable: 1, canary: 2} (TF Serving's version labels): a request "
-        "may name a label where it names a version. Each label must point at a version the policy serves.",
+    pipeline: PipelineConfig | None = Field(
+        default=None,
+        description="Steps of other models this model runs (Triton's ensemble_scheduling); needs inputs and outputs.",
     )
     instance_count: int = Field(default=1, ge=1, description="Backend instances running side by side.")
     instance_kind: Literal["auto", "cpu", "gpu"] = Field(
@@ -209,16 +315,6 @@ class ModelConfig(_Strict):
     torch: TorchOptions = Field(default_factory=TorchOptions)
     tensorflow: TensorFlowOptions = Field(default_factory=TensorFlowOptions)
 
-    @field_validator("version_labels")
-    @classmethod
-    def _check_labels(cls, labels: dict[str, int]) -> dict[str, int]:
-        for label, version in labels.items():
-            if not label or label.isdigit():
-                raise ValueError(f"version label {label!r}: a label is a non-empty name, not a version number")
-            if version < 0:
-                raise ValueError(f"version label {label!r}: version {version} is not a non-negative integer")
-        return labels
-
     @field_validator("dynamic_batching", mode="before")
     @classmethod
     def _bare_key_turns_on(cls, value: object) -> object:
@@ -232,6 +328,21 @@ class ModelConfig(_Strict):
                 raise ValueError(f"default_model_filename {name!r} must be a plain file or folder name")
             if self.backend is None:
                 raise ValueError("default_model_filename needs the backend named (backend, or Triton's platform)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pipeline(self) -> ModelConfig:
+        if self.pipeline is None:
+            return self
+        if not self.inputs or not self.outputs:
+            raise ValueError("a pipeline lists its own inputs and outputs (name, datatype, dims)")
+        runs_itself = sorted(
+            name
+            for name in ("backend", "default_model_filename", "dynamic_batching", "instance_count", "instance_kind")
+            if name in self.model_fields_set
+        )
+        if runs_itself:
+            raise ValueError(f"a pipeline runs no model of its own: leave out {', '.join(runs_itself)}")
         return self
 
     def backend_options(self, backend_name: str) -> BaseModel:
@@ -294,11 +405,15 @@ def validate_model_config(raw: object, source: str) -> ModelConfig:
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc']) or '(top level)'}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        raise ModelConfigError(f"{source} is invalid: {problems}") from None
+        raise ModelConfigError(f"{source} is invalid: {validation_problems(error)}") from None
+
+
+def validation_problems(error: ValidationError) -> str:
+    """A schema error's problems in one line: each bad field's path and why (``routing.weights: ...``)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or '(top level)'}: {problem['msg']}"
+        for problem in error.errors()
+    )
 
 
 def merge_config(config: ModelConfig, overrides: ModelConfig, source: str) -> ModelConfig:
@@ -428,7 +543,8 @@ def triton_model_config(
     BYTES as ``TYPE_STRING``; ``dims`` without the batch dim, -1 for a variable size),
     ``instance_group`` (``count``, ``kind`` ``KIND_GPU`` when the backend runs on a GPU, else
     ``KIND_CPU``) and, when on, ``dynamic_batching`` (``preferred_batch_size``,
-    ``max_queue_delay_microseconds``, ``default_queue_policy.max_queue_size``). The one rendering
+    ``max_queue_delay_microseconds``, ``default_queue_policy.max_queue_size``); a pipeline has
+    ``ensemble_scheduling`` (its steps) in place of ``instance_group``. The one rendering
     of it: the REST route answers it, a gRPC ``ModelConfig`` RPC can parse it into the message.
 
     Args:
@@ -454,6 +570,9 @@ def triton_model_config(
     }
     if config.default_model_filename is not None:
         answer["default_model_filename"] = config.default_model_filename
+    if config.pipeline is not None:  # an ensemble: no instances of its own
+        del answer["instance_group"]
+        answer["ensemble_scheduling"] = {"step": [step.model_dump() for step in config.pipeline.steps]}
     batching = config.dynamic_batching
     if batching is not None:
         answer["dynamic_batching"] = {

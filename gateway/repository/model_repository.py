@@ -7,7 +7,11 @@ repository may mix them, a model may not have both) and integer version folders
 with settings from elsewhere (:class:`ConfiguredModel`: TF Serving's ``models.config`` base paths).
 A load request may carry a config override (Triton's ``config`` parameter), which replaces the
 model's config file until the next load. A model's version labels (``version_labels``) name
-versions: :meth:`ModelRepository.get` resolves a label where a version is asked for. The repository
+versions: :meth:`ModelRepository.get` resolves a label where a version is asked for. The labels
+belong to the model's traffic policy (:mod:`gateway.repository.traffic`: labels, routing, shadow),
+read from its config or its ``traffic.json`` and swapped whole by :meth:`ModelRepository.set_traffic_policy`.
+A pipeline (``pipeline`` in the config, Triton's ensemble) loads as a version without a backend: its
+steps checked and ordered (:mod:`gateway.repository.pipelines`), run by the core. The repository
 loads, reloads and unloads models as the model control mode asks (Triton's none / poll / explicit),
 and answers which loaded version serves a request.
 
@@ -55,6 +59,7 @@ from gateway.repository.config import (
     CONFIG_FILE,
     ModelConfig,
     ModelConfigError,
+    PipelineStep,
     TensorConfig,
     check_instance_kind,
     complete_config,
@@ -64,6 +69,8 @@ from gateway.repository.config import (
 )
 from gateway.repository.mar import served_version
 from gateway.repository.names import check_model_name, valid_model_name
+from gateway.repository.pipelines import PIPELINE_PLATFORM, plan_pipeline
+from gateway.repository.traffic import TrafficPolicy, read_traffic_file, write_traffic_file
 from gateway.repository.triton_config import CONFIG_PBTXT, parse_config_override, read_triton_config
 from gateway.runtime.reshape import ReshapedBackend
 from gateway.runtime.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
@@ -107,13 +114,15 @@ class LoadedVersion:
         max_batch_size: the completed config's max_batch_size (0: no batch dimension).
         inputs: per input name, in the model's order, the datatype and full shape a request must match.
         outputs: per output name, in the model's order, its datatype and full shape.
-        scheduler: the version's backend instances and request queue.
+        scheduler: the version's backend instances and request queue (None for a pipeline).
         fingerprint: the files the version was loaded from, to tell when they change.
         metrics: the version's metric children.
         model_bytes: bytes of the version folder's files on disk, counted once at load.
         parity: the conversion's parity figures (``parity.json``), or None.
         quantization: the price of the push's compression (``quantization.json``), or None.
         backend_parameters: how the backend runs the version (e.g. its execution providers), for metadata.
+        steps: a pipeline's steps in the order they run (:mod:`gateway.repository.pipelines`); empty
+            for a model that runs itself.
     """
 
     name: str
@@ -123,13 +132,14 @@ class LoadedVersion:
     max_batch_size: int
     inputs: dict[str, TensorSignature]
     outputs: dict[str, TensorSignature]
-    scheduler: Scheduler
+    scheduler: Scheduler | None
     fingerprint: Fingerprint
     metrics: VersionMetrics
     model_bytes: int
     parity: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
     backend_parameters: dict[str, Any] = field(default_factory=dict)
+    steps: tuple[PipelineStep, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +171,8 @@ class ConfiguredModel:
 @dataclass
 class _ModelRecord:
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
-    # Version labels (label -> version) of the config last read.
-    labels: dict[str, int] = field(default_factory=dict)
+    # The traffic policy (version labels, routing, shadow) of the config or traffic.json last read.
+    traffic: TrafficPolicy = field(default_factory=TrafficPolicy)
     # Failure reasons by version; None holds a failure of the whole model (e.g. a bad config.yaml).
     failures: dict[int | None, str] = field(default_factory=dict)
     loading: bool = False
@@ -177,7 +187,7 @@ class _ModelRecord:
 class _LoadOutcome:
     versions: dict[int, LoadedVersion]
     failures: dict[int | None, str]
-    labels: dict[str, int] | None = None  # None: the config could not be read
+    traffic: TrafficPolicy | None = None  # None: the config could not be read
 
 
 class ModelRepository:
@@ -252,13 +262,56 @@ class ModelRepository:
         record = self._records.get(name)
         if record is None or not (record.loaded or record.loading):
             raise NotFoundError(self._missing_model_message(name))
-        version = record.labels.get(label)
+        version = record.traffic.version_labels.get(label)
         if version is None:
-            known = ", ".join(sorted(record.labels)) or "none"
+            known = ", ".join(sorted(record.traffic.version_labels)) or "none"
             raise InvalidArgumentError(
                 f"Unrecognized servable version label: '{label}' (model '{name}' has labels: {known})"
             )
         return version
+
+    def traffic_policy(self, name: str) -> TrafficPolicy:
+        """The traffic policy in force for model ``name`` (its version labels, routing and shadow).
+
+        Raises:
+            NotFoundError: unknown or unloaded model.
+        """
+        record = self._records.get(name)
+        if record is None or not (record.loaded or record.loading):
+            raise NotFoundError(self._missing_model_message(name))
+        return record.traffic
+
+    async def set_traffic_policy(self, name: str, policy: TrafficPolicy) -> None:
+        """Put ``policy`` in force for model ``name``: written to its ``traffic.json``, then swapped in whole.
+
+        A request sees the old policy or the new one, never a part; the files of every version stay.
+
+        Raises:
+            NotFoundError: unknown or unloaded model.
+            InvalidArgumentError: a label names a version the model does not serve.
+            FailedPreconditionError: a configured model (its policy is its configuration's).
+            UnavailableError: the model folder cannot be written.
+        """
+        self._check_repository_model(name, "given a traffic policy")
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            self.traffic_policy(name)  # raises NotFoundError for a model that is not loaded
+            record = self._records[name]
+            unserved = {label: v for label, v in policy.version_labels.items() if v not in record.versions}
+            if unserved:
+                served = ", ".join(str(v) for v in sorted(record.versions)) or "none"
+                raise InvalidArgumentError(
+                    f"model '{name}': "
+                    + ", ".join(
+                        f"label '{label}' names version {v}, which is not served" for label, v in unserved.items()
+                    )
+                    + f" (versions served: {served})"
+                )
+            try:
+                await asyncio.to_thread(write_traffic_file, self.model_folder(name), policy)
+            except OSError as error:
+                raise UnavailableError(f"model '{name}': the traffic policy cannot be written: {error}") from None
+            record.traffic = policy
+        logger.info("model %s: traffic policy %s", name, policy.to_json())
 
     async def load_all(self) -> None:
         """Load every model on disk; failures are recorded, never raised."""
@@ -328,8 +381,8 @@ class ModelRepository:
             retired = _retired(record.versions, outcome.versions)
             record.versions = outcome.versions
             record.failures = outcome.failures
-            if outcome.labels is not None:
-                record.labels = outcome.labels
+            if outcome.traffic is not None:
+                record.traffic = outcome.traffic
             record.loaded = True
             record.fingerprint = fingerprint
             self._publish_ready(name)
@@ -525,6 +578,8 @@ class ModelRepository:
         record = self._records.get(name)
         if record is None or not (record.loaded or record.loading):
             raise NotFoundError(self._missing_model_message(name))
+        if version is not None and version in record.traffic.version_labels:
+            return self.get(name, None, version)  # a label where a version is asked for
         if version is None:
             if record.versions:
                 return record.versions[max(record.versions)]
@@ -620,7 +675,8 @@ class ModelRepository:
     @staticmethod
     async def _drain(loaded: LoadedVersion) -> None:
         logger.info("model %s version %d no longer serves; draining its requests", loaded.name, loaded.version)
-        await loaded.scheduler.drain()
+        if loaded.scheduler is not None:
+            await loaded.scheduler.drain()
         logger.info("model %s version %d released", loaded.name, loaded.version)
 
     async def _load_quietly(self, name: str, fingerprint: Fingerprint | None = None) -> None:
@@ -677,20 +733,25 @@ class ModelRepository:
         """Runs in a worker thread: read the config (or take the override) and load each selected version."""
         try:
             config = self._model_config(name, path, override)
+            traffic = read_traffic_file(path) or TrafficPolicy.of_config(config)
         except ModelConfigError as error:
             return _LoadOutcome(versions=dict(current), failures={None: str(error)})
-        labels = dict(config.version_labels)
+        labels = traffic.version_labels
         if not path.is_dir():
-            return _LoadOutcome(versions={}, failures={None: f"the model folder {path} does not exist"}, labels=labels)
+            return _LoadOutcome(
+                versions={}, failures={None: f"the model folder {path} does not exist"}, traffic=traffic
+            )
         available = _version_folders(path)
+        if config.pipeline is not None:
+            available = available or [1]  # a pipeline needs no version folder (Triton's ensembles have an empty 1/)
         if not available:
-            return _LoadOutcome(versions={}, failures={None: "no version folders (1/, 2/, ...)"}, labels=labels)
+            return _LoadOutcome(versions={}, failures={None: "no version folders (1/, 2/, ...)"}, traffic=traffic)
         selected = config.version_policy.select(available)
         if not selected:
             return _LoadOutcome(
                 versions={},
                 failures={None: f"the version policy selects none of versions {available}"},
-                labels=labels,
+                traffic=traffic,
             )
         config_fingerprint = _file_fingerprint(path / CONFIG_FILE) + _file_fingerprint(path / CONFIG_PBTXT)
         if override is not None:
@@ -735,7 +796,7 @@ class ModelRepository:
             for version, loaded in current.items():
                 if version in available:
                     versions.setdefault(version, loaded)
-        return _LoadOutcome(versions=versions, failures=failures, labels=labels)
+        return _LoadOutcome(versions=versions, failures=failures, traffic=traffic)
 
     def _load_version(
         self,
@@ -747,6 +808,8 @@ class ModelRepository:
         metrics: VersionMetrics,
         model_bytes: int,
     ) -> LoadedVersion:
+        if config.pipeline is not None:
+            return self._load_pipeline(name, version, config, fingerprint, metrics)
         instances, completed, parameters = self._create_instances(path, config)
         max_batch_size = completed.max_batch_size or 0
         check_instance_kind(completed, instances[0].metadata_parameters)
@@ -773,6 +836,38 @@ class ModelRepository:
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
             backend_parameters={**instances[0].metadata_parameters, **parameters},
+        )
+
+    def _load_pipeline(
+        self, name: str, version: int, config: ModelConfig, fingerprint: Fingerprint, metrics: VersionMetrics
+    ) -> LoadedVersion:
+        """A pipeline's version: its graph checked and ordered, its steps' models found (not loaded here)."""
+
+        def step_config(model: str) -> ModelConfig | None:
+            if model not in self.model_names():
+                return None
+            return self._model_config(model, self.model_folder(model))
+
+        steps = plan_pipeline(name, config, step_config)
+        max_batch_size = config.max_batch_size or 0
+        completed = config.model_copy(update={"max_batch_size": max_batch_size})
+
+        def signatures(tensors: list[TensorConfig]) -> dict[str, TensorSignature]:
+            return {t.name: TensorSignature(t.datatype, tuple(full_shape(t, max_batch_size))) for t in tensors}
+
+        return LoadedVersion(
+            name=name,
+            version=version,
+            platform=PIPELINE_PLATFORM,
+            config=completed,
+            max_batch_size=max_batch_size,
+            inputs=signatures(completed.inputs),
+            outputs=signatures(completed.outputs),
+            scheduler=None,
+            fingerprint=fingerprint,
+            metrics=metrics,
+            model_bytes=0,
+            steps=steps,
         )
 
     def _create_instances(self, path: Path, config: ModelConfig) -> tuple[list[Backend], ModelConfig, dict[str, Any]]:

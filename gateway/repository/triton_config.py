@@ -10,6 +10,9 @@ gateway honours), then mapped field by field:
   ``tensorflow``; ``default_model_filename``;
 - ``max_batch_size``; ``input`` / ``output``: ``name``, ``data_type`` (``TYPE_FP32``...; ``TYPE_STRING``
   is BYTES), ``dims``, ``reshape``, an input's ``format`` (informational, checked as Triton does);
+- ``platform: "ensemble"`` with ``ensemble_scheduling``: each ``step``'s ``model_name``,
+  ``model_version`` (-1: the highest ready version), ``input_map`` and ``output_map``, as the
+  gateway's ``pipeline`` (:mod:`gateway.repository.pipelines`);
 - ``dynamic_batching``: ``preferred_batch_size``, ``max_queue_delay_microseconds``,
   ``default_queue_policy.max_queue_size``; ``instance_group``: ``count``, ``kind`` (``KIND_AUTO``,
   ``KIND_CPU``, ``KIND_GPU``, checked once loaded), ``gpus: [0]``; ``version_policy``;
@@ -43,13 +46,14 @@ CONFIG_PBTXT = "config.pbtxt"
 
 #: Triton's platform names -> the gateway's backends.
 PLATFORMS = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "torch", "tensorflow_savedmodel": "tensorflow"}
+#: Triton's platform of an ensemble, served as a pipeline.
+ENSEMBLE_PLATFORM = "ensemble"
 #: Triton's backend names -> the gateway's backends.
 TRITON_BACKENDS = {"onnxruntime": "onnxruntime", "pytorch": "torch", "tensorflow": "tensorflow"}
 
 #: Why a field of Triton's ModelConfig that our .proto does not declare is refused, by its path.
 UNSUPPORTED_FIELDS = {
     "sequence_batching": "stateful (sequence) models are not served: the gateway keeps no state between requests",
-    "ensemble_scheduling": "ensembles are not served yet: call their models one after the other",
     "model_warmup": "the gateway sends no warmup requests",
     "response_cache": "the gateway has no response cache",
     "model_transaction_policy": "decoupled models (several responses per request) are not served",
@@ -187,6 +191,8 @@ def triton_to_gateway_config(message: ProtoMessage, model_name: str, source: str
 
     if message.name and message.name != model_name:
         raise fail(f"name '{message.name}' is not the model folder's name '{model_name}'")
+    if message.platform == ENSEMBLE_PLATFORM or message.HasField("ensemble_scheduling"):
+        return _pipeline_config(message, fail, source)
     backend = _backend(message, fail)
     raw: dict[str, Any] = {
         "inputs": [_tensor(tensor, f"input[{index}]", fail) for index, tensor in enumerate(message.input)],
@@ -211,6 +217,40 @@ def triton_to_gateway_config(message: ProtoMessage, model_name: str, source: str
         raw.update(_backend_options(message, backend, raw["instance_kind"], fail))
     elif message.parameters or message.HasField("optimization"):
         raise fail("parameters and optimization need the platform or backend named")
+    return validate_model_config(raw, source)
+
+
+def _pipeline_config(message: ProtoMessage, fail: Callable[[str], ModelConfigError], source: str) -> ModelConfig:
+    """An ensemble (``platform: "ensemble"``, ``ensemble_scheduling``) as the gateway's pipeline config."""
+    if message.platform != ENSEMBLE_PLATFORM or not message.HasField("ensemble_scheduling"):
+        raise fail('an ensemble needs both platform "ensemble" and ensemble_scheduling')
+    set_fields = [
+        name
+        for name in ("backend", "default_model_filename", "instance_group", "optimization", "parameters")
+        if (message.HasField(name) if name == "optimization" else bool(getattr(message, name)))
+    ]
+    if set_fields:
+        raise fail(f"an ensemble runs no model of its own: leave out {', '.join(set_fields)}")
+    raw: dict[str, Any] = {
+        "inputs": [_tensor(tensor, f"input[{index}]", fail) for index, tensor in enumerate(message.input)],
+        "outputs": [_tensor(tensor, f"output[{index}]", fail) for index, tensor in enumerate(message.output)],
+        "max_batch_size": message.max_batch_size,
+        "version_policy": _version_policy(message),
+        "pipeline": {
+            "steps": [
+                {
+                    "model_name": step.model_name,
+                    "model_version": step.model_version,
+                    "input_map": dict(step.input_map),
+                    "output_map": dict(step.output_map),
+                }
+                for step in message.ensemble_scheduling.step
+            ]
+        },
+    }
+    for index, step in enumerate(message.ensemble_scheduling.step):
+        if step.model_namespace:
+            raise fail(f"ensemble_scheduling.step[{index}].model_namespace is not supported")
     return validate_model_config(raw, source)
 
 

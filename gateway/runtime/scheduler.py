@@ -288,6 +288,18 @@ class Scheduler:
             await asyncio.shield(self._drained)
         self.close()
 
+    async def wait_idle(self, timeout_seconds: float) -> bool:
+        """Wait up to ``timeout_seconds`` until no request is queued or running here; whether that happened.
+
+        The version keeps serving (a promote waits so for the version it took the ``stable`` label from).
+        """
+        deadline = time.perf_counter() + timeout_seconds
+        while not self._is_idle():
+            if time.perf_counter() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
     def close(self) -> None:
         """Release the instances and worker threads now; requests still queued get UnavailableError.
 

@@ -12,7 +12,7 @@ one table.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -66,6 +66,25 @@ def _metadata_value(context: Context, wanted: str) -> str | None:
         if key == wanted:
             return value if isinstance(value, str) else value.decode()
     return None
+
+
+class _CallMetadata(Mapping[str, str]):
+    """A call's metadata as a read-only mapping (lower-case keys), read only when a key is looked up."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def __getitem__(self, key: str) -> str:
+        value = _metadata_value(self._context, key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([key for key, _ in self._context.invocation_metadata() or ()])
+
+    def __len__(self) -> int:
+        return len(self._context.invocation_metadata() or ())
 
 
 def _tensor_metadata(tensor: TensorMetadata) -> ProtoMessage:
@@ -135,6 +154,7 @@ class InferenceServicer:
             encode=lambda answer: encode_infer_response(answer, raw=raw),
             request_id=_metadata_value(context, REQUEST_ID_KEY),
             timeout_seconds=context.time_remaining(),
+            headers=_CallMetadata(context),
         )
         # Trailing, not initial, metadata: it travels with the status instead of costing a send of its own.
         context.set_trailing_metadata(((REQUEST_ID_KEY, current_request_id() or ""),))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.datatypes import INFERENCE_HEADER_LENGTH, V2_TO_NUMPY
 from gateway.transports.rest.responses import JSON, OCTET_STREAM
@@ -179,6 +179,36 @@ class DeleteJson(BaseModel):
 
     name: str
     versions: list[str]
+
+
+class PromoteRequestJson(BaseModel):
+    """A promote: the version (number or label) the ``stable`` label moves to, and how long to drain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str | None = Field(default=None, description="A version number or label; default: canary.")
+    drain_timeout_seconds: float = Field(
+        default=10.0, ge=0, le=600, description="Longest wait for the requests of the version stable left."
+    )
+
+
+class RollbackRequestJson(BaseModel):
+    """A rollback: how long to drain the version the ``stable`` label leaves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drain_timeout_seconds: float = Field(
+        default=10.0, ge=0, le=600, description="Longest wait for the requests of the version stable left."
+    )
+
+
+class PromotionJson(BaseModel):
+    """Where the ``stable`` label is after a promote or rollback, where it was, and whether the old version drained."""
+
+    name: str
+    stable: int | None
+    previous_stable: int | None
+    drained: bool
 
 
 class UploadJson(BaseModel):

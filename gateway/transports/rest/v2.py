@@ -7,9 +7,12 @@ extensions as in Triton): ``GET /v2/health/live``, ``GET /v2/health/ready``, ``G
 extensions: upload, ``PUT /v2/repository/models/{m}/versions/{v}`` and
 ``POST /v2/repository/models/{m}/versions`` (next version), whose body is a model package (see
 :mod:`gateway.repository.packages`); delete, ``DELETE /v2/repository/models/{m}[/versions/{v}]``;
-one model's versions on disk, ``GET /v2/repository/models/{m}``; and ``GET /v2/repository/token``,
-which checks the admin token (204 or 401). The management routes (load, unload, upload, delete, the
-token check) need ``Authorization: Bearer <admin token>``.
+one model's versions on disk, ``GET /v2/repository/models/{m}``; ``GET /v2/repository/token``,
+which checks the admin token (204 or 401); and the traffic policy (:mod:`gateway.core.traffic_control`):
+``GET`` and ``PUT /v2/repository/models/{m}/traffic``, ``POST .../promote`` and ``.../rollback``. The
+management routes (load, unload, upload, delete, the token check, the traffic changes) need
+``Authorization: Bearer <admin token>``. The version segment of the model routes may be a version
+label (``/v2/models/m/versions/canary/infer``).
 
 Inference bodies are decoded and answers encoded by :mod:`gateway.transports.rest.codec` (JSON and
 Triton's binary tensor data extension). Errors become ``{"error": "<message>"}`` with the status from
@@ -20,6 +23,7 @@ OpenAPI schema.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -55,7 +59,10 @@ from gateway.transports.rest.openapi import (
     ModelConfigJson,
     ModelMetadataJson,
     ModelReadyJson,
+    PromoteRequestJson,
+    PromotionJson,
     ReadyJson,
+    RollbackRequestJson,
     ServerMetadataJson,
     UploadJson,
     error_responses,
@@ -163,6 +170,7 @@ async def answer_infer(
             encode=call.encode,
             request_id=headers.get(REQUEST_ID_HEADER.lower()),
             disconnected=disconnected,
+            headers=headers,
         )
     except GatewayError as error:
         return error_response(error)
@@ -331,6 +339,67 @@ def v2_router(dataplane: DataPlane, control: RepositoryControl) -> APIRouter:
     async def repository_unload(request: Request, model_name: str) -> Response:
         await control.unload_model(model_name, request.headers.get("authorization"))
         return json_response({})
+
+    traffic = control.traffic
+
+    @router.get(
+        "/repository/models/{model_name}/traffic",
+        responses={200: {"content": {JSON: {"schema": {"type": "object"}}}}, **error_responses(404)},
+    )
+    async def repository_traffic(model_name: str) -> Response:
+        """The model's traffic policy: version labels, the split between them, the shadow label."""
+        return json_response(traffic.policy(model_name))
+
+    @router.put(
+        "/repository/models/{model_name}/traffic",
+        responses={200: {"content": {JSON: {"schema": {"type": "object"}}}}, **error_responses(400, 401, 404, 503)},
+        openapi_extra={
+            **management,
+            "requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}}}},
+        },
+    )
+    async def repository_set_traffic(request: Request, model_name: str) -> Response:
+        """Replace the model's traffic policy (``version_labels``, ``routing``, ``shadow``), persisted and atomic."""
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InvalidArgumentError(f"malformed JSON: {error}") from None
+        return json_response(await traffic.set_policy(model_name, body, request.headers.get("authorization")))
+
+    promotion_responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": PromotionJson},
+        **error_responses(400, 401, 404, 503),
+    }
+
+    @router.post(
+        "/repository/models/{model_name}/promote",
+        responses=promotion_responses,
+        openapi_extra={
+            **management,
+            "requestBody": {"required": False, "content": {JSON: {"schema": PromoteRequestJson.model_json_schema()}}},
+        },
+    )
+    async def repository_promote(request: Request, model_name: str) -> Response:
+        """Move the ``stable`` label to a version (default: the ``canary`` label's), draining the one it left."""
+        body = parse_json_body(PromoteRequestJson, await request.body(), empty_ok=True)
+        answer = await traffic.promote(
+            model_name, body.to, request.headers.get("authorization"), body.drain_timeout_seconds
+        )
+        return json_response(answer)
+
+    @router.post(
+        "/repository/models/{model_name}/rollback",
+        responses=promotion_responses,
+        openapi_extra={
+            **management,
+            "requestBody": {"required": False, "content": {JSON: {"schema": RollbackRequestJson.model_json_schema()}}},
+        },
+    )
+    async def repository_rollback(request: Request, model_name: str) -> Response:
+        """Move the ``stable`` label back to where the last promote found it."""
+        body = parse_json_body(RollbackRequestJson, await request.body(), empty_ok=True)
+        answer = await traffic.rollback(model_name, request.headers.get("authorization"), body.drain_timeout_seconds)
+        return json_response(answer)
 
     upload_responses: dict[int | str, dict[str, Any]] = {
         201: {"model": UploadJson},
