@@ -180,6 +180,8 @@ class RepositoryStore:
                 "pip install 'model-gateway[s3]', [gcs] or [azure])"
             ) from None
         self.root = self.root.rstrip("/")
+        if protocol == "s3":
+            self.fs.retries = 2  # s3fs's own retries of a failed call (5 by default), on top of botocore's
 
     def check(self) -> None:
         """Check that the repository can be listed; a missing local folder is created.
@@ -227,16 +229,19 @@ class RepositoryStore:
         models: dict[str, ModelListing] = {}
         for entry in entries:
             name = PurePosixPath(entry["name"]).name
-            if entry["type"] != "directory" or not valid_model_name(name):
-                continue
-            listing = ModelListing()
-            for item in self._ls(self._path(name)):
-                item_name = PurePosixPath(item["name"]).name
-                if item["type"] == "file" and item_name in CONFIG_FILES:
-                    listing.configs[item_name] = _tag(item)
-            listing.versions.update(self.version_tags(name))
-            models[name] = listing
+            if entry["type"] == "directory" and valid_model_name(name):
+                models[name] = self.model_listing(name)
         return models
+
+    def model_listing(self, name: str) -> ModelListing:
+        """Model ``name``'s config files and manifests with their tags (empty when there is no such model)."""
+        listing = ModelListing()
+        for item in self._ls(self._path(name)):
+            item_name = PurePosixPath(item["name"]).name
+            if item["type"] == "file" and item_name in CONFIG_FILES:
+                listing.configs[item_name] = _tag(item)
+        listing.versions.update(self.version_tags(name))
+        return listing
 
     def version_tags(self, name: str) -> dict[int, str]:
         """The committed versions of model ``name`` (their manifests) with each manifest's tag."""
@@ -453,7 +458,6 @@ def _storage_options(protocol: str, settings: StoreSettings | None) -> dict[str,
         options["secret"] = settings.s3_secret_access_key.get_secret_value()
     # Fail within seconds when the store is down: the poll tries again, a push answers 503.
     options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2}}
-    options["retries"] = 2
     return options
 
 
@@ -564,17 +568,7 @@ class RepositoryFollower:
         changed = False
         for name, model in listing.items():
             model_dir = self.cache / name
-            model_dir.mkdir(exist_ok=True)
-            for file_name in CONFIG_FILES:
-                key, tag = f"{name}/{file_name}", model.configs.get(file_name)
-                if tag is None and key in self._state["configs"]:
-                    (model_dir / file_name).unlink(missing_ok=True)
-                    del self._state["configs"][key]
-                    changed = True
-                elif tag is not None and self._state["configs"].get(key) != tag:
-                    self.store.download_file(name, file_name, model_dir / file_name)
-                    self._state["configs"][key] = tag
-                    changed = True
+            changed = self._sync_configs(name, model) or changed
             selected = set(_selected_versions(model_dir, sorted(model.versions)))
             for version in sorted(selected):
                 key = f"{name}/{version}"
@@ -606,6 +600,40 @@ class RepositoryFollower:
         if changed:
             self._write_state()
         return downloaded
+
+    def _sync_configs(self, name: str, model: ModelListing) -> bool:
+        """Blocking: copy model ``name``'s config files into the cache when they changed; whether any did."""
+        model_dir = self.cache / name
+        model_dir.mkdir(exist_ok=True)
+        changed = False
+        for file_name in CONFIG_FILES:
+            key, tag = f"{name}/{file_name}", model.configs.get(file_name)
+            if tag is None and key in self._state["configs"]:
+                (model_dir / file_name).unlink(missing_ok=True)
+                del self._state["configs"][key]
+                changed = True
+            elif tag is not None and self._state["configs"].get(key) != tag:
+                self.store.download_file(name, file_name, model_dir / file_name)
+                self._state["configs"][key] = tag
+                changed = True
+        return changed
+
+    async def fetch_model_config(self, name: str) -> None:
+        """Copy model ``name``'s config file from the store into the cache (what a push checks its files with).
+
+        Raises:
+            UnavailableError: the store cannot be reached.
+        """
+
+        def fetch() -> None:
+            if self._sync_configs(name, self.store.model_listing(name)):
+                self._write_state()
+
+        async with self._lock:
+            try:
+                await asyncio.to_thread(fetch)
+            except Exception as error:
+                raise UnavailableError(str(self.store.error("cannot read", error))) from None
 
     def _download(self, name: str, version: int, tag: str) -> int:
         """Download one version into a staging folder, check it, and move it into the cache in one rename."""
