@@ -163,7 +163,8 @@ class RepositoryStore:
         settings: the S3 endpoint, region and credentials (unset: the AWS variables and credential chain).
 
     Raises:
-        StoreError: the URI's filesystem is not installed (e.g. s3fs for ``s3://``).
+        StoreError: the URI's filesystem is not installed (e.g. s3fs for ``s3://``), or one S3 key of the pair
+            is given without the other.
     """
 
     def __init__(self, uri: str, settings: StoreSettings | None = None) -> None:
@@ -452,9 +453,10 @@ def _storage_options(protocol: str, settings: StoreSettings | None) -> dict[str,
         options["endpoint_url"] = settings.s3_endpoint_url
     if settings.s3_region:
         options["client_kwargs"] = {"region_name": settings.s3_region}
-    if settings.s3_access_key_id is not None:
+    if (settings.s3_access_key_id is None) != (settings.s3_secret_access_key is None):
+        raise StoreError("give both s3-access-key-id and s3-secret-access-key, or neither (AWS's credential chain)")
+    if settings.s3_access_key_id is not None and settings.s3_secret_access_key is not None:
         options["key"] = settings.s3_access_key_id.get_secret_value()
-    if settings.s3_secret_access_key is not None:
         options["secret"] = settings.s3_secret_access_key.get_secret_value()
     # Fail within seconds when the store is down: the poll tries again, a push answers 503.
     options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2}}

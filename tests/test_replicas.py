@@ -1,0 +1,500 @@
+"""Many replicas, one model repository: object storage (moto's S3 server on loopback) and a shared folder.
+
+Three real ``gateway serve`` processes follow one repository in poll mode while REST and gRPC traffic
+runs against each of them; clients push versions through different replicas at once. The S3 server
+is moto's standalone server (what s3fs's own tests use), in this process so that its buckets outlive
+a stop and a restart of the server (the outage test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from gateway.errors import AlreadyExistsError
+from gateway.repository.store import RepositoryStore, StoreError
+from gateway.settings import StoreSettings
+from tests.conftest import ADMIN_TOKEN, GatewayProcess, free_port, run_push, start_gateway
+
+moto_server = pytest.importorskip("moto.server", reason="moto[server] (dev extra) runs the S3 server of these tests")
+
+POLL_SECONDS = 0.5
+#: Seconds a committed version may take to be served by every replica: a poll, the download and the
+#: load, with room for a loaded 2-core machine running three gateways, the S3 server and the clients.
+CONVERGENCE_SECONDS = POLL_SECONDS + 15
+ACCESS_KEY_ID = "AKIAREPLICATESTKEY01"
+SECRET_ACCESS_KEY = "replica-test-secret-0123456789abcdefSECRET"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SAMPLE = np.array([[1.0, 2.0]], dtype=np.float32)
+
+
+class S3Server:
+    """moto's S3 server on a loopback port, in this process: it can be stopped and started again, keeping its buckets."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server: Any = None
+        self.start()
+
+    def start(self) -> None:
+        self._server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def create_bucket(self, name: str) -> None:
+        httpx.put(f"{self.endpoint}/{name}").raise_for_status()
+
+    def set_authentication(self, enabled: bool) -> None:
+        """Have the server check credentials (it knows none, so every request is refused), or stop checking."""
+        httpx.post(f"{self.endpoint}/moto-api/reset-auth", content=b"0" if enabled else b"inf").raise_for_status()
+
+    def environment(self, gateway_variables: bool = False) -> dict[str, str]:
+        """The variables that reach this server: AWS's own, or the gateway's settings."""
+        if gateway_variables:
+            return {
+                "GATEWAY_S3_ENDPOINT_URL": self.endpoint,
+                "GATEWAY_S3_ACCESS_KEY_ID": ACCESS_KEY_ID,
+                "GATEWAY_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+                "GATEWAY_S3_REGION": "us-east-1",
+            }
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "AWS_REGION": "us-east-1",
+        }
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class SharedRepository:
+    """A repository every replica follows: its URI, and the environment that reaches it."""
+
+    uri: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def store(self) -> RepositoryStore:
+        settings = StoreSettings(
+            s3_endpoint_url=self.env.get("AWS_ENDPOINT_URL", self.env.get("GATEWAY_S3_ENDPOINT_URL")),
+            s3_access_key_id=ACCESS_KEY_ID,
+            s3_secret_access_key=SECRET_ACCESS_KEY,
+            s3_region="us-east-1",
+        )
+        return RepositoryStore(self.uri, settings)
+
+    def filesystem(self) -> tuple[Any, str]:
+        """The repository read with fsspec alone (not the gateway's code): the tests' own view of the store."""
+        endpoint = self.env.get("AWS_ENDPOINT_URL", self.env.get("GATEWAY_S3_ENDPOINT_URL"))
+        options = {"endpoint_url": endpoint} if self.uri.startswith("s3://") else {}
+        fs, root = fsspec.core.url_to_fs(self.uri, skip_instance_cache=True, **options)
+        return fs, root.rstrip("/")
+
+
+@pytest.fixture(params=["s3", "shared-folder"])
+def shared_repository(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> SharedRepository:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+    if request.param == "shared-folder":
+        return SharedRepository(f"file://{tmp_path / 'shared'}")
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket = f"models-{free_port()}"
+    server.create_bucket(bucket)
+    return SharedRepository(f"s3://{bucket}/prod", server.environment())
+
+
+def write_offset_model(path: Path, offset: float) -> None:
+    """An ONNX model ``output = input + offset``, FP32 [batch, 2]: the offset tells which push is served."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input", "offset"], ["output"])],
+        "offset",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(np.array([offset], dtype=np.float32), "offset")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+
+
+def offset_package(work: Path, offset: float) -> tuple[bytes, str]:
+    """A model package (tar.gz of one version folder) of the offset model, and its model.onnx's SHA-256."""
+    model = work / f"offset-{offset}" / "model.onnx"
+    write_offset_model(model, offset)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(model, arcname="model.onnx")
+    return buffer.getvalue(), hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def push(replica: GatewayProcess, package: bytes, version: int | None = None) -> httpx.Response:
+    url = "/v2/repository/models/m/versions" + (f"/{version}" if version is not None else "")
+    send = replica.http.put if version is not None else replica.http.post
+    return send(url, content=package, headers=AUTH, timeout=60)
+
+
+def served_offset(replica: GatewayProcess, version: str | None = None) -> float | None:
+    """The offset of the version serving ``m`` on ``replica`` (REST), or None when none answers."""
+    url = "/v2/models/m/infer" if version is None else f"/v2/models/m/versions/{version}/infer"
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": SAMPLE.ravel().tolist()}]}
+    response = replica.http.post(url, json=body)
+    if response.status_code != 200:
+        return None
+    return float(response.json()["outputs"][0]["data"][0]) - float(SAMPLE[0, 0])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``condition`` held; fails the test after ``timeout`` seconds."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not after {timeout} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def metric(replica: GatewayProcess, name: str, labels: str = "") -> float | None:
+    pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", re.MULTILINE)
+    found = pattern.search(replica.http.get("/metrics").text)
+    return float(found.group(1)) if found else None
+
+
+class Traffic:
+    """Steady inference against each replica, REST and gRPC (tritonclient), one thread each; every failure kept."""
+
+    def __init__(self, replicas: list[GatewayProcess]) -> None:
+        self.failures: list[str] = []
+        self.answered = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=target, args=(replica,), daemon=True)
+            for replica in replicas
+            for target in (self._rest, self._grpc)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _count(self, failure: str | None) -> None:
+        with self._lock:
+            if failure is None:
+                self.answered += 1
+            else:
+                self.failures.append(failure)
+
+    def _rest(self, replica: GatewayProcess) -> None:
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": SAMPLE.ravel().tolist()}]}
+        with httpx.Client(base_url=replica.http_url, timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/v2/models/m/infer", json=body)
+                    self._count(None if response.status_code == 200 else f"REST {response.status_code} {response.text}")
+                except httpx.HTTPError as error:
+                    self._count(f"REST {error!r}")
+                time.sleep(0.01)
+
+    def _grpc(self, replica: GatewayProcess) -> None:
+        import tritonclient.grpc as triton_grpc
+
+        client = triton_grpc.InferenceServerClient(url=replica.grpc_address)
+        try:
+            while not self._stop.is_set():
+                tensor = triton_grpc.InferInput("input", [1, 2], "FP32")
+                tensor.set_data_from_numpy(SAMPLE)
+                try:
+                    client.infer("m", [tensor])
+                    self._count(None)
+                except Exception as error:
+                    self._count(f"gRPC {error}")
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+@pytest.fixture
+def start_replicas(tmp_path: Path) -> Iterator[Callable[[SharedRepository, int], list[GatewayProcess]]]:
+    started: list[GatewayProcess] = []
+
+    def start(repository: SharedRepository, count: int = 3) -> list[GatewayProcess]:
+        for index in range(count):
+            started.append(
+                start_gateway(
+                    repository.uri,
+                    tmp_path / f"replica-{index}.log",
+                    "--repository-cache-dir",
+                    str(tmp_path / f"cache-{index}"),
+                    "--model-control-mode",
+                    "poll",
+                    "--repository-poll-seconds",
+                    str(POLL_SECONDS),
+                    env=repository.env,
+                )
+            )
+        return started[-count:]
+
+    yield start
+    for replica in started:
+        replica.stop()
+        assert SECRET_ACCESS_KEY not in replica.logs()
+
+
+def test_three_replicas_follow_concurrent_pushes_under_traffic(
+    shared_repository: SharedRepository, start_replicas: Callable[..., list[GatewayProcess]], tmp_path: Path
+) -> None:
+    replicas = start_replicas(shared_repository)
+    first, first_digest = offset_package(tmp_path, 1000.0)
+    assert push(replicas[0], first).json()["version"] == "1"
+    wait_until(lambda: all(served_offset(r) == 1000.0 for r in replicas), CONVERGENCE_SECONDS, "version 1 everywhere")
+
+    traffic = Traffic(replicas)
+    # Three clients push ten versions at once, each through its own replica.
+    packages = {offset: offset_package(tmp_path, offset) for offset in range(1, 11)}
+    plan = {0: [1, 2, 3, 4], 1: [5, 6, 7], 2: [8, 9, 10]}
+
+    def client(index: int) -> list[tuple[int, float]]:
+        pushed = []
+        for offset in plan[index]:
+            response = push(replicas[index], packages[offset][0])
+            assert response.status_code == 201, response.text
+            pushed.append((int(response.json()["version"]), float(offset)))
+        return pushed
+
+    with ThreadPoolExecutor(3) as pool:
+        pushed = [entry for result in pool.map(client, plan) for entry in result]
+    last_answer = time.monotonic()
+    numbers = sorted(number for number, _ in pushed)
+    assert numbers == list(range(2, 12)), numbers  # ten distinct versions, none lost, none twice
+
+    # The store holds exactly those eleven manifests, each naming the files its push sent.
+    fs, root = shared_repository.filesystem()
+    manifests = {
+        int(Path(name).stem): json.loads(fs.cat_file(name)) for name in fs.ls(f"{root}/m/versions", detail=False)
+    }
+    assert sorted(manifests) == list(range(1, 12))
+    assert manifests[1]["files"]["model.onnx"]["sha256"] == first_digest
+    for number, offset in pushed:
+        assert manifests[number]["files"]["model.onnx"]["sha256"] == packages[int(offset)][1]
+
+    newest, newest_offset = max(pushed)
+    wait_until(
+        lambda: all(served_offset(r) == newest_offset for r in replicas), CONVERGENCE_SECONDS, "the newest everywhere"
+    )
+    converged = time.monotonic() - last_answer
+    assert converged < CONVERGENCE_SECONDS
+    for replica in replicas:
+        assert metric(replica, "gateway_model_ready", f'{{backend="onnxruntime",model="m",version="{newest}"}}') == 1
+        # Only what the version policy (latest 1) selected was downloaded, each version once at most.
+        downloaded = metric(replica, "gateway_repository_downloaded_bytes_total")
+        assert downloaded is not None and downloaded <= 11 * len(first)
+        assert metric(replica, "gateway_repository_stale") == 0
+
+    # Two clients ask for the same version number through two replicas: one gets it, the other 409.
+    wanted = newest + 1
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda i: push(replicas[i], packages[i + 1][0], version=wanted).status_code, [1, 2]))
+    assert sorted(answers) == [201, 409], answers
+
+    # A version deleted through one replica disappears from all: the one before it serves again.
+    response = replicas[2].http.delete(f"/v2/repository/models/m/versions/{wanted}", headers=AUTH)
+    assert response.status_code == 200, response.text
+    wait_until(
+        lambda: all(served_offset(r) == newest_offset for r in replicas), CONVERGENCE_SECONDS, "the delete everywhere"
+    )
+    traffic.stop()
+    assert traffic.failures == []
+    assert traffic.answered > 100
+
+
+def test_store_outage_under_traffic(
+    s3_server: S3Server, start_replicas: Callable[..., list[GatewayProcess]], tmp_path: Path
+) -> None:
+    bucket = f"outage-{free_port()}"
+    s3_server.create_bucket(bucket)
+    repository = SharedRepository(f"s3://{bucket}/prod", s3_server.environment(gateway_variables=True))
+    replicas = start_replicas(repository)
+    first, _ = offset_package(tmp_path, 1.0)
+    assert push(replicas[0], first).status_code == 201
+    wait_until(lambda: all(served_offset(r) == 1.0 for r in replicas), CONVERGENCE_SECONDS, "version 1 everywhere")
+    traffic = Traffic(replicas)
+    second, _ = offset_package(tmp_path, 2.0)
+
+    s3_server.stop()
+    stopped = time.monotonic()
+    try:
+        wait_until(
+            lambda: all(metric(r, "gateway_repository_stale") == 1 for r in replicas), 20, "every replica says stale"
+        )
+        refused = push(replicas[1], second)
+        assert refused.status_code == 503, refused.text
+        assert repository.uri in refused.json()["error"]
+        time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
+        assert all(served_offset(r) == 1.0 for r in replicas)  # each replica serves what it has
+    finally:
+        s3_server.start()
+    wait_until(lambda: all(metric(r, "gateway_repository_stale") == 0 for r in replicas), 20, "the store is back")
+    assert push(replicas[2], second).json()["version"] == "2"
+    wait_until(lambda: all(served_offset(r) == 2.0 for r in replicas), CONVERGENCE_SECONDS, "version 2 everywhere")
+    traffic.stop()
+    assert traffic.failures == []
+    for replica in replicas:
+        logs = replica.logs()
+        assert f"cannot poll the model repository {repository.uri}" in logs
+        assert f"the model repository {repository.uri} can be polled again" in logs
+
+
+def test_store_unreachable_or_credentials_refused_at_start(s3_server: S3Server, tmp_path: Path) -> None:
+    bucket = f"start-{free_port()}"
+    s3_server.create_bucket(bucket)
+    uri = f"s3://{bucket}/prod"
+    environment = s3_server.environment()
+
+    # Nothing listens: the server does not start, and says which repository it could not reach.
+    closed = {**environment, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    gateway = GatewayProcess(
+        uri, tmp_path / "unreachable.log", "--repository-cache-dir", str(tmp_path / "c"), env=closed
+    )
+    try:
+        assert gateway.process.wait(timeout=120) == 1
+        assert f"error: cannot open the model repository {uri}" in gateway.logs()
+    finally:
+        gateway.stop()
+
+    s3_server.set_authentication(True)
+    try:
+        gateway = GatewayProcess(
+            uri,
+            tmp_path / "refused.log",
+            "--repository-cache-dir",
+            str(tmp_path / "c"),
+            "--log-level",
+            "debug",
+            env=environment,
+        )
+        try:
+            assert gateway.process.wait(timeout=120) == 1
+            logs = gateway.logs()
+        finally:
+            gateway.stop()
+        assert f"error: cannot open the model repository {uri}: access denied, check the credentials" in logs
+        assert SECRET_ACCESS_KEY not in logs
+
+        model = tmp_path / "model.onnx"
+        write_offset_model(model, 1.0)
+        pushed = run_push(str(model), "--name", "m", "--repository", uri, env=environment)
+        assert pushed.returncode != 0
+        assert f"cannot open the model repository {uri}: access denied" in pushed.stderr
+        assert SECRET_ACCESS_KEY not in pushed.stdout + pushed.stderr
+    finally:
+        s3_server.set_authentication(False)
+
+
+def test_push_straight_to_the_store_is_served_by_replicas(
+    s3_server: S3Server, start_replicas: Callable[..., list[GatewayProcess]], tmp_path: Path
+) -> None:
+    bucket = f"push-{free_port()}"
+    s3_server.create_bucket(bucket)
+    repository = SharedRepository(f"s3://{bucket}/prod", s3_server.environment())
+    replicas = start_replicas(repository, 2)
+    model = tmp_path / "model.onnx"
+    write_offset_model(model, 7.0)
+    pushed = run_push(str(model), "--name", "m", "--repository", repository.uri, env=repository.env)
+    assert pushed.returncode == 0, pushed.stderr
+    wait_until(lambda: all(served_offset(r) == 7.0 for r in replicas), CONVERGENCE_SECONDS, "the push everywhere")
+    again = run_push(str(model), "--name", "m", "--version", "1", "--repository", repository.uri, env=repository.env)
+    assert again.returncode != 0
+    assert "version 1 exists already" in again.stderr
+
+
+def test_concurrent_commits_never_share_a_number(shared_repository: SharedRepository, tmp_path: Path) -> None:
+    """The store's conditional write: eight commits of "the next version" at once get eight numbers."""
+    store = shared_repository.store()
+    store.check()
+    folders = []
+    for index in range(8):
+        folder = tmp_path / f"v{index}"
+        write_offset_model(folder / "model.onnx", float(index))
+        folders.append(folder)
+    start = threading.Barrier(len(folders))
+
+    def commit(folder: Path) -> int:
+        start.wait()
+        return store.commit_version("m", None, folder)[0]
+
+    with ThreadPoolExecutor(len(folders)) as pool:
+        numbers = list(pool.map(commit, folders))
+    assert sorted(numbers) == list(range(1, 9)), numbers
+    with pytest.raises(AlreadyExistsError):
+        store.commit_version("m", 3, folders[0])
+
+
+def test_a_push_that_died_leaves_no_version(shared_repository: SharedRepository, tmp_path: Path) -> None:
+    """Files without a manifest are no version; a later push removes them once they are old enough."""
+    store = shared_repository.store()
+    store.check()
+    fs, root = shared_repository.filesystem()
+    old_upload = f"{int(time.time()) - 7200}-{'a' * 32}"
+    recent_upload = f"{int(time.time())}-{'b' * 32}"
+    for upload in (old_upload, recent_upload):
+        fs.makedirs(f"{root}/m/uploads/{upload}", exist_ok=True)
+        fs.pipe_file(f"{root}/m/uploads/{upload}/model.onnx", b"half a model")
+    assert store.version_tags("m") == {}
+
+    folder = tmp_path / "v"
+    write_offset_model(folder / "model.onnx", 1.0)
+    assert store.commit_version("m", None, folder)[0] == 1
+    uploads = {Path(name).name for name in fs.ls(f"{root}/m/uploads", detail=False)}
+    assert old_upload not in uploads
+    assert recent_upload in uploads
+    assert len(uploads) == 2  # the recent leftover and the committed version's files
+
+
+def test_a_file_that_does_not_match_its_manifest_is_refused(
+    shared_repository: SharedRepository, tmp_path: Path
+) -> None:
+    store = shared_repository.store()
+    store.check()
+    folder = tmp_path / "v"
+    write_offset_model(folder / "model.onnx", 1.0)
+    number, _ = store.commit_version("m", None, folder)
+    store.download_version("m", number, tmp_path / "good")
+    assert (tmp_path / "good" / "model.onnx").read_bytes() == (folder / "model.onnx").read_bytes()
+    fs, root = shared_repository.filesystem()
+    upload = json.loads(fs.cat_file(f"{root}/m/versions/{number}.json"))["upload"]
+    fs.pipe_file(f"{root}/m/uploads/{upload}/model.onnx", b"x" * (folder / "model.onnx").stat().st_size)
+    with pytest.raises(StoreError, match="does not match the digest"):
+        store.download_version("m", number, tmp_path / "bad")
