@@ -84,7 +84,8 @@ class GatewaySettings(StoreSettings):
     repository_cache_dir: Path | None = Field(
         default=None,
         description="Folder where a replica keeps the versions of a shared model repository that it serves, "
-        "downloaded once and checked against their digests (default: $XDG_CACHE_HOME/model-gateway/<uri>).",
+        "downloaded once and checked against their digests (default: a folder per URI under "
+        "~/.cache/model-gateway, or XDG_CACHE_HOME's).",
     )
     model_config_file: Path | None = Field(
         default=None,

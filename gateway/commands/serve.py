@@ -46,7 +46,9 @@ def serve_epilog() -> str:
 
 
 def serve(
-    model_repository: Annotated[str | None, _option("model_repository", "--model-repository")] = None,
+    model_repository: Annotated[
+        str | None, _option("model_repository", "--model-repository", metavar="PATH|URI")
+    ] = None,
     repository_cache_dir: Annotated[
         Path | None, _option("repository_cache_dir", "--repository-cache-dir", default_text="")
     ] = None,
