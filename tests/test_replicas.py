@@ -396,14 +396,14 @@ def test_store_unreachable_or_credentials_refused_at_start(s3_server: S3Server, 
 
     s3_server.set_authentication(True)
     try:
-        gateway = GatewayProcess(
+        gateway = GatewayProcess(  # the keys as the gateway's settings, handed to s3fs; every log line kept
             uri,
             tmp_path / "refused.log",
             "--repository-cache-dir",
             str(tmp_path / "c"),
             "--log-level",
             "debug",
-            env=environment,
+            env=s3_server.environment(gateway_variables=True),
         )
         try:
             assert gateway.process.wait(timeout=120) == 1
