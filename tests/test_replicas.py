@@ -8,9 +8,11 @@ a stop and a restart of the server (the outage test).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
+import logging
 import re
 import tarfile
 import threading
@@ -498,3 +500,42 @@ def test_a_file_that_does_not_match_its_manifest_is_refused(
     fs.pipe_file(f"{root}/m/uploads/{upload}/model.onnx", b"x" * (folder / "model.onnx").stat().st_size)
     with pytest.raises(StoreError, match="does not match the digest"):
         store.download_version("m", number, tmp_path / "bad")
+
+
+def test_a_replica_refuses_a_damaged_version_once_and_keeps_serving(
+    shared_repository: SharedRepository, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The follower in this process: a version whose file does not match its digest is not served, not retried."""
+    from gateway.metrics import Metrics
+    from gateway.repository.model_repository import ModelRepository
+    from gateway.repository.store import RepositoryFollower
+
+    store = shared_repository.store()
+    store.check()
+    for offset in (1.0, 2.0):
+        write_offset_model(tmp_path / f"v{offset}" / "model.onnx", offset)
+    store.commit_version("m", None, tmp_path / "v1.0")
+    metrics = Metrics()
+    repository = ModelRepository(tmp_path / "cache", default_max_batch_size=8, metrics=metrics)
+    follower = RepositoryFollower(store, repository, metrics)
+    follower.prepare_cache()
+
+    async def follow() -> None:
+        assert await follower.sync()
+        assert repository.ready_versions("m") == [1]
+        number, _ = store.commit_version("m", None, tmp_path / "v2.0")
+        fs, root = shared_repository.filesystem()
+        upload = json.loads(fs.cat_file(f"{root}/m/versions/{number}.json"))["upload"]
+        fs.pipe_file(f"{root}/m/uploads/{upload}/model.onnx", b"damaged")
+        for _ in range(3):
+            assert await follower.sync()
+        assert repository.ready_versions("m") == [1]
+
+    with caplog.at_level(logging.ERROR, logger="gateway.repository.store"):
+        asyncio.run(follow())
+    refusals = [record for record in caplog.records if "does not match the digest" in record.getMessage()]
+    assert len(refusals) == 1
+    assert not (tmp_path / "cache" / "m" / "2").exists()
+    model_size = (tmp_path / "v1.0" / "model.onnx").stat().st_size
+    # Only what went into the cache counts: the first version, once.
+    assert metrics.registry.get_sample_value("gateway_repository_downloaded_bytes_total") == model_size

@@ -485,6 +485,9 @@ class RepositoryFollower:
         self.cache = repository.root
         self._lock = asyncio.Lock()
         self._stale_since: float | None = None
+        # (model, version, manifest tag) of downloads refused (a digest mismatch): not tried again until the
+        # manifest changes, so that a damaged version costs one download and one log line, not one per poll.
+        self._refused: set[tuple[str, int, str]] = set()
         self._state = self._read_state()
 
     # -- the cache's record of what it holds: {"configs": {"m/config.yaml": tag}, "versions": {"m/3": tag}}
@@ -573,15 +576,17 @@ class RepositoryFollower:
             changed = self._sync_configs(name, model) or changed
             selected = set(_selected_versions(model_dir, sorted(model.versions)))
             for version in sorted(selected):
-                key = f"{name}/{version}"
-                if self._state["versions"].get(key) == model.versions[version] and (model_dir / str(version)).is_dir():
+                key, tag = f"{name}/{version}", model.versions[version]
+                cached = self._state["versions"].get(key) == tag and (model_dir / str(version)).is_dir()
+                if cached or (name, version, tag) in self._refused:
                     continue
                 try:
-                    downloaded += self._download(name, version, model.versions[version])
+                    downloaded += self._download(name, version, tag)
                 except FileNotFoundError:  # deleted since the listing
                     continue
                 except StoreError as error:
                     logger.error("%s", error)
+                    self._refused.add((name, version, tag))
                     continue
                 changed = True
             keep = selected | (set(served.get(name, ())) & set(model.versions))
@@ -615,7 +620,10 @@ class RepositoryFollower:
                 del self._state["configs"][key]
                 changed = True
             elif tag is not None and self._state["configs"].get(key) != tag:
-                self.store.download_file(name, file_name, model_dir / file_name)
+                try:
+                    self.store.download_file(name, file_name, model_dir / file_name)
+                except FileNotFoundError:  # removed since the listing: the next poll sees it gone
+                    continue
                 self._state["configs"][key] = tag
                 changed = True
         return changed
