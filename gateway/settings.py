@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.logs import LogFormat
@@ -184,6 +184,11 @@ class GatewaySettings(StoreSettings):
     log_format: LogFormat = Field(
         default=LogFormat.TEXT, description="text, or json: one JSON object per line (with the request id)."
     )
+
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> GatewaySettings:

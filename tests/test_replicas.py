@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gateway.errors import AlreadyExistsError
 from gateway.repository.store import RepositoryStore, StoreError
-from gateway.settings import StoreSettings
+from gateway.settings import GatewaySettings, StoreSettings
 from tests.conftest import ADMIN_TOKEN, GatewayProcess, free_port, run_push, start_gateway
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] (dev extra) runs the S3 server of these tests")
@@ -539,3 +539,18 @@ def test_a_replica_refuses_a_damaged_version_once_and_keeps_serving(
     model_size = (tmp_path / "v1.0" / "model.onnx").stat().st_size
     # Only what went into the cache counts: the first version, once.
     assert metrics.registry.get_sample_value("gateway_repository_downloaded_bytes_total") == model_size
+
+
+def test_settings_of_a_shared_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    local = GatewaySettings(model_repository=tmp_path / "models")
+    assert (local.store_uri, local.repository_folder) == (None, tmp_path / "models")
+    shared = GatewaySettings(model_repository="s3://bucket/prod")
+    assert shared.store_uri == "s3://bucket/prod"
+    assert shared.repository_folder == tmp_path / "model-gateway" / "s3_bucket_prod"
+    cached = GatewaySettings(model_repository="file:///mnt/models", repository_cache_dir=tmp_path / "cache")
+    assert cached.repository_folder == tmp_path / "cache"
+    with pytest.raises(ValueError, match="one worker per replica"):
+        GatewaySettings(model_repository="s3://bucket/prod", workers=2, http_port=8000, grpc_port=8001)
+    with pytest.raises(StoreError, match="give both"):
+        RepositoryStore("s3://bucket/prod", StoreSettings(s3_access_key_id=ACCESS_KEY_ID))
