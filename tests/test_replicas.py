@@ -540,6 +540,19 @@ def test_a_replica_refuses_a_damaged_version_once_and_keeps_serving(
     # Only what went into the cache counts: the first version, once.
     assert metrics.registry.get_sample_value("gateway_repository_downloaded_bytes_total") == model_size
 
+    # A restart over the same cache downloads nothing: the cached version is unchanged in the store.
+    restarted_metrics = Metrics()
+    restarted = ModelRepository(tmp_path / "cache", default_max_batch_size=8, metrics=restarted_metrics)
+    again = RepositoryFollower(store, restarted, restarted_metrics)
+    again.prepare_cache()
+
+    async def restart() -> None:
+        assert await again.sync()
+        assert restarted.ready_versions("m") == [1]
+
+    asyncio.run(restart())
+    assert restarted_metrics.registry.get_sample_value("gateway_repository_downloaded_bytes_total") == 0
+
 
 def test_settings_of_a_shared_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -590,6 +590,10 @@ class RepositoryFollower:
                     continue
                 changed = True
             keep = selected | (set(served.get(name, ())) & set(model.versions))
+            if any(not (model_dir / str(version)).is_dir() for version in selected):
+                # A selected version could not be downloaded (refused, or gone meanwhile): the cached versions
+                # still in the store stay, so that what served until now (or after a restart) keeps serving.
+                keep |= {version for version in model.versions if (model_dir / str(version)).is_dir()}
             for version_dir in model_dir.iterdir():
                 if version_dir.name.isdigit() and int(version_dir.name) not in keep:
                     self._remove(version_dir)
