@@ -330,10 +330,16 @@ def test_three_replicas_follow_concurrent_pushes_under_traffic(
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda i: push(replicas[i], packages[i + 1][0], version=wanted).status_code, [1, 2]))
     assert sorted(answers) == [201, 409], answers
+    winner_offset = float(answers.index(201) + 2)  # replica 1 pushed offset 2, replica 2 offset 3
+    wait_until(
+        lambda: all(served_offset(r) == winner_offset for r in replicas), CONVERGENCE_SECONDS, "the winner everywhere"
+    )
+    time.sleep(4 * POLL_SECONDS)  # the version before it leaves every cache (the policy serves the latest only)
 
     # A version deleted through one replica disappears from all: the one before it serves again.
     response = replicas[2].http.delete(f"/v2/repository/models/m/versions/{wanted}", headers=AUTH)
     assert response.status_code == 200, response.text
+    assert served_offset(replicas[2]) == newest_offset  # the deleting replica: the previous version at once
     wait_until(
         lambda: all(served_offset(r) == newest_offset for r in replicas), CONVERGENCE_SECONDS, "the delete everywhere"
     )

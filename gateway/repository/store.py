@@ -708,9 +708,12 @@ class RepositoryFollower:
         return number
 
     async def delete(self, name: str, version: int | None) -> list[int]:
-        """Delete a model, or one version, from the store (manifests first), then from this replica's cache.
+        """Delete a model, or one version, from the store (manifests first), then follow it in this replica.
 
-        The other replicas stop serving it at their next poll.
+        This replica's cache follows at once (:meth:`sync`): the version the policy selects next is
+        downloaded before the deleted one leaves the cache, and a loaded model is loaded again, so
+        the previous version takes over without a gap (as a delete in a local repository). The other
+        replicas stop serving it at their next poll.
 
         Returns:
             The versions deleted, ascending.
@@ -724,7 +727,8 @@ class RepositoryFollower:
                 deleted = await asyncio.to_thread(self.store.delete, name, version)
             except StoreError as error:
                 raise UnavailableError(str(error)) from None
-            gone = [f"{name}/{number}" for number in deleted]
+        if not await self.sync(load=False):  # the store went away just after the delete: leave the cache now
+            gone = {f"{name}/{number}" for number in deleted}
             for kind in ("configs", "versions"):
                 self._state[kind] = {
                     key: tag
@@ -732,8 +736,14 @@ class RepositoryFollower:
                     if key not in gone and not (version is None and key.startswith(f"{name}/"))
                 }
             await asyncio.to_thread(self._write_state)
-            with contextlib.suppress(NotFoundError):  # a version this replica's policy did not select
+            with contextlib.suppress(NotFoundError):
                 await self.repository.delete(name, version)
+        elif version is None:
+            with contextlib.suppress(NotFoundError):
+                await self.repository.unload(name)  # its folder is gone from the cache: forgotten
+        elif self.repository.is_loaded(name):
+            with contextlib.suppress(NotFoundError, UnavailableError):  # a failure is in the index, and logged
+                await self.repository.load(name, self.repository.config_override(name))
         return deleted
 
 
