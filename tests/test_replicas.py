@@ -367,14 +367,17 @@ def test_store_outage_under_traffic(
         wait_until(
             lambda: all(metric(r, "gateway_repository_stale") == 1 for r in replicas), 20, "every replica says stale"
         )
+        last_sync = [metric(r, "gateway_repository_last_sync_timestamp_seconds") or 0.0 for r in replicas]
         refused = push(replicas[1], second)
         assert refused.status_code == 503, refused.text
         assert repository.uri in refused.json()["error"]
         time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
         assert all(served_offset(r) == 1.0 for r in replicas)  # each replica serves what it has
+        assert [metric(r, "gateway_repository_last_sync_timestamp_seconds") for r in replicas] == last_sync
     finally:
         s3_server.start()
     wait_until(lambda: all(metric(r, "gateway_repository_stale") == 0 for r in replicas), 20, "the store is back")
+    assert all((metric(r, "gateway_repository_last_sync_timestamp_seconds") or 0) > time.time() - 20 for r in replicas)
     assert push(replicas[2], second).json()["version"] == "2"
     wait_until(lambda: all(served_offset(r) == 2.0 for r in replicas), CONVERGENCE_SECONDS, "version 2 everywhere")
     traffic.stop()
