@@ -512,7 +512,10 @@ def test_a_file_that_does_not_match_its_manifest_is_refused(
 
 
 def test_a_replica_refuses_a_damaged_version_once_and_keeps_serving(
-    shared_repository: SharedRepository, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    shared_repository: SharedRepository,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The follower in this process: a version whose file does not match its digest is not served, not retried."""
     from gateway.metrics import Metrics
@@ -529,9 +532,18 @@ def test_a_replica_refuses_a_damaged_version_once_and_keeps_serving(
     follower = RepositoryFollower(store, repository, metrics)
     follower.prepare_cache()
 
+    def no_file_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a poll with nothing new read a file: {args}")
+
     async def follow() -> None:
         assert await follower.sync()
         assert repository.ready_versions("m") == [1]
+        # Polls that find nothing new list the store and read no file (manifest or model).
+        with monkeypatch.context() as patch:
+            patch.setattr(store.fs, "cat_file", no_file_read)
+            patch.setattr(store.fs, "get_file", no_file_read)
+            for _ in range(2):
+                assert await follower.sync()
         number, _ = store.commit_version("m", None, tmp_path / "v2.0")
         fs, root = shared_repository.filesystem()
         upload = json.loads(fs.cat_file(f"{root}/m/versions/{number}.json"))["upload"]
