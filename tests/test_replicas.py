@@ -9,6 +9,7 @@ a stop and a restart of the server (the outage test).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -588,3 +589,87 @@ def test_settings_of_a_shared_repository(tmp_path: Path, monkeypatch: pytest.Mon
         GatewaySettings(model_repository="s3://bucket/prod", workers=2, http_port=8000, grpc_port=8001)
     with pytest.raises(StoreError, match="give both"):
         RepositoryStore("s3://bucket/prod", StoreSettings(s3_access_key_id=ACCESS_KEY_ID))
+
+
+@pytest.mark.parametrize(
+    ("held_write", "uploads_left"),
+    [("/versions/", 2), ("/uploads/", 1)],
+    ids=["killed-writing-its-manifest", "killed-writing-its-files"],
+)
+def test_a_replica_killed_mid_push_leaves_no_version(
+    held_write: str,
+    uploads_left: int,
+    s3_server: S3Server,
+    start_replicas: Callable[..., list[GatewayProcess]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILL a replica while it writes its push to the bucket: its files, or its manifest (the files are there)."""
+    from moto.s3.models import S3Backend
+
+    for variable, value in s3_server.environment().items():
+        monkeypatch.setenv(variable, value)
+    bucket = f"killed-{free_port()}"
+    s3_server.create_bucket(bucket)
+    repository = SharedRepository(f"s3://{bucket}/prod", s3_server.environment())
+    pusher, observer = start_replicas(repository, 2)
+    first, _ = offset_package(tmp_path, 1.0)
+    assert push(observer, first).status_code == 201
+    wait_until(lambda: served_offset(pusher) == served_offset(observer) == 1.0, CONVERGENCE_SECONDS, "version 1")
+
+    # The S3 server holds the next write of a manifest (or of a file) until the pushing replica is dead, then fails it.
+    armed, reached, released = threading.Event(), threading.Event(), threading.Event()
+    put_object = S3Backend.put_object
+
+    def held_put_object(backend: Any, bucket_name: str, key_name: str, *args: Any, **kwargs: Any) -> Any:
+        if bucket_name == bucket and held_write in key_name and armed.is_set() and not released.is_set():
+            reached.set()
+            released.wait(60)
+            raise RuntimeError("the replica that wrote this manifest was killed")
+        return put_object(backend, bucket_name, key_name, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "put_object", held_put_object)
+    traffic = Traffic([observer])
+    second, _ = offset_package(tmp_path, 2.0)
+    armed.set()
+
+    def send() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the replica dies meanwhile
+            push(pusher, second)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        assert reached.wait(60), f"the push never wrote under {held_write}"
+        pusher.process.kill()  # SIGKILL, by the PID of the process this test started
+        pusher.process.wait(timeout=30)
+    finally:
+        released.set()
+    sender.join(timeout=60)
+
+    fs, root = repository.filesystem()
+    assert [Path(name).name for name in fs.ls(f"{root}/m/versions", detail=False)] == ["1.json"]
+    assert len(fs.ls(f"{root}/m/uploads", detail=False)) == uploads_left  # version 1's, and the dead push's files
+    time.sleep(4 * POLL_SECONDS)
+    assert served_offset(observer) == 1.0
+    assert [entry["version"] for entry in observer.http.post("/v2/repository/index").json()] == ["1"]
+
+    # The number the dead push never committed is free; a restarted replica serves the new version.
+    assert push(observer, second).json()["version"] == "2"
+    restarted = start_gateway(
+        repository.uri,
+        tmp_path / "restarted.log",
+        "--repository-cache-dir",
+        str(tmp_path / "cache-0"),
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-seconds",
+        str(POLL_SECONDS),
+        env=repository.env,
+    )
+    try:
+        wait_until(lambda: served_offset(restarted) == 2.0, CONVERGENCE_SECONDS, "the restarted replica")
+    finally:
+        restarted.stop()
+    traffic.stop()
+    assert traffic.failures == []
