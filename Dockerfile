@@ -6,7 +6,8 @@
 #   docker build --build-arg EXTRAS=gpu -t model-gateway:gpu .         # onnxruntime-gpu
 #   docker run -p 8000:8000 -p 8001:8001 -v "$PWD/model-repository:/models:ro" model-gateway
 #
-# EXTRAS: comma-separated values from torch, tensorflow, jax, gpu, all; empty (the default) serves ONNX
+# EXTRAS: comma-separated values from torch, tensorflow, jax, s3, gcs, azure (a model repository in that
+# object store: s3 for deploy/kubernetes/bucket), gpu, all; empty (the default) serves ONNX
 # only. Without gpu, torch comes from PyTorch's CPU index, so the image does not pull GBs of CUDA
 # packages. With gpu, onnxruntime is replaced by onnxruntime-gpu (CUDA and cuDNN from pip) and torch, if
 # asked for, comes from the default index (CUDA builds); run such an image with the NVIDIA container
@@ -30,8 +31,8 @@ RUN set -eu; \
         case "$extra" in \
             gpu) gpu=1 ;; \
             torch|all) torch=1; extras="${extras:+$extras,}$extra" ;; \
-            tensorflow|jax) extras="${extras:+$extras,}$extra" ;; \
-            *) echo "EXTRAS: unknown value '$extra' (allowed: torch, tensorflow, jax, gpu, all)" >&2; exit 1 ;; \
+            tensorflow|jax|s3|gcs|azure) extras="${extras:+$extras,}$extra" ;; \
+            *) echo "EXTRAS: unknown value '$extra' (allowed: torch, tensorflow, jax, s3, gcs, azure, gpu, all)" >&2; exit 1 ;; \
         esac; \
     done; \
     set -- ".${extras:+[$extras]}"; \

@@ -157,6 +157,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=own_registry,
         )
+        self.repository_stale = Gauge(
+            "gateway_repository_stale",
+            "1 while the shared model repository (s3://, file://...) cannot be polled: this replica serves what "
+            "it has; else 0.",
+            multiprocess_mode="max",
+            registry=own_registry,
+        )
+        self.repository_last_sync = Gauge(
+            "gateway_repository_last_sync_timestamp_seconds",
+            "Unix time of this replica's last successful poll of the shared model repository.",
+            multiprocess_mode="max",
+            registry=own_registry,
+        )
+        self.repository_downloaded_bytes = Counter(
+            "gateway_repository_downloaded_bytes",
+            "Bytes of model files this replica downloaded from the shared model repository into its cache.",
+            registry=own_registry,
+        )
 
     def for_version(self, model: str, version: int) -> VersionMetrics:
         """The children of one loaded version, looked up once."""

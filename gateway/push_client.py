@@ -7,7 +7,9 @@ The converted version folder (the artifact, ``parity.json``) is packed as a gzip
 ``PUT /v2/repository/models/{name}/versions/{version}`` (``POST .../versions`` for the next version)
 with the admin token, by :class:`gateway.client.GatewayClient`; with ``--repository`` it is checked and
 installed into a local model repository by the same code the server runs
-(:meth:`gateway.repository.model_repository.ModelRepository.install_version`). A push whose parity
+(:meth:`gateway.repository.model_repository.ModelRepository.install_version`), or committed to a
+repository shared by replicas (``--repository s3://bucket/prefix``) as a replica commits an upload
+(:meth:`gateway.repository.store.RepositoryFollower.install_version`). A push whose parity
 check fails uploads nothing.
 
 Before anything is converted, :func:`check_push_target` checks in well under a second what can fail
@@ -25,6 +27,7 @@ folder holding the archive alone (:func:`push_archive`, :mod:`gateway.repository
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from gateway.client import AdminTokenSource, ClientError, GatewayClient
 from gateway.errors import GatewayError, InvalidArgumentError
 from gateway.repository.names import check_model_name
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, store_uri
 
 if TYPE_CHECKING:
     from converters.model import DynamicAxes, InputSpec, SourceModel
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from converters.quantization import CalibrationData, CompressionOptions, EvalData
     from converters.quantization_report import QuantizationReport
     from gateway.repository.mar import TorchServeArchive
+    from gateway.repository.model_repository import ModelRepository
 
 __all__ = [
     "PushError",
@@ -241,14 +245,15 @@ class PushTarget:
         version: the version to create (free when checked), or None for the next one.
         server: the gateway's base URL, or None for a local repository.
         token: the admin token the gateway accepted, and where it was found (None for a local repository).
-        repository: the local model repository folder, or None for a gateway.
+        repository: the local model repository folder, or a shared repository's URI (``s3://bucket/prefix``,
+            ``file:///shared/folder``...), or None for a gateway.
     """
 
     name: str
     version: int | None
     server: str | None = None
     token: AdminTokenSource | None = None
-    repository: Path | None = None
+    repository: Path | str | None = None
 
 
 def check_push_target(
@@ -257,7 +262,7 @@ def check_push_target(
     version: int | None = None,
     server: str | None = None,
     token: str | None = None,
-    repository: Path | None = None,
+    repository: Path | str | None = None,
 ) -> PushTarget:
     """Check, before anything is converted, what would make the push fail on the way out.
 
@@ -273,11 +278,16 @@ def check_push_target(
         server: the gateway's base URL (e.g. ``http://127.0.0.1:8000``); exclusive with ``repository``.
         token: the admin token (default: ``$GATEWAY_ADMIN_TOKEN`` or the token file of a gateway on
             this machine, see :func:`gateway.client.resolve_token`).
-        repository: a local model repository folder to write into instead of uploading.
+        repository: a local model repository folder to write into instead of uploading, or a shared
+            repository's URI (``s3://bucket/prefix``, ``gs://``, ``az://``, ``file:///shared/folder``), where
+            the version is committed as the replicas' pushes commit it
+            (:class:`gateway.repository.store.RepositoryStore`); its replicas serve it at their next poll.
 
     Raises:
         PushError: the first check that fails; the message names the next step to take.
     """
+    if isinstance(repository, str) and store_uri(repository) is None:
+        repository = Path(repository)
     try:
         check_model_name(name)
     except InvalidArgumentError as error:
@@ -285,12 +295,14 @@ def check_push_target(
     if server is None and repository is None:
         raise PushError(
             "nowhere to push: give --server URL (a running gateway, e.g. http://127.0.0.1:8000, or set "
-            "GATEWAY_SERVER) or --repository PATH (a local model repository folder)"
+            "GATEWAY_SERVER) or --repository PATH (a local model repository folder, or s3://bucket/prefix)"
         )
     if server is not None and repository is not None:
         raise PushError("give one of --server and --repository, not both")
     if version is not None and version < 1:
         raise PushError(f"--version must be a positive integer, got {version}")
+    if isinstance(repository, str):
+        return _check_store_target(name, version, repository)
     if repository is not None:
         if repository.exists() and not repository.is_dir():
             raise PushError(f"--repository {repository} is not a folder")
@@ -309,6 +321,31 @@ def check_push_target(
         except ClientError as error:
             raise PushError(str(error)) from None
         return PushTarget(name, version, server=client.server, token=client.token)
+
+
+def _check_store_target(name: str, version: int | None, uri: str) -> PushTarget:
+    """Check that the shared repository ``uri`` can be read and that an explicit ``version`` is free there.
+
+    Raises:
+        PushError: the store cannot be reached or read, or the version exists.
+    """
+    from gateway.repository.store import RepositoryStore, StoreError
+    from gateway.settings import StoreSettings
+
+    try:
+        store = RepositoryStore(uri, StoreSettings())
+        store.check()
+        taken = version is not None and version in store.version_tags(name)
+    except StoreError as error:
+        raise PushError(str(error)) from None
+    except Exception as error:
+        raise PushError(str(store.error("cannot read", error))) from None
+    if taken:
+        raise PushError(
+            f"model '{name}' version {version} exists already in {uri}; push without --version to create the "
+            f"next version, or delete it first"
+        )
+    return PushTarget(name, version, repository=uri)
 
 
 def _check_version_free(client: GatewayClient, name: str, version: int) -> None:
@@ -358,9 +395,12 @@ ServedSignature = tuple[list["TensorSummary"], list["TensorSummary"]]
 
 
 async def _install_locally(
-    repository: Path, name: str, version: int | None, write: Callable[[Path], T]
+    repository: Path | str, name: str, version: int | None, write: Callable[[Path], T]
 ) -> tuple[int, T, ServedSignature | None]:
     """Write a version straight into a staging folder of a local repository, check and install it.
+
+    A shared repository (``repository`` a URI) gets it through a throwaway cache: checked and loaded
+    there with the model's config from the store, then committed to the store.
 
     Returns:
         The version installed, what ``write`` returned, and the version's inputs and outputs as
@@ -369,21 +409,38 @@ async def _install_locally(
     from gateway.repository.model_repository import ModelRepository
     from gateway.repository.packages import check_version_files
 
-    repo = ModelRepository(repository, default_max_batch_size=DEFAULT_MAX_BATCH_SIZE)
-    repository.mkdir(parents=True, exist_ok=True)
-    async with repo.staging_folder() as staging:
-        version_dir = staging / "version"
-        result = await asyncio.to_thread(write, version_dir)
-        await asyncio.to_thread(check_version_files, version_dir)
-        number = await repo.install_version(name, version, version_dir)
+    with contextlib.ExitStack() as cleanup:
+        if isinstance(repository, str):
+            from gateway.repository.store import RepositoryFollower, RepositoryStore
+            from gateway.settings import StoreSettings
+
+            cache = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="gateway-push-cache-")))
+            repo = ModelRepository(cache, default_max_batch_size=DEFAULT_MAX_BATCH_SIZE)
+            follower = RepositoryFollower(RepositoryStore(repository, StoreSettings()), repo, repo.metrics)
+            await follower.fetch_model_config(name)
+            install = follower.install_version
+        else:
+            repo = ModelRepository(repository, default_max_batch_size=DEFAULT_MAX_BATCH_SIZE)
+            repository.mkdir(parents=True, exist_ok=True)
+            install = repo.install_version
+        async with repo.staging_folder() as staging:
+            version_dir = staging / "version"
+            result = await asyncio.to_thread(write, version_dir)
+            await asyncio.to_thread(check_version_files, version_dir)
+            number = await install(name, version, version_dir)
+        return number, result, _served_signature(repo, name, number)
+
+
+def _served_signature(repo: ModelRepository, name: str, number: int) -> ServedSignature | None:
+    """The inputs and outputs of ``name`` version ``number`` as ``repo`` serves it, or None when it does not."""
     if number not in repo.ready_versions(name):
-        return number, result, None
+        return None
     loaded = repo.get(name, str(number))
     served = [
         [TensorSummary(tensor, signature.datatype, list(signature.shape)) for tensor, signature in tensors.items()]
         for tensors in (loaded.inputs, loaded.outputs)
     ]
-    return number, result, (served[0], served[1])
+    return served[0], served[1]
 
 
 def _deliver(
@@ -399,11 +456,15 @@ def _deliver(
         PushError: the repository or the server refused the version (the reason is included).
     """
     if target.repository is not None:
+        from gateway.repository.store import StoreError
+
         try:
             installed = _install_locally(target.repository, target.name, target.version, write)
             number, result, served = asyncio.run(installed)
         except GatewayError as error:
             raise PushError(f"the model cannot be written to {target.repository}: {error.message}") from None
+        except StoreError as error:
+            raise PushError(str(error)) from None
         return number, served is not None, result, served
     with tempfile.TemporaryDirectory(prefix="gateway-push-") as work:
         version_dir = Path(work) / "version"
@@ -684,7 +745,7 @@ def push(
         version=version,
         server=server,
         token=token,
-        repository=Path(repository) if repository is not None else None,
+        repository=repository,
     )
     progress = stderr_progress() if verbose else None
     source = source_from_object(model, example_inputs, dynamic_axes=dynamic_axes)

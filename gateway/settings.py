@@ -6,10 +6,11 @@ Each field's description is the help text ``gateway serve --help`` shows, so it 
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.logs import LogFormat
@@ -34,14 +35,57 @@ class ModelControlMode(StrEnum):
     EXPLICIT = "explicit"
 
 
-class GatewaySettings(BaseSettings):
+#: URI schemes of a shared model repository (fsspec's protocols): followed through a local cache.
+STORE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "file")
+
+
+def store_uri(repository: str) -> str | None:
+    """``repository`` when it is a shared repository's URI (``s3://bucket/prefix``, ``gs://``, ``az://``,
+    ``file:///shared/folder``), else None (a local folder)."""
+    scheme, separator, _ = repository.partition("://")
+    return repository if separator and scheme.lower() in STORE_SCHEMES else None
+
+
+class StoreSettings(BaseSettings):
+    """How to reach an object store holding the model repository (read by ``gateway serve`` and ``gateway push``).
+
+    Unset fields fall back to the store library's own configuration: for S3, botocore's usual
+    variables and files (``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance or pod role).
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, protected_namespaces=(), extra="ignore")
+
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint URL of an S3-compatible store (MinIO, Ceph...), e.g. http://minio:9000; default: "
+        "AWS_ENDPOINT_URL, else AWS S3.",
+    )
+    s3_region: str | None = Field(default=None, description="S3 region; default: AWS_REGION or the AWS config.")
+    s3_access_key_id: SecretStr | None = Field(
+        default=None, description="S3 access key id; default: AWS_ACCESS_KEY_ID or the AWS credential chain."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret access key; default: AWS_SECRET_ACCESS_KEY or the AWS credential chain."
+    )
+
+
+class GatewaySettings(StoreSettings):
     """Settings of one gateway process; every field can be set as ``GATEWAY_<FIELD NAME>``."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, protected_namespaces=(), extra="forbid")
 
-    model_repository: Path = Field(
-        default=Path("model-repository"),
-        description="Folder holding one sub-folder per model, each with integer version folders.",
+    model_repository: str = Field(
+        default="model-repository",
+        description="Folder holding one sub-folder per model, each with integer version folders; or a repository "
+        "shared by several replicas: s3://bucket/prefix, gs://..., az://..., or file:///shared/folder (each "
+        "replica serves it from its repository-cache-dir and follows it in poll mode).",
+    )
+    repository_cache_dir: Path | None = Field(
+        default=None,
+        description="Folder where a replica keeps the versions of a shared model repository that it serves, "
+        "downloaded once and checked against their digests (default: a folder per URI under "
+        "~/.cache/model-gateway, or XDG_CACHE_HOME's).",
     )
     model_config_file: Path | None = Field(
         default=None,
@@ -141,13 +185,36 @@ class GatewaySettings(BaseSettings):
         default=LogFormat.TEXT, description="text, or json: one JSON object per line (with the request id)."
     )
 
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> GatewaySettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both tls-cert-file and tls-key-file")
         if self.workers > 1 and 0 in (self.http_port, self.grpc_port):
             raise ValueError("several workers share fixed ports: http-port and grpc-port cannot be 0")
+        if self.workers > 1 and self.store_uri is not None:
+            raise ValueError("a shared model repository (URI) is served by one worker per replica: scale with replicas")
         return self
+
+    @property
+    def store_uri(self) -> str | None:
+        """The shared model repository's URI, or None when model-repository is a local folder."""
+        return store_uri(self.model_repository)
+
+    @property
+    def repository_folder(self) -> Path:
+        """The folder the models are loaded from: model-repository, or the cache of a shared repository."""
+        uri = self.store_uri
+        if uri is None:
+            return Path(self.model_repository)
+        if self.repository_cache_dir is not None:
+            return self.repository_cache_dir
+        cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache_home) / "model-gateway" / re.sub(r"[^A-Za-z0-9._-]+", "_", uri)
 
 
 def default_admin_token_dir() -> Path:

@@ -77,7 +77,7 @@ class GatewayProcess:
 
     def __init__(
         self,
-        repository: Path,
+        repository: Path | str,
         log_path: Path,
         *extra_args: str,
         env: dict[str, str] | None = None,
@@ -221,7 +221,7 @@ def _environment(extra: dict[str, str] | None, admin_token: str | None) -> dict[
 
 
 def start_gateway(
-    repository: Path,
+    repository: Path | str,
     log_path: Path,
     *extra_args: str,
     env: dict[str, str] | None = None,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
@@ -26,7 +28,7 @@ from gateway.cli import app as cli_app
 from gateway.core.dataplane import DataPlane
 from gateway.core.repository_control import RepositoryControl
 from gateway.repository.model_repository import ModelRepository
-from gateway.settings import ENV_PREFIX, GatewaySettings, ModelControlMode
+from gateway.settings import ENV_PREFIX, GatewaySettings, ModelControlMode, store_uri
 from gateway.transports.rest.app import create_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +39,11 @@ DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "gateway.json"
 DATASOURCES_FILE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
 DASHBOARD_PROVIDERS_FILE = DEPLOY / "grafana" / "provisioning" / "dashboards" / "gateway.yaml"
 K8S = DEPLOY / "kubernetes"
+K8S_BASE = K8S / "base"
+K8S_BUCKET = K8S / "bucket"
 KSERVE = DEPLOY / "kserve"
+# Kinds defined by a CRD, whose schemas the Kubernetes API's do not hold: checked by the tests below only.
+CUSTOM_KINDS = {"InferenceService", "ServingRuntime"}
 
 HTTP_PORT: int = GatewaySettings.model_fields["http_port"].default
 GRPC_PORT: int = GatewaySettings.model_fields["grpc_port"].default
@@ -254,7 +260,7 @@ def dashboard() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def deployment() -> dict[str, Any]:
-    return one_of_kind(K8S / "deployment.yaml", "Deployment")
+    return one_of_kind(K8S_BASE / "deployment.yaml", "Deployment")
 
 
 @pytest.fixture(scope="module")
@@ -282,10 +288,12 @@ def test_every_yaml_and_json_file_under_deploy_parses() -> None:
         DASHBOARD_FILE,
         DATASOURCES_FILE,
         DASHBOARD_PROVIDERS_FILE,
-        *(K8S / name for name in ("deployment.yaml", "service.yaml", "hpa.yaml", "pvc.yaml")),
-        *(K8S / name for name in ("secret.example.yaml", "kustomization.yaml")),
+        *(K8S_BASE / name for name in ("deployment.yaml", "service.yaml", "hpa.yaml", "kustomization.yaml")),
+        *(K8S / name for name in ("pvc.yaml", "secret.example.yaml", "kustomization.yaml", "prometheus-adapter.yaml")),
+        *(K8S_BUCKET / name for name in ("kustomization.yaml", "deployment-patch.yaml", "secret.example.yaml")),
         KSERVE / "servingruntime.yaml",
         KSERVE / "inferenceservice.yaml",
+        KSERVE / "inferenceservice-bucket.yaml",
     }
     assert expected <= set(yaml_files) | set(json_files)
     for path in yaml_files:
@@ -516,7 +524,7 @@ def test_k8s_deployment_matches_the_gateway(
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_k8s_deployment_is_hardened_and_mounts_the_repository_read_only(
+def test_k8s_deployment_is_hardened_and_shares_the_repository_volume(
     deployment: dict[str, Any], gateway_container: dict[str, Any]
 ) -> None:
     pod = deployment["spec"]["template"]["spec"]
@@ -532,19 +540,27 @@ def test_k8s_deployment_is_hardened_and_mounts_the_repository_read_only(
     for section in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][section])
 
+    # The repository is the ReadWriteMany volume, given as a file:// URI: followed by every replica
+    # (poll mode), written by pushes through any of them, so mounted read-write.
+    env = k8s_env(container)
+    settings = GatewaySettings(**{SETTING_ENV_VARS[k]: v for k, v in env.items() if k in SETTING_ENV_VARS and v})
+    assert settings.store_uri == "file:///models"
+    assert settings.model_control_mode is ModelControlMode.POLL
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
-    repository_mount = mounts[k8s_env(container)["GATEWAY_MODEL_REPOSITORY"] or ""]
-    assert repository_mount["readOnly"] is True
+    repository_mount = mounts["/models"]
+    assert repository_mount.get("readOnly", False) is False
     claim = volumes[repository_mount["name"]]["persistentVolumeClaim"]
     assert claim["claimName"] == "model-repository"
     pvc = one_of_kind(K8S / "pvc.yaml", "PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == claim["claimName"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "emptyDir" in volumes[mounts[str(settings.repository_folder)]["name"]], "each replica's own cache"
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]], "/tmp must stay writable on a read-only root"
 
 
 def test_k8s_service_targets_the_container_ports(deployment: dict[str, Any], gateway_container: dict[str, Any]) -> None:
-    service = one_of_kind(K8S / "service.yaml", "Service")
+    service = one_of_kind(K8S_BASE / "service.yaml", "Service")
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     ports = {port["name"]: port for port in service["spec"]["ports"]}
     assert set(ports) == {"http", "grpc"}
@@ -554,8 +570,10 @@ def test_k8s_service_targets_the_container_ports(deployment: dict[str, Any], gat
     assert ports["grpc"]["appProtocol"] == "grpc"
 
 
-def test_k8s_hpa_secret_and_kustomization(deployment: dict[str, Any], gateway_container: dict[str, Any]) -> None:
-    hpa = one_of_kind(K8S / "hpa.yaml", "HorizontalPodAutoscaler")
+def test_k8s_hpa_scales_on_requests_in_flight_through_the_adapter_rule(
+    deployment: dict[str, Any], gateway_container: dict[str, Any]
+) -> None:
+    hpa = one_of_kind(K8S_BASE / "hpa.yaml", "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
@@ -564,17 +582,98 @@ def test_k8s_hpa_secret_and_kustomization(deployment: dict[str, Any], gateway_co
     assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
     assert "cpu" in gateway_container["resources"]["requests"], "CPU utilization needs a CPU request"
 
+    pods = [metric["pods"] for metric in hpa["spec"]["metrics"] if metric["type"] == "Pods"]
+    assert len(pods) == 1 and pods[0]["target"]["type"] == "AverageValue"
+    # The adapter's rule serves that name, from a gauge the gateway exports, per namespace and pod.
+    adapter = one_of_kind(K8S / "prometheus-adapter.yaml", "ConfigMap")
+    rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    rule = next(rule for rule in rules if rule["name"]["as"] == pods[0]["metric"]["name"])
+    assert promql_metric_names(rule["seriesQuery"]) <= GAUGES
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    assert re.fullmatch(rule["name"]["matches"], pods[0]["metric"]["name"])
+
+
+def test_k8s_secrets_and_kustomizations(gateway_container: dict[str, Any]) -> None:
     secret = one_of_kind(K8S / "secret.example.yaml", "Secret")
     ref = next(item for item in gateway_container["env"] if item["name"] == "GATEWAY_ADMIN_TOKEN")
     assert secret["metadata"]["name"] == ref["valueFrom"]["secretKeyRef"]["name"]
     assert ref["valueFrom"]["secretKeyRef"]["key"] in secret["stringData"]
 
-    kustomization = load_yaml(K8S / "kustomization.yaml")
-    listed = set(kustomization["resources"])
-    assert all((K8S / name).is_file() for name in listed)
-    # Every manifest is listed except the example Secret, so no placeholder token gets deployed.
-    manifests = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == manifests - {"secret.example.yaml"}
+    # Every manifest is listed, except the example Secrets (no placeholder reaches a cluster) and the
+    # adapter's rule (applied where the adapter runs).
+    base = load_yaml(K8S_BASE / "kustomization.yaml")
+    assert set(base["resources"]) == {path.name for path in K8S_BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    shared_volume = load_yaml(K8S / "kustomization.yaml")
+    assert set(shared_volume["resources"]) == {"pvc.yaml", "base"}
+    bucket = load_yaml(K8S_BUCKET / "kustomization.yaml")
+    assert bucket["resources"] == ["../base"]
+    assert [patch["path"] for patch in bucket["patches"]] == ["deployment-patch.yaml"]
+
+
+def test_k8s_bucket_overlay_takes_the_repository_and_credentials_from_a_secret() -> None:
+    patch = one_of_kind(K8S_BUCKET / "deployment-patch.yaml", "Deployment")
+    container = patch["spec"]["template"]["spec"]["containers"][0]
+    env = k8s_env(container)
+    check_gateway_env(env, "bucket/deployment-patch.yaml")
+    assert (store_uri(env["GATEWAY_MODEL_REPOSITORY"] or "") or "").startswith("s3://")
+    secret = one_of_kind(K8S_BUCKET / "secret.example.yaml", "Secret")
+    assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    """The manifests ``kubectl kustomize`` renders from ``folder``."""
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc is not None]
+
+
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl is not installed: the kustomizations are not rendered"
+)
+def test_k8s_kustomizations_render_both_ways_of_sharing_the_repository() -> None:
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    for folder, expected_uri in ((K8S, "file:///models"), (K8S_BUCKET, "s3://")):
+        manifests = kustomize(folder)
+        for manifest in manifests:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        kinds = sorted(manifest["kind"] for manifest in manifests)
+        deployment = next(manifest for manifest in manifests if manifest["kind"] == "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        env = k8s_env(pod["containers"][0])
+        assert (env["GATEWAY_MODEL_REPOSITORY"] or "").startswith(expected_uri)
+        claims = [volume for volume in pod["volumes"] if "persistentVolumeClaim" in volume]
+        if folder == K8S:
+            assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Service"]
+            assert [claim["persistentVolumeClaim"]["claimName"] for claim in claims] == ["model-repository"]
+        else:
+            assert kinds == ["Deployment", "HorizontalPodAutoscaler", "Service"]
+            assert claims == []
+            mounted = {mount["name"] for mount in pod["containers"][0]["volumeMounts"]}
+            assert mounted <= {volume["name"] for volume in pod["volumes"]}
+
+
+def test_every_kubernetes_manifest_matches_the_api_schemas() -> None:
+    """Every whole manifest under deploy/ (not the kustomizations' patches) against the Kubernetes API's schemas."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    checked = []
+    for path in sorted([*K8S.rglob("*.yaml"), *KSERVE.rglob("*.yaml")]):
+        if path.name in {"kustomization.yaml", "deployment-patch.yaml"}:
+            continue
+        for manifest in load_docs(path):
+            if manifest["kind"] in CUSTOM_KINDS:
+                continue
+            kubernetes_validate.validate(manifest, version, strict=True)
+            checked.append(manifest["kind"])
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Secret", "ConfigMap"} <= set(
+        checked
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -588,7 +687,9 @@ def test_kserve_runtime_ports_match_its_args(runtime: dict[str, Any], routes: se
     assert args[0] == "serve", "the image's ENTRYPOINT is `gateway`; args replace its CMD"
     options = dict(zip(args[1::2], args[2::2], strict=True))
     assert set(options) <= serve_options(), f"unknown options: {set(options) - serve_options()}"
-    assert options["--model-repository"] == "/mnt/models", "KServe's storage initializer downloads there"
+    # An env variable, not an option (which would win over it): an InferenceService may give a bucket URI.
+    assert "--model-repository" not in options
+    assert k8s_env(container)["GATEWAY_MODEL_REPOSITORY"] == "/mnt/models", "KServe's storage initializer's folder"
     assert options["--host"] == "0.0.0.0"
     http_port, grpc_port = int(options["--http-port"]), int(options["--grpc-port"])
     assert (http_port, grpc_port) == (8080, 9000), "KServe's conventional ports"
@@ -624,6 +725,19 @@ def test_kserve_inferenceservice_uses_the_runtime(runtime: dict[str, Any]) -> No
     assert model["modelFormat"]["name"] in formats
     assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
     assert re.match(r"(s3|gs|pvc)://", model["storageUri"])
+
+
+def test_kserve_inferenceservice_following_a_bucket(runtime: dict[str, Any]) -> None:
+    service = one_of_kind(KSERVE / "inferenceservice-bucket.yaml", "InferenceService")
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert "storageUri" not in model, "the gateway follows the bucket itself: no storage initializer"
+    env = k8s_env(model)
+    check_gateway_env(env, "inferenceservice-bucket.yaml")
+    assert (store_uri(env["GATEWAY_MODEL_REPOSITORY"] or "") or "").startswith("s3://")
+    assert env["GATEWAY_MODEL_CONTROL_MODE"] == "poll"
+    secrets = {item["valueFrom"]["secretKeyRef"]["key"] for item in model["env"] if "valueFrom" in item}
+    assert secrets == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -94,11 +94,13 @@ def push(
     ] = None,
     token: TokenOption = None,
     repository: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--repository",
-            metavar="PATH",
-            help="Write into this local model repository folder instead of uploading.",
+            metavar="PATH|URI",
+            help="Write into this model repository instead of uploading: a local folder, or a repository shared "
+            "by replicas (s3://bucket/prefix, gs://, az://, file:///shared/folder; S3 settings from GATEWAY_S3_* "
+            "or AWS_* variables).",
             show_default=False,
         ),
     ] = None,

@@ -46,7 +46,14 @@ def serve_epilog() -> str:
 
 
 def serve(
-    model_repository: Annotated[Path | None, _option("model_repository", "--model-repository")] = None,
+    model_repository: Annotated[
+        str | None, _option("model_repository", "--model-repository", metavar="PATH|URI")
+    ] = None,
+    repository_cache_dir: Annotated[
+        Path | None, _option("repository_cache_dir", "--repository-cache-dir", default_text="")
+    ] = None,
+    s3_endpoint_url: Annotated[str | None, _option("s3_endpoint_url", "--s3-endpoint-url", metavar="URL")] = None,
+    s3_region: Annotated[str | None, _option("s3_region", "--s3-region")] = None,
     model_config_file: Annotated[Path | None, _option("model_config_file", "--model-config-file")] = None,
     host: Annotated[str | None, _option("host", "--host")] = None,
     http_port: Annotated[int | None, _option("http_port", "--http-port")] = None,
@@ -88,7 +95,8 @@ def serve(
     """Serve every model in the model repository over REST and gRPC.
 
     In one process, or in --workers processes sharing the ports. Every option can also be set by
-    its GATEWAY_* environment variable, listed at the end.
+    its GATEWAY_* environment variable, listed at the end; the S3 credentials only so
+    (GATEWAY_S3_ACCESS_KEY_ID, GATEWAY_S3_SECRET_ACCESS_KEY, or AWS's own variables).
     """
     given = {name: value for name, value in locals().items() if value is not None}
     try:

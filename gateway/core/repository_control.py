@@ -32,6 +32,7 @@ from gateway.errors import (
 from gateway.repository.model_repository import IndexEntry, ModelRepository, ModelState
 from gateway.repository.names import check_model_name
 from gateway.repository.packages import check_version_files, receive_package, unpack_package
+from gateway.repository.store import RepositoryFollower
 from gateway.settings import ModelControlMode
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class RepositoryControl:
         max_upload_bytes: largest model package accepted, compressed and unpacked alike, in bytes.
         peers: in a worker process, the other workers, which follow every load, unload, upload,
             delete and traffic policy change; None in a single process.
+        follower: for a repository shared by several replicas (object storage, a shared folder), this
+            replica's cache of it: uploads are committed to the store and deletes made there, and
+            the other replicas follow at their next poll; None for a local repository.
 
     Attributes:
         traffic: the traffic management API (policy, promote, rollback) over the same repository.
@@ -76,8 +80,10 @@ class RepositoryControl:
         admin_token: AdminToken,
         max_upload_bytes: int,
         peers: Peers | None = None,
+        follower: RepositoryFollower | None = None,
     ) -> None:
         self.repository = repository
+        self._follower = follower
         self.control_mode = control_mode
         self.admin_token = admin_token
         self.max_upload_bytes = max_upload_bytes
@@ -191,6 +197,8 @@ class RepositoryControl:
         """
         self.admin_token.check(authorization)
         number = None if version is None else _parse_version_number(version)
+        if self._follower is not None:
+            return await self._follower.delete(name, number)
         deleted = await self.repository.delete(name, number)
         if number is None:
             await self._tell_peers("unload", name)
@@ -219,8 +227,10 @@ class RepositoryControl:
             UnauthenticatedError: no valid admin token (checked before the body is read).
             InvalidArgumentError: a bad name, version or package (the message says which member or file).
             PayloadTooLargeError: the package, or what it unpacks to, passes the upload limit.
-            AlreadyExistsError: the version exists already.
-            UnavailableError: the repository cannot be written, or the model failed to load the version.
+            AlreadyExistsError: the version exists already (in a shared repository: another replica
+                committed it first).
+            UnavailableError: the repository cannot be written (a shared repository: cannot be reached),
+                or the model failed to load the version.
         """
         self.admin_token.check(authorization)
         check_model_name(name)  # before reading the body
@@ -231,7 +241,8 @@ class RepositoryControl:
             version_dir = staging / "version"
             await asyncio.to_thread(unpack_package, archive, version_dir, self.max_upload_bytes)
             await asyncio.to_thread(check_version_files, version_dir, self.max_upload_bytes)
-            installed = await self.repository.install_version(name, number, version_dir)
+            install = self._follower.install_version if self._follower is not None else self.repository.install_version
+            installed = await install(name, number, version_dir)
         await self._tell_peers("load", name)
         logger.info("model %s version %d uploaded", name, installed)
         return UploadResult(name, installed, installed in self.repository.ready_versions(name))

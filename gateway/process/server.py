@@ -40,6 +40,7 @@ from gateway.metrics import Metrics
 from gateway.process.messages import WORKER_START_FAILED
 from gateway.process.peers import PeerWorkers
 from gateway.repository.model_repository import ModelRepository
+from gateway.repository.store import RepositoryFollower, RepositoryStore, StoreError
 from gateway.repository.tfserving_config import read_model_server_config
 from gateway.settings import GatewaySettings, ModelControlMode
 from gateway.transports.grpc.server import HealthStatus, create_grpc_server, set_serving
@@ -131,6 +132,7 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
     """
     shared_ports = settings.workers > 1
     repository = _model_repository(settings)
+    follower = _repository_follower(settings, repository)
     given_token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
     with server_token(given_token, settings.admin_token_dir, settings.http_port) as token:
         dataplane = DataPlane(
@@ -142,7 +144,12 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
         )
         peers = PeerWorkers(peers_connection, repository) if peers_connection is not None else None
         control = RepositoryControl(
-            repository, settings.model_control_mode, AdminToken(token), settings.max_upload_bytes, peers=peers
+            repository,
+            settings.model_control_mode,
+            AdminToken(token),
+            settings.max_upload_bytes,
+            peers=peers,
+            follower=follower,
         )
         if peers is not None:
             peers.start()
@@ -192,7 +199,7 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
             settings.model_control_mode,
             ", TLS" if scheme == "https" else "",
         )
-        running = asyncio.create_task(_load_and_poll(settings, repository, dataplane, health_servicer))
+        running = asyncio.create_task(_load_and_poll(settings, repository, follower, dataplane, health_servicer))
         stop_task = asyncio.create_task(stop_requested.wait())
         try:
             await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -220,7 +227,7 @@ def _model_repository(settings: GatewaySettings) -> ModelRepository:
     try:
         configured = read_model_server_config(settings.model_config_file) if settings.model_config_file else {}
         return ModelRepository(
-            settings.model_repository,
+            settings.repository_folder,
             settings.default_max_batch_size,
             Metrics(),
             cpu_cores=max(1, len(os.sched_getaffinity(0)) // settings.workers),
@@ -230,10 +237,42 @@ def _model_repository(settings: GatewaySettings) -> ModelRepository:
         raise StartupError(str(error)) from None
 
 
+def _repository_follower(settings: GatewaySettings, repository: ModelRepository) -> RepositoryFollower | None:
+    """For a shared model repository (a URI), this replica's follower of it over the repository's cache folder.
+
+    Raises:
+        StartupError: the shared repository cannot be reached or read (the message names its URI).
+    """
+    uri = settings.store_uri
+    if uri is None:
+        return None
+    try:
+        store = RepositoryStore(uri, settings)
+        store.check()
+    except StoreError as error:
+        raise StartupError(str(error)) from None
+    follower = RepositoryFollower(store, repository, repository.metrics)
+    try:
+        follower.prepare_cache()
+    except OSError as error:
+        raise StartupError(f"cannot use the repository cache folder {repository.root}: {error}") from None
+    return follower
+
+
 async def _load_and_poll(
-    settings: GatewaySettings, repository: ModelRepository, dataplane: DataPlane, health_servicer: HealthStatus
+    settings: GatewaySettings,
+    repository: ModelRepository,
+    follower: RepositoryFollower | None,
+    dataplane: DataPlane,
+    health_servicer: HealthStatus,
 ) -> None:
-    """Load the repository and turn ready; in poll mode, then rescan the repository until cancelled."""
+    """Load the repository and turn ready; in poll mode, then rescan the repository until cancelled.
+
+    A shared repository is first copied into the cache (what its version policies select), and each
+    poll follows it (:meth:`RepositoryFollower.sync`) before the cache is rescanned.
+    """
+    if follower is not None:
+        await follower.sync(load=False)
     if settings.model_control_mode is not ModelControlMode.EXPLICIT:
         await repository.load_all()
     dataplane.mark_ready()
@@ -242,7 +281,10 @@ async def _load_and_poll(
     while settings.model_control_mode is ModelControlMode.POLL:
         await asyncio.sleep(settings.repository_poll_seconds)
         try:
-            await repository.poll()
+            if follower is not None:
+                await follower.sync()
+            else:
+                await repository.poll()
         except Exception:  # a scan that fails (e.g. a folder removed mid-scan) is retried next time
             logger.exception("repository poll failed")
 

@@ -522,13 +522,9 @@ class ModelRepository:
             UnavailableError: the model failed to load the new version; the repository is as before.
             FailedPreconditionError: a configured model (its files are not the repository's to change).
         """
-        check_model_name(name)
-        self._check_repository_model(name, "uploaded to")
         model_path = self.root / name
-        if model_path.is_symlink() or (model_path.exists() and not model_path.is_dir()):
-            raise InvalidArgumentError(f"'{name}' in the repository is not a model folder")
         async with self._locks.setdefault(name, asyncio.Lock()):
-            await asyncio.to_thread(self._trial_load, model_path, staged)
+            await asyncio.to_thread(self.check_staged_version, name, staged)
             is_new_model = not model_path.is_dir()
             highest = 0 if is_new_model else max(_version_folders(model_path), default=0)
             number = version if version is not None else highest + 1
@@ -536,7 +532,7 @@ class ModelRepository:
         try:
             await self._load(name, None)
         except UnavailableError:
-            reason = self._records[name].failures.get(number)
+            reason = self.failure(name, number)
             if reason is None:
                 return number  # another version's failure; ours loaded (or the policy does not select it)
             await asyncio.to_thread(os.rename, installed, staged.with_name(f"rejected-{uuid.uuid4().hex}"))
@@ -548,9 +544,20 @@ class ModelRepository:
             raise UnavailableError(f"model '{name}' version {number} failed to load: {reason}") from None
         return number
 
-    def _trial_load(self, model_path: Path, staged: Path) -> None:
-        """Runs in a worker thread: load one instance of the staged files with the model's config."""
-        record = self._records.get(model_path.name)
+    def check_staged_version(self, name: str, staged: Path) -> None:
+        """Blocking: check that ``staged`` may become a version of ``name``: one instance loads with its config.
+
+        Raises:
+            InvalidArgumentError: an invalid model name, a repository entry ``name`` that is not a model
+                folder, or files that do not load (the message says why).
+            FailedPreconditionError: a configured model (its files are not the repository's to change).
+        """
+        check_model_name(name)
+        self._check_repository_model(name, "uploaded to")
+        model_path = self.root / name
+        if model_path.is_symlink() or (model_path.exists() and not model_path.is_dir()):
+            raise InvalidArgumentError(f"'{name}' in the repository is not a model folder")
+        record = self._records.get(name)
         try:
             override = record.override if record is not None else None
             if override is None and not model_path.is_dir():
@@ -594,6 +601,11 @@ class ModelRepository:
             raise UnavailableError(f"model '{name}' is loading")
         served = ", ".join(str(v) for v in sorted(record.versions)) or "none"
         raise NotFoundError(f"model '{name}' has no version {number} (versions served: {served})")
+
+    def failure(self, name: str, version: int) -> str | None:
+        """Why version ``version`` of ``name`` failed its last load, or None."""
+        record = self._records.get(name)
+        return record.failures.get(version) if record is not None else None
 
     def ready_versions(self, name: str) -> list[int]:
         """The versions of ``name`` that are loaded and serving, ascending."""
