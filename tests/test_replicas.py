@@ -673,3 +673,32 @@ def test_a_replica_killed_mid_push_leaves_no_version(
         restarted.stop()
     traffic.stop()
     assert traffic.failures == []
+
+
+def test_a_traffic_policy_set_through_one_replica_is_followed_by_all(
+    shared_repository: SharedRepository, start_replicas: Callable[..., list[GatewayProcess]], tmp_path: Path
+) -> None:
+    fs, root = shared_repository.filesystem()
+    fs.makedirs(f"{root}/m", exist_ok=True)
+    fs.pipe_file(f"{root}/m/config.yaml", b"version_policy: {all: {}}\n")
+    replicas = start_replicas(shared_repository, 2)
+    for offset in (1.0, 2.0):
+        package, _ = offset_package(tmp_path, offset)
+        response = push(replicas[0], package)
+        assert response.status_code == 201, response.text
+
+    def both_versions_everywhere() -> bool:
+        return all(served_offset(r, "1") == 1.0 and served_offset(r, "2") == 2.0 for r in replicas)
+
+    wait_until(both_versions_everywhere, CONVERGENCE_SECONDS, "both versions on both replicas")
+    assert [served_offset(r) for r in replicas] == [2.0, 2.0]  # no policy yet: the highest version
+    policy = {"version_labels": {"stable": 1, "canary": 2}, "routing": {"weights": {"stable": 1, "canary": 0}}}
+    answer = replicas[1].http.put("/v2/repository/models/m/traffic", json=policy, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert served_offset(replicas[1]) == 1.0  # in force where it was set before the answer
+    wait_until(lambda: served_offset(replicas[0]) == 1.0, CONVERGENCE_SECONDS, "the policy on the other replica")
+    assert fs.cat_file(f"{root}/m/traffic.json")  # in the store: a new replica starts with it
+    assert served_offset(start_replicas(shared_repository, 1)[0]) == 1.0
+    promoted = replicas[0].http.post("/v2/repository/models/m/promote", json={}, headers=AUTH)
+    assert promoted.status_code == 200, promoted.text
+    wait_until(lambda: served_offset(replicas[1]) == 2.0, CONVERGENCE_SECONDS, "the promote on the other replica")

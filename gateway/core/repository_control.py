@@ -33,6 +33,7 @@ from gateway.repository.model_repository import IndexEntry, ModelRepository, Mod
 from gateway.repository.names import check_model_name
 from gateway.repository.packages import check_version_files, receive_package, unpack_package
 from gateway.repository.store import RepositoryFollower
+from gateway.repository.traffic import TRAFFIC_FILE
 from gateway.settings import ModelControlMode
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,8 @@ class RepositoryControl:
         self.admin_token = admin_token
         self.max_upload_bytes = max_upload_bytes
         self._peers = peers
-        self.traffic = TrafficControl(repository, admin_token, self._follow_load if peers is not None else None)
+        spread = self._spread_traffic_policy if peers is not None or follower is not None else None
+        self.traffic = TrafficControl(repository, admin_token, spread)
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Every model in the repository with its state and, when not ready, the reason (one entry per version)."""
@@ -247,8 +249,16 @@ class RepositoryControl:
         logger.info("model %s version %d uploaded", name, installed)
         return UploadResult(name, installed, installed in self.repository.ready_versions(name))
 
-    async def _follow_load(self, name: str) -> None:
-        """Have the other workers load ``name`` again (after a traffic policy change: it is read again)."""
+    async def _spread_traffic_policy(self, name: str) -> None:
+        """After ``name``'s traffic policy changed here: the other workers load the model again (the policy
+        is read again; its versions stay loaded), and in a shared repository its ``traffic.json`` is
+        written to the store, where the other replicas take it at their next poll.
+
+        Raises:
+            UnavailableError: some other worker failed, or the store cannot be written.
+        """
+        if self._follower is not None:
+            await self._follower.publish_file(name, TRAFFIC_FILE)
         await self._tell_peers("load", name)
 
     async def _tell_peers(self, action: PeerAction, name: str) -> None:

@@ -8,7 +8,9 @@ A change is one swap of an immutable policy object (:meth:`ModelRepository.set_t
 a request is routed by the old policy or the new one, and none fails for the change. The policy is
 written to the model's ``traffic.json`` first (:mod:`gateway.repository.traffic`), so a restart
 keeps it, and with ``--workers`` every other worker reloads the model (its versions are kept as
-loaded; the policy is read again) before the answer goes out.
+loaded; the policy is read again) before the answer goes out. In a repository shared by replicas
+(:mod:`gateway.repository.store`) the file is written to the store before the answer goes out, and
+the other replicas take it at their next poll.
 
 Promote moves the ``stable`` label to a version (by default the one the ``canary`` label names),
 remembers where it was, and waits (up to ``drain_timeout_seconds``) until the requests queued or
@@ -42,8 +44,10 @@ class TrafficControl:
     Args:
         repository: the model repository.
         admin_token: the token changes require.
-        follow: in a worker process, an awaitable function having every other worker reload a
-            model (the policy from its ``traffic.json``); None in a single process.
+        follow: an awaitable function spreading a change of a model's policy: every other worker
+            reloads the model (the policy from its ``traffic.json``), and in a repository shared by
+            replicas the file is written to the store, which the other replicas follow; None in a
+            single process over a local repository.
     """
 
     def __init__(
@@ -73,7 +77,8 @@ class TrafficControl:
             InvalidArgumentError: not a valid policy, or a label naming a version that is not served.
             NotFoundError: unknown or unloaded model.
             FailedPreconditionError: a configured model (models.config): its policy is its configuration's.
-            UnavailableError: the policy cannot be written, or another worker failed to follow.
+            UnavailableError: the policy cannot be written (here or to a shared repository), or another
+                worker failed to follow.
         """
         self.admin_token.check(authorization)
         try:

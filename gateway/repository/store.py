@@ -5,6 +5,7 @@ The repository is given as an fsspec URI: ``s3://bucket/prefix`` (s3fs; any S3-c
 Kubernetes ReadWriteMany volume). Its layout is the commit protocol's::
 
     <root>/<model>/config.yaml or config.pbtxt        optional, as in a local repository
+    <root>/<model>/traffic.json                       the traffic policy set through the management API
     <root>/<model>/uploads/<upload id>/<files>        a version's files, written first (the staging key)
     <root>/<model>/versions/<version>.json            its manifest, written last: the commit marker
 
@@ -50,6 +51,7 @@ from gateway.metrics import Metrics
 from gateway.repository.config import CONFIG_FILE, ModelConfig, ModelConfigError
 from gateway.repository.model_repository import STAGING_FOLDER, ModelRepository, read_config
 from gateway.repository.names import valid_model_name
+from gateway.repository.traffic import TRAFFIC_FILE
 from gateway.repository.triton_config import CONFIG_PBTXT
 from gateway.settings import StoreSettings
 
@@ -61,8 +63,12 @@ MANIFESTS_FOLDER = "versions"
 UPLOADS_FOLDER = "uploads"
 #: Seconds after which an upload that no manifest names (a push that died) is removed by a later push.
 STALE_UPLOAD_SECONDS = 3600.0
-#: The model config files a model folder may hold, copied into the cache as they are.
-CONFIG_FILES = (CONFIG_FILE, CONFIG_PBTXT)
+#: The files a model folder may hold beside its versions (its config, its traffic policy), copied into
+#: the cache as they are.
+CONFIG_FILES = (CONFIG_FILE, CONFIG_PBTXT, TRAFFIC_FILE)
+#: The tag recorded for a file this replica changed but could not write to the store: it matches no
+#: store object, so the next poll takes the store's file (or its absence) again.
+_UNPUBLISHED = "unpublished"
 #: Where the cache keeps which manifest each cached version and config file came from.
 CACHE_STATE_FILE = ".store-state.json"
 #: Bytes read at a time when a file's digest is computed.
@@ -307,6 +313,14 @@ class RepositoryStore:
             os.replace(partial, destination)
         finally:
             partial.unlink(missing_ok=True)
+
+    def upload_file(self, name: str, file_name: str, source: Path) -> str:
+        """Write ``source`` as model ``name``'s file ``file_name`` (one object put: a reader sees the old or
+        the new); the new object's tag."""
+        path = self._path(name, file_name)
+        self.fs.put_file(str(source), path)
+        self.fs.invalidate_cache()
+        return _tag(self.fs.info(path))
 
     def commit_version(self, name: str, version: int | None, folder: Path) -> tuple[int, str]:
         """Commit the files of ``folder`` as a version of model ``name``: files first, the manifest last.
@@ -648,6 +662,34 @@ class RepositoryFollower:
                 await asyncio.to_thread(fetch)
             except Exception as error:
                 raise UnavailableError(str(self.store.error("cannot read", error))) from None
+
+    async def publish_file(self, name: str, file_name: str) -> None:
+        """Write model ``name``'s file ``file_name`` (its traffic policy) from the cache to the store, where
+        the other replicas take it at their next poll.
+
+        Raises:
+            UnavailableError: the store cannot be written. The change stays on this replica only until
+                its next successful poll, which takes the store's file again.
+        """
+        key = f"{name}/{file_name}"
+
+        def publish() -> None:
+            try:
+                self._state["configs"][key] = self.store.upload_file(name, file_name, self.cache / name / file_name)
+            except Exception:
+                self._state["configs"][key] = _UNPUBLISHED
+                raise
+            finally:
+                self._write_state()
+
+        async with self._lock:
+            try:
+                await asyncio.to_thread(publish)
+            except Exception as error:
+                raise UnavailableError(
+                    f"{self.store.error('cannot write', error)}; the change holds on this replica only until "
+                    "its next poll"
+                ) from None
 
     def _download(self, name: str, version: int, tag: str) -> int:
         """Download one version into a staging folder, check it, and move it into the cache in one rename."""
