@@ -34,6 +34,7 @@ from gateway.transports.rest.app import create_app
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = REPO_ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yaml"
+REPLICAS_COMPOSE_FILE = DEPLOY / "docker-compose.replicas.yaml"
 PROMETHEUS_FILE = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "gateway.json"
 DATASOURCES_FILE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
@@ -414,6 +415,30 @@ def test_compose_gateway_matches_the_gateway(compose: dict[str, Any], routes: se
     urls = re.findall(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/[\w/]+)", command)
     assert urls == [(str(http_port), READY_PATH)]
     assert READY_PATH in routes
+
+
+def test_compose_replicas_follow_one_bucket() -> None:
+    """docker-compose.replicas.yaml: three replicas following the bucket its MinIO makes, each on its own ports."""
+    services = load_yaml(REPLICAS_COMPOSE_FILE)["services"]
+    replicas = {name: service for name, service in services.items() if name.startswith("gateway-")}
+    assert len(replicas) == 3
+    bucket_command = " ".join(services["create-bucket"]["entrypoint"])
+    published: list[str] = []
+    for name, service in replicas.items():
+        env = compose_env(service)
+        check_gateway_env(env, f"docker-compose.replicas.yaml {name}")
+        repository = env["GATEWAY_MODEL_REPOSITORY"] or ""
+        bucket = repository.removeprefix("s3://").split("/")[0]
+        assert repository.startswith("s3://") and f"local/{bucket}" in bucket_command, repository
+        assert setting(env, "model_control_mode").value == "poll"
+        assert env["GATEWAY_S3_ENDPOINT_URL"] == "http://minio:9000" and "9000:9000" in services["minio"]["ports"]
+        assert "s3" in compose_value(service["build"]["args"]["EXTRAS"]).split(",")
+        assert "GATEWAY_ADMIN_TOKEN" in env, f"{name}: one admin token for every replica, from the shell"
+        assert published_container_ports(service) == {setting(env, "http_port"), setting(env, "grpc_port")}
+        published += [str(port).split(":")[0] for port in service["ports"]]
+        assert service["depends_on"]["create-bucket"]["condition"] == "service_completed_successfully"
+        assert "/cache" in service["tmpfs"] and env["GATEWAY_REPOSITORY_CACHE_DIR"] == "/cache"
+    assert len(set(published)) == len(published) == 6, published
 
 
 def test_compose_depends_on_healthy_services(compose: dict[str, Any]) -> None:
