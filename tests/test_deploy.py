@@ -59,8 +59,23 @@ LIVE_PATH = "/v2/health/live"
 METRICS_PATH = "/metrics"
 
 # The gateway's metrics, by type: histograms are queried through their _bucket, _sum, _count series.
-COUNTERS = {"gateway_inference_requests_total", "gateway_shadow_requests_total"}
-GAUGES = {"gateway_inference_inflight_requests", "gateway_model_ready"}
+COUNTERS = {
+    "gateway_inference_requests_total",
+    "gateway_shadow_requests_total",
+    "gateway_repository_downloaded_bytes_total",
+}
+GAUGES = {
+    "gateway_inference_inflight_requests",
+    "gateway_model_ready",
+    "gateway_repository_stale",
+    "gateway_repository_last_sync_timestamp_seconds",
+}
+#: The shared repository's metrics: one per replica, no model label (not filtered on $model).
+REPOSITORY_METRICS = {
+    "gateway_repository_downloaded_bytes_total",
+    "gateway_repository_stale",
+    "gateway_repository_last_sync_timestamp_seconds",
+}
 HISTOGRAMS = {
     "gateway_inference_request_duration_seconds",
     "gateway_inference_queue_duration_seconds",
@@ -803,6 +818,9 @@ def test_dashboard_expressions_use_only_gateway_metrics(dashboard: dict[str, Any
         selectors = re.findall(r"\b(gateway_\w+)(\{[^}]*\})?", expr)
         assert len(selectors) == len(re.findall(r"\bgateway_\w+", expr))
         for name, matchers in selectors:
+            if name in REPOSITORY_METRICS:
+                assert "by (instance)" in expr, f"{title}: {name} is shown per replica"
+                continue
             assert 'model=~"$model"' in matchers, f'{title}: {name} is not filtered on model=~"$model"'
         assert all(window == "[$__rate_interval]" for window in re.findall(r"\[[^\]]*\]", expr)), title
         assert expr.count("(") == expr.count(")"), title
