@@ -74,6 +74,7 @@ from gateway.repository.traffic import TrafficPolicy, read_traffic_file, write_t
 from gateway.repository.triton_config import CONFIG_PBTXT, parse_config_override, read_triton_config
 from gateway.runtime.reshape import ReshapedBackend
 from gateway.runtime.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
+from gateway.runtime.warmup import WarmupError, generated_requests, read_warmup_samples, run_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -794,7 +795,7 @@ class ModelRepository:
                     name, version, version_path, config, fingerprint, metrics, sum(size for _, size, _ in files)
                 )
                 self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
-            except (ModelLoadError, ModelConfigError) as error:
+            except (ModelLoadError, ModelConfigError, WarmupError) as error:
                 failures[version] = str(error)
             except Exception as error:  # a runtime's unexpected failure must not take the server down
                 logger.exception("unexpected error loading %s version %s", name, version)
@@ -833,14 +834,17 @@ class ModelRepository:
         def signatures(tensors: list[TensorConfig]) -> dict[str, TensorSignature]:
             return {t.name: TensorSignature(t.datatype, tuple(full_shape(t, max_batch_size))) for t in tensors}
 
+        inputs, outputs = signatures(completed.inputs), signatures(completed.outputs)
+        if completed.warmup != "none":
+            self._warm_up(name, version, path, instances, inputs, list(outputs), max_batch_size)
         return LoadedVersion(
             name=name,
             version=version,
             platform=instances[0].platform,
             config=completed,
             max_batch_size=max_batch_size,
-            inputs=signatures(completed.inputs),
-            outputs=signatures(completed.outputs),
+            inputs=inputs,
+            outputs=outputs,
             scheduler=_scheduler(instances, completed, metrics),
             fingerprint=fingerprint,
             metrics=metrics,
@@ -848,6 +852,34 @@ class ModelRepository:
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
             backend_parameters={**instances[0].metadata_parameters, **parameters},
+        )
+
+    def _warm_up(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        instances: list[Backend],
+        inputs: dict[str, TensorSignature],
+        output_names: list[str],
+        max_batch_size: int,
+    ) -> None:
+        """Run the version's warmup requests on each instance (:mod:`gateway.runtime.warmup`), before it serves.
+
+        Raises:
+            WarmupError: a shipped sample does not fit the model, or a warmup request failed.
+        """
+        signature = {input_name: (tensor.datatype, tensor.shape) for input_name, tensor in inputs.items()}
+        requests = read_warmup_samples(path, signature) or generated_requests(signature, max_batch_size)
+        seconds = run_warmup(instances, requests, output_names)
+        self.metrics.warmup_duration.labels(name, str(version)).observe(seconds)
+        logger.info(
+            "model %s version %d warmed up: %d request(s) on %d instance(s) in %.3f s",
+            name,
+            version,
+            len(requests),
+            len(instances),
+            seconds,
         )
 
     def _load_pipeline(
