@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import Backend, ModelLoadError, create_backend, detect_backend
+from backends.tensorflow_savedmodel import TensorFlowBackend, saved_model_folder
 from converters.parity import read_parity_file
 from converters.quantization_report import read_quantization_file
 from gateway.errors import (
@@ -70,6 +71,7 @@ from gateway.repository.config import (
 from gateway.repository.mar import served_version
 from gateway.repository.names import check_model_name, valid_model_name
 from gateway.repository.pipelines import PIPELINE_PLATFORM, plan_pipeline
+from gateway.repository.tfserving_warmup import read_tf_serving_warmup
 from gateway.repository.traffic import TrafficPolicy, read_traffic_file, write_traffic_file
 from gateway.repository.triton_config import CONFIG_PBTXT, parse_config_override, read_triton_config
 from gateway.runtime.reshape import ReshapedBackend
@@ -836,7 +838,7 @@ class ModelRepository:
 
         inputs, outputs = signatures(completed.inputs), signatures(completed.outputs)
         if completed.warmup != "none":
-            self._warm_up(name, version, path, instances, inputs, list(outputs), max_batch_size)
+            self._warm_up(name, version, path, completed, instances, inputs, list(outputs))
         return LoadedVersion(
             name=name,
             version=version,
@@ -859,19 +861,39 @@ class ModelRepository:
         name: str,
         version: int,
         path: Path,
+        config: ModelConfig,
         instances: list[Backend],
         inputs: dict[str, TensorSignature],
         output_names: list[str],
-        max_batch_size: int,
     ) -> None:
         """Run the version's warmup requests on each instance (:mod:`gateway.runtime.warmup`), before it serves.
 
+        The requests: the samples in ``warmup/*.npz``, else a SavedModel's TF Serving warmup file
+        (:mod:`gateway.repository.tfserving_warmup`), else requests generated from the signature. Zeros
+        are not a valid input of every model (serialized tf.Examples, ids a lookup refuses...), so a
+        generated request that fails is logged and the version serves without warmup; a shipped one
+        that fails fails the load.
+
         Raises:
-            WarmupError: a shipped sample does not fit the model, or a warmup request failed.
+            WarmupError: a shipped sample cannot be read or does not fit the model, or it failed to run.
         """
         signature = {input_name: (tensor.datatype, tensor.shape) for input_name, tensor in inputs.items()}
-        requests = read_warmup_samples(path, signature) or generated_requests(signature, max_batch_size)
-        seconds = run_warmup(instances, requests, output_names)
+        shipped = read_warmup_samples(path, signature)
+        if not shipped and instances[0].platform == TensorFlowBackend.platform:
+            shipped = read_tf_serving_warmup(saved_model_folder(path, config.default_model_filename), signature)
+        requests = shipped or generated_requests(signature, config.max_batch_size or 0)
+        try:
+            seconds = run_warmup(instances, requests, output_names)
+        except WarmupError as error:
+            if shipped:
+                raise
+            logger.warning(
+                "model %s version %d serves without warmup: %s (zeros do not suit it: ship warmup/*.npz samples)",
+                name,
+                version,
+                error,
+            )
+            return
         self.metrics.warmup_duration.labels(name, str(version)).observe(seconds)
         logger.info(
             "model %s version %d warmed up: %d request(s) on %d instance(s) in %.3f s",

@@ -105,14 +105,28 @@ def read_warmup_samples(version_path: Path, inputs: Mapping[str, tuple[str, Sequ
                 arrays = {name: archive[name] for name in archive.files}
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise WarmupError(f"warmup sample {label} cannot be read: {error}") from None
-        requests.append(WarmupRequest(label, _checked_sample(label, arrays, inputs)))
+        requests.append(WarmupRequest(label, checked_sample(label, arrays, inputs)))
     return requests
 
 
-def _checked_sample(
-    label: str, arrays: dict[str, np.ndarray], inputs: Mapping[str, tuple[str, Sequence[int]]]
+def checked_sample(
+    label: str, arrays: Mapping[str, np.ndarray], inputs: Mapping[str, tuple[str, Sequence[int]]]
 ) -> dict[str, np.ndarray]:
-    """The arrays of one sample, checked against the inputs (BYTES turned into ``object`` arrays of bytes)."""
+    """The arrays of one warmup request, checked against the model's inputs.
+
+    Args:
+        label: where the request comes from, for messages (e.g. ``warmup/a.npz``).
+        arrays: per input name, its array; a BYTES input as a numpy bytes array (dtype ``S``) or an
+            ``object`` array of ``bytes``.
+        inputs: per model input name, its v2 datatype and full shape (-1: variable).
+
+    Returns:
+        The arrays, BYTES ones as ``object`` arrays of ``bytes``.
+
+    Raises:
+        WarmupError: missing or unknown input names, another dtype, rank or fixed size; the message
+            names ``label`` and the input.
+    """
     missing, unknown = sorted(set(inputs) - set(arrays)), sorted(set(arrays) - set(inputs))
     if missing or unknown:
         raise WarmupError(
@@ -131,7 +145,7 @@ def _checked_sample(
     for name, (datatype, shape) in inputs.items():
         array = arrays[name]
         if datatype == BYTES:
-            if array.dtype.kind != "S":
+            if array.dtype.kind not in "SO":
                 raise WarmupError(f"warmup sample {label}: input {name} is BYTES; store it as a numpy bytes array")
             array = array.astype(object)
         elif array.dtype != numpy_dtype(datatype):
