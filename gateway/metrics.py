@@ -137,7 +137,14 @@ class Metrics:
         )
         self.load_duration = Histogram(
             "gateway_model_load_duration_seconds",
-            "Time to load a model version (all its instances).",
+            "Time to load a model version (all its instances), its warmup included.",
+            ["model", "version"],
+            buckets=LOAD_BUCKETS,
+            registry=own_registry,
+        )
+        self.warmup_duration = Histogram(
+            "gateway_model_warmup_duration_seconds",
+            "Time a model version spent running its warmup requests on all its instances before it was ready.",
             ["model", "version"],
             buckets=LOAD_BUCKETS,
             registry=own_registry,

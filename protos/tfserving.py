@@ -45,3 +45,5 @@ ModelVersionStatus = _serving("ModelVersionStatus")
 GetModelStatusRequest = _serving("GetModelStatusRequest")
 GetModelStatusResponse = _serving("GetModelStatusResponse")
 ModelServerConfig = _serving("ModelServerConfig")
+#: A record of TF Serving's warmup file (``assets.extra/tf_serving_warmup_requests``); only ``predict_log`` declared.
+PredictionLog = _serving("PredictionLog")

@@ -82,6 +82,7 @@ HISTOGRAMS = {
     "gateway_inference_compute_duration_seconds",
     "gateway_inference_batch_size",
     "gateway_model_load_duration_seconds",
+    "gateway_model_warmup_duration_seconds",
     "gateway_shadow_duration_seconds",
 }
 QUERYABLE_SERIES = (

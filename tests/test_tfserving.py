@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 
-from tests.conftest import REPO_ROOT, SAMPLES, GatewayProcess, start_gateway
+from tests.conftest import ADMIN_HEADERS, REPO_ROOT, SAMPLES, GatewayProcess, start_gateway
 from tests.proto_compat import assert_wire_compatible
 
 tf = pytest.importorskip("tensorflow")
@@ -33,6 +33,7 @@ from tensorflow_serving.apis import (  # noqa: E402
     inference_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_log_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
 )
@@ -235,7 +236,13 @@ def test_get_model_status_by_version_and_label(channel: grpc.Channel) -> None:
     assert error.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-def test_classify_and_regress_on_models_whose_signature_takes_examples(channel: grpc.Channel) -> None:
+def test_classify_and_regress_on_models_whose_signature_takes_examples(
+    channel: grpc.Channel, tfs_gateway: GatewayProcess
+) -> None:
+    # Zeros are not serialized tf.Examples: the generated warmup fails, and the model serves without it.
+    assert "model classifier version 1 serves without warmup: warmup request (generated, batch 1) failed" in (
+        tfs_gateway.logs()
+    )
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "classifier"
@@ -367,6 +374,69 @@ def test_models_config_fields_the_gateway_cannot_honour_stop_the_start(tmp_path:
     assert "logging_config" in started.stderr, started.stderr
 
 
+# -- TF Serving's warmup file ----------------------------------------------------------------------------------
+
+
+def write_tf_serving_warmup(saved_model: Path, records: list[Any]) -> Path:
+    """``assets.extra/tf_serving_warmup_requests`` of ``saved_model``, written with TensorFlow's TFRecordWriter."""
+    path = saved_model / "assets.extra" / "tf_serving_warmup_requests"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record.SerializeToString())
+    return path
+
+
+def predict_log(x: np.ndarray, input_name: str = "x") -> Any:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "linear"
+    request.inputs[input_name].CopyFrom(tf.make_tensor_proto(x))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def test_a_savedmodels_tf_serving_warmup_requests_run_before_it_serves_and_bad_ones_fail_its_load(
+    tmp_path: Path,
+) -> None:
+    repository = tmp_path / "repository"
+    export_keras_version(repository / "linear" / "1", BIASES[1])
+    write_tf_serving_warmup(repository / "linear" / "1", [predict_log(X), predict_log(X[:1]), predict_log(X)])
+    gateway = start_gateway(repository, tmp_path / "gateway.log", "--model-control-mode", "explicit")
+    try:
+
+        def load_error() -> str:
+            response = gateway.http.post("/v2/repository/models/linear/load", headers=ADMIN_HEADERS, timeout=120)
+            assert response.status_code == 503, response.text
+            return str(response.json()["error"])
+
+        response = gateway.http.post("/v2/repository/models/linear/load", headers=ADMIN_HEADERS, timeout=120)
+        assert response.status_code == 200, response.text
+        assert "model linear version 1 warmed up: 3 request(s) on 1 instance(s)" in gateway.logs()
+
+        version_2 = repository / "linear" / "2"
+        export_keras_version(version_2, BIASES[2])
+        classify = prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog())
+        write_tf_serving_warmup(version_2, [predict_log(X), classify])
+        assert "tf_serving_warmup_requests record 2 holds no predict_log" in load_error()
+        write_tf_serving_warmup(version_2, [predict_log(X, input_name="pixels")])
+        assert "record 1: missing input(s) x; unknown input(s) pixels" in load_error()
+        path = write_tf_serving_warmup(version_2, [predict_log(X)])
+        damaged = bytearray(path.read_bytes())
+        damaged[20] ^= 0xFF  # a byte of the record, not of its length
+        path.write_bytes(bytes(damaged))
+        assert "record 1: its checksum does not match" in load_error()
+        path.write_bytes(bytes(damaged[:-6]))
+        assert "record 1 is cut short" in load_error()
+        index = {entry["version"]: entry for entry in gateway.http.post("/v2/repository/index").json()}
+        assert index["2"]["state"] == "UNAVAILABLE" and "tf_serving_warmup_requests" in index["2"]["reason"]
+        response = gateway.http.post(
+            "/v2/models/linear/infer",
+            json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": X.ravel().tolist()}]},
+        )
+        assert response.status_code == 200 and response.json()["model_version"] == "1", response.text
+    finally:
+        gateway.stop()
+
+
 # -- our descriptors are TF Serving's -------------------------------------------------------------------------
 
 
@@ -385,7 +455,7 @@ def _their_files() -> list[descriptor_pb2.FileDescriptorProto]:
         for dependency in file.dependencies:
             add(dependency)
 
-    for module in (prediction_service_pb2, model_service_pb2, model_server_config_pb2):
+    for module in (prediction_service_pb2, model_service_pb2, model_server_config_pb2, prediction_log_pb2):
         add(module.DESCRIPTOR)
     return list(seen.values())
 
@@ -399,8 +469,8 @@ def test_our_descriptors_match_tensorflow_serving_apis_for_every_message_we_defi
         POOL.FindFileByName(f"protos/tfserving/{name}.proto").CopyToProto(proto)
         ours.append(proto)
     checked = assert_wire_compatible(ours, _their_files(), "tensorflow-serving-api")
-    # Every file was walked: 49 messages (map entries included) and the 5 RPCs served.
-    assert (checked.messages, checked.methods) == (49, 5), checked
+    # Every file was walked: 51 messages (map entries included) and the 5 RPCs served.
+    assert (checked.messages, checked.methods) == (51, 5), checked
 
 
 # -- the tensor codec, against TensorFlow's own TensorProtos ---------------------------------------------------
@@ -432,7 +502,7 @@ def test_tensor_codec_reads_tensorflows_protos_and_tensorflow_reads_ours(datatyp
 
 def _typed_tensor_proto(sample: np.ndarray, datatype: str) -> Any:
     """TensorFlow's TensorProto of ``sample`` with its values in the typed field of its dtype, not tensor_content."""
-    from gateway.transports.grpc.tfserving_codec import VALUES_FIELD
+    from gateway.repository.tf_tensors import VALUES_FIELD
 
     proto = tf.make_tensor_proto(sample)
     proto.ClearField("tensor_content")

@@ -311,6 +311,12 @@ class ModelConfig(TrafficConfig):
         description="Merge requests into batches (needs max_batch_size > 0); `dynamic_batching: {}` or a "
         "bare `dynamic_batching:` turns it on with the defaults.",
     )
+    warmup: Literal["auto", "none"] = Field(
+        default="auto",
+        description="Requests run on every instance before the version is ready: auto, the samples in the "
+        "version's warmup/*.npz, else zeros generated from the signature at batch 1 and max_batch_size; "
+        "none: no warmup.",
+    )
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
     torch: TorchOptions = Field(default_factory=TorchOptions)
     tensorflow: TensorFlowOptions = Field(default_factory=TensorFlowOptions)
@@ -338,7 +344,14 @@ class ModelConfig(TrafficConfig):
             raise ValueError("a pipeline lists its own inputs and outputs (name, datatype, dims)")
         runs_itself = sorted(
             name
-            for name in ("backend", "default_model_filename", "dynamic_batching", "instance_count", "instance_kind")
+            for name in (
+                "backend",
+                "default_model_filename",
+                "dynamic_batching",
+                "instance_count",
+                "instance_kind",
+                "warmup",
+            )
             if name in self.model_fields_set
         )
         if runs_itself:

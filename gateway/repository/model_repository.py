@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import Backend, ModelLoadError, create_backend, detect_backend
+from backends.tensorflow_savedmodel import TensorFlowBackend, saved_model_folder
 from converters.parity import read_parity_file
 from converters.quantization_report import read_quantization_file
 from gateway.errors import (
@@ -70,10 +71,12 @@ from gateway.repository.config import (
 from gateway.repository.mar import served_version
 from gateway.repository.names import check_model_name, valid_model_name
 from gateway.repository.pipelines import PIPELINE_PLATFORM, plan_pipeline
+from gateway.repository.tfserving_warmup import read_tf_serving_warmup
 from gateway.repository.traffic import TrafficPolicy, read_traffic_file, write_traffic_file
 from gateway.repository.triton_config import CONFIG_PBTXT, parse_config_override, read_triton_config
 from gateway.runtime.reshape import ReshapedBackend
 from gateway.runtime.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
+from gateway.runtime.warmup import WarmupError, generated_requests, read_warmup_samples, run_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -794,7 +797,7 @@ class ModelRepository:
                     name, version, version_path, config, fingerprint, metrics, sum(size for _, size, _ in files)
                 )
                 self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
-            except (ModelLoadError, ModelConfigError) as error:
+            except (ModelLoadError, ModelConfigError, WarmupError) as error:
                 failures[version] = str(error)
             except Exception as error:  # a runtime's unexpected failure must not take the server down
                 logger.exception("unexpected error loading %s version %s", name, version)
@@ -833,14 +836,17 @@ class ModelRepository:
         def signatures(tensors: list[TensorConfig]) -> dict[str, TensorSignature]:
             return {t.name: TensorSignature(t.datatype, tuple(full_shape(t, max_batch_size))) for t in tensors}
 
+        inputs, outputs = signatures(completed.inputs), signatures(completed.outputs)
+        if completed.warmup != "none":
+            self._warm_up(name, version, path, completed, instances, inputs, list(outputs))
         return LoadedVersion(
             name=name,
             version=version,
             platform=instances[0].platform,
             config=completed,
             max_batch_size=max_batch_size,
-            inputs=signatures(completed.inputs),
-            outputs=signatures(completed.outputs),
+            inputs=inputs,
+            outputs=outputs,
             scheduler=_scheduler(instances, completed, metrics),
             fingerprint=fingerprint,
             metrics=metrics,
@@ -848,6 +854,54 @@ class ModelRepository:
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
             backend_parameters={**instances[0].metadata_parameters, **parameters},
+        )
+
+    def _warm_up(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        config: ModelConfig,
+        instances: list[Backend],
+        inputs: dict[str, TensorSignature],
+        output_names: list[str],
+    ) -> None:
+        """Run the version's warmup requests on each instance (:mod:`gateway.runtime.warmup`), before it serves.
+
+        The requests: the samples in ``warmup/*.npz``, else a SavedModel's TF Serving warmup file
+        (:mod:`gateway.repository.tfserving_warmup`), else requests generated from the signature. Zeros
+        are not a valid input of every model (serialized tf.Examples, ids a lookup refuses...), so a
+        generated request that fails is logged and the version serves without warmup; a shipped one
+        that fails fails the load.
+
+        Raises:
+            WarmupError: a shipped sample cannot be read or does not fit the model, or it failed to run.
+        """
+        signature = {input_name: (tensor.datatype, tensor.shape) for input_name, tensor in inputs.items()}
+        shipped = read_warmup_samples(path, signature)
+        if not shipped and instances[0].platform == TensorFlowBackend.platform:
+            shipped = read_tf_serving_warmup(saved_model_folder(path, config.default_model_filename), signature)
+        requests = shipped or generated_requests(signature, config.max_batch_size or 0)
+        try:
+            seconds = run_warmup(instances, requests, output_names)
+        except WarmupError as error:
+            if shipped:
+                raise
+            logger.warning(
+                "model %s version %d serves without warmup: %s (zeros do not suit it: ship warmup/*.npz samples)",
+                name,
+                version,
+                error,
+            )
+            return
+        self.metrics.warmup_duration.labels(name, str(version)).observe(seconds)
+        logger.info(
+            "model %s version %d warmed up: %d request(s) on %d instance(s) in %.3f s",
+            name,
+            version,
+            len(requests),
+            len(instances),
+            seconds,
         )
 
     def _load_pipeline(

@@ -54,7 +54,8 @@ TRITON_BACKENDS = {"onnxruntime": "onnxruntime", "pytorch": "torch", "tensorflow
 #: Why a field of Triton's ModelConfig that our .proto does not declare is refused, by its path.
 UNSUPPORTED_FIELDS = {
     "sequence_batching": "stateful (sequence) models are not served: the gateway keeps no state between requests",
-    "model_warmup": "the gateway sends no warmup requests",
+    "model_warmup": "Triton's warmup settings are not read: the gateway warms every version up itself, with the "
+    "samples in its warmup/*.npz or requests generated from its signature",
     "response_cache": "the gateway has no response cache",
     "model_transaction_policy": "decoupled models (several responses per request) are not served",
     "batch_input": "ragged batching is not supported",
