@@ -18,5 +18,5 @@ if ! command -v prometheus >/dev/null 2>&1; then
     fi
 fi
 
-echo "[test] running the tests (about 6 to 9 minutes on 2 cores)"
+echo "[test] running the tests (about 9 to 10 minutes on 2 cores)"
 exec .venv/bin/python -m pytest "$@"
