@@ -321,6 +321,93 @@ def array_from_raw(
     return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
+#: Protobuf scalar field types (descriptor.proto's FieldDescriptorProto.Type) stored as fixed-width
+#: little-endian values, as numpy reads them: TYPE_DOUBLE (1) and TYPE_FLOAT (2).
+_FIXED_WIDTH_FIELD_TYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<f8"), 2: np.dtype("<f4")}
+#: Fewer values than this go through a list: finding the packed bytes costs a few microseconds of
+#: Python, more than a list of a few dozen floats (bench/grpc_contents.py).
+_PACKED_FROM_VALUES = 64
+
+
+def repeated_values(message: Any, field_name: str) -> Any:
+    """The values of repeated scalar field ``field_name`` of protobuf ``message`` (gRPC typed contents).
+
+    A ``float`` or ``double`` field (``fp32_contents``, ``fp64_contents``, TensorFlow's ``float_val``,
+    ``double_val``) is read as a read-only numpy array (``<f4`` / ``<f8``) straight from its packed bytes
+    in the serialized message: one copy, where a list makes a Python float per value (about 1 us
+    against 40 us for 1,024 values, ``bench/grpc_contents.py``). Other fields, a field that is not
+    packed, and fewer than 64 values come back as a list.
+    """
+    field = message.DESCRIPTOR.fields_by_name[field_name]
+    dtype = _FIXED_WIDTH_FIELD_TYPES.get(field.type)
+    if dtype is not None and len(getattr(message, field_name)) >= _PACKED_FROM_VALUES:
+        packed = _packed_field(message.SerializeToString(), field.number)
+        if packed is not None:
+            return np.frombuffer(packed, dtype=dtype)
+    return list(getattr(message, field_name))
+
+
+def extend_repeated(message: Any, field_name: str, array: np.ndarray) -> None:
+    """Append ``array``'s values (flattened) to repeated scalar field ``field_name`` of protobuf ``message``.
+
+    A ``float`` or ``double`` field takes 64 values or more as packed bytes merged into the message
+    (no Python float per value); other fields, and fewer values, go through a list.
+    """
+    field = message.DESCRIPTOR.fields_by_name[field_name]
+    dtype = _FIXED_WIDTH_FIELD_TYPES.get(field.type)
+    if dtype is None or array.size < _PACKED_FROM_VALUES:
+        getattr(message, field_name).extend(array.ravel().tolist())
+        return
+    data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+    message.MergeFromString(_varint((field.number << 3) | 2) + _varint(len(data)) + data)
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of ``value`` (>= 0)."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """The varint at ``position`` of ``data`` and the position after it."""
+    value, shift = 0, 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+
+
+def _packed_field(serialized: bytes, number: int) -> bytes | None:
+    """The packed bytes of repeated field ``number`` in a serialized message: ``b""`` when absent; None
+    when it is stored unpacked (one record per value), which protobuf writes only for a field declared
+    ``[packed = false]``."""
+    position, found = 0, b""
+    while position < len(serialized):
+        key, position = _read_varint(serialized, position)
+        wire_type = key & 7
+        if wire_type == 2:  # length-delimited: packed values, strings, bytes, messages
+            length, position = _read_varint(serialized, position)
+            if key >> 3 == number:
+                found += serialized[position : position + length]
+            position += length
+        elif key >> 3 == number:
+            return None
+        elif wire_type == 0:
+            position = _read_varint(serialized, position)[1]
+        elif wire_type in (1, 5):
+            position += 8 if wire_type == 1 else 4
+        else:  # groups (3, 4) appear in no message the gateway reads
+            return None
+    return found
+
+
 def array_to_raw(array: np.ndarray) -> bytes:
     """Raw little-endian bytes of a tensor in C order (BYTES: length-prefixed elements)."""
     if array.dtype.kind in "SUO":

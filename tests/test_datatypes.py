@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from gateway.datatypes import (
     array_from_raw,
     array_from_values,
     array_to_raw,
+    extend_repeated,
     numpy_dtype,
+    repeated_values,
     v2_datatype,
 )
 from gateway.errors import InvalidArgumentError
@@ -341,3 +344,84 @@ def test_raw_round_trip_property(datatype: str, data: st.DataObject) -> None:
     assert decoded.dtype == array.dtype
     # Byte-exact, so NaN payloads and -0.0 count too.
     assert decoded.tobytes() == array.tobytes()
+
+
+# -- typed gRPC contents read from and written as packed bytes -------------------------------------------------
+
+FLOAT_FIELDS = [  # (message class, field, dtype): the KServe v2 and TF Serving typed float fields
+    ("protos.inference", "InferTensorContents", "fp32_contents", np.float32),
+    ("protos.inference", "InferTensorContents", "fp64_contents", np.float64),
+    ("protos.tfserving", "TensorProto", "float_val", np.float32),
+    ("protos.tfserving", "TensorProto", "double_val", np.float64),
+]
+
+
+def _message_class(module: str, name: str) -> Any:
+    import importlib
+
+    from protos.messages import message_class
+
+    importlib.import_module(module)  # builds the pool's messages
+    full_name = {"InferTensorContents": "inference.InferTensorContents", "TensorProto": "tensorflow.TensorProto"}
+    return message_class(full_name[name])
+
+
+@pytest.mark.parametrize(("module", "name", "field", "dtype"), FLOAT_FIELDS)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_float_contents_read_from_their_packed_bytes_equal_protobufs_own_values(
+    module: str, name: str, field: str, dtype: type, data: st.DataObject
+) -> None:
+    # Fewer than 64 values go through a list, 64 and more are read from the packed bytes: both sides.
+    values = data.draw(hnp.arrays(dtype, st.integers(0, 150), elements=hnp.from_dtype(np.dtype(dtype))))
+    cls = _message_class(module, name)
+    message = cls.FromString(_with_neighbours(cls, field, values))
+    read = repeated_values(message, field)
+    assert isinstance(read, np.ndarray) == (len(values) >= 64)
+    assert np.asarray(read, dtype=dtype).tobytes() == np.array(list(getattr(message, field)), dtype=dtype).tobytes()
+    written = cls()
+    extend_repeated(written, field, values)
+    assert np.array(list(getattr(written, field)), dtype=dtype).tobytes() == values.tobytes()
+
+
+def _with_neighbours(cls: Any, field: str, values: np.ndarray) -> bytes:
+    """A message holding ``values`` in ``field`` and values in fields around it, so that the reader must skip them."""
+    message = cls()
+    getattr(message, field).extend(values.tolist())
+    if cls.DESCRIPTOR.name == "InferTensorContents":
+        message.int_contents.extend([1, -2, 300])
+        message.bytes_contents.append(b"xy")
+    else:
+        message.dtype = 1
+        message.tensor_shape.dim.add(size=len(values))
+        message.int64_val.extend([5, -6])
+        message.string_val.append(b"z")
+    return bytes(message.SerializeToString())
+
+
+def test_float_values_serialized_unpacked_are_read_through_the_list() -> None:
+    cls = _message_class("protos.inference", "InferTensorContents")
+    number = cls.DESCRIPTOR.fields_by_name["fp32_contents"].number
+    values = [float(value) for value in range(70)]
+    # One record per value (wire type 5), as protobuf writes a field declared [packed = false].
+    wire = b"".join(bytes([number << 3 | 5]) + struct.pack("<f", value) for value in values)
+    message = cls.FromString(wire)
+
+    class Serialized:  # the message, serialized as given
+        DESCRIPTOR = cls.DESCRIPTOR
+        fp32_contents = message.fp32_contents
+        serialized = wire
+
+        def SerializeToString(self) -> bytes:
+            return self.serialized
+
+    assert repeated_values(Serialized(), "fp32_contents") == values
+    assert repeated_values(message, "fp32_contents").tolist() == values  # protobuf serializes it packed
+    assert repeated_values(cls(int_contents=list(range(70))), "int_contents") == list(range(70))
+    # Fields of every wire type before the packed field are skipped: varint, fixed64, fixed32, bytes.
+    neighbours = bytes([9 << 3 | 0, 0x96, 0x01, 10 << 3 | 1]) + b"\x01\x02\x03\x04\xff\xff\xff\x7f"
+    neighbours += bytes([11 << 3 | 5]) + bytes(4) + bytes([12 << 3 | 2, 2]) + b"ab"
+    packed = struct.pack(f"<{len(values)}f", *values)
+    fake = Serialized()
+    fake.serialized = neighbours + bytes([number << 3 | 2, 0x80 | len(packed) & 0x7F, len(packed) >> 7]) + packed
+    assert repeated_values(fake, "fp32_contents").tolist() == values

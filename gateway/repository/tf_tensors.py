@@ -26,6 +26,7 @@ from gateway.datatypes import (
     array_from_raw,
     array_from_values,
     element_count,
+    repeated_values,
 )
 from gateway.errors import InvalidArgumentError
 from protos import tfserving as pb
@@ -83,15 +84,16 @@ def tensor_array(
         if datatype == BYTES:
             raise InvalidArgumentError(f"input '{name}': a DT_STRING tensor carries its values in string_val")
         return datatype, shape, array_from_raw(tensor.tensor_content, datatype, shape, name, limits.max_tensor_elements)
-    values = getattr(tensor, VALUES_FIELD[datatype])
-    if len(values) > count:
-        raise InvalidArgumentError(f"input '{name}': {len(values)} values for shape {shape} ({count} elements)")
-    if not values and count:
+    given = len(getattr(tensor, VALUES_FIELD[datatype]))
+    if given > count:
+        raise InvalidArgumentError(f"input '{name}': {given} values for shape {shape} ({count} elements)")
+    if not given and count:
         raise InvalidArgumentError(
             f"input '{name}': no values for shape {shape}; give them in tensor_content or {VALUES_FIELD[datatype]}"
         )
     stored = "UINT16" if datatype == "FP16" else datatype  # half_val holds float16 bit patterns
-    flat = array_from_values(list(values), stored, [len(values)], name, limits.max_tensor_elements)
+    values = repeated_values(tensor, VALUES_FIELD[datatype])
+    flat = array_from_values(values, stored, [given], name, limits.max_tensor_elements)
     if flat.size < count:  # TensorFlow's Tensor::FromProto: the last value fills the rest
         flat = np.concatenate([flat, np.full(count - flat.size, flat[-1], dtype=flat.dtype)])
     data = flat.reshape(shape)

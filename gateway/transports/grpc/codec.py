@@ -23,7 +23,9 @@ from gateway.datatypes import (
     array_to_raw,
     check_value_count,
     element_count,
+    extend_repeated,
     numpy_dtype,
+    repeated_values,
 )
 from gateway.errors import InvalidArgumentError
 from protos import inference as pb
@@ -118,11 +120,11 @@ def decode_infer_request(
                     f"input '{tensor.name}': {tensor.datatype} has no typed contents field; "
                     "send it in raw_input_contents"
                 )
-            contents = getattr(tensor.contents, field)
-            # Counted before the contents are copied into a list (a Python object per element).
+            # Counted before the contents are copied out (into a list: a Python object per element).
             count = element_count(shape, tensor.name, max_elements)
-            check_value_count(count, len(contents), tensor.datatype, shape, tensor.name)
-            data = array_from_values(list(contents), tensor.datatype, shape, tensor.name, max_elements)
+            check_value_count(count, len(getattr(tensor.contents, field)), tensor.datatype, shape, tensor.name)
+            values = repeated_values(tensor.contents, field)
+            data = array_from_values(values, tensor.datatype, shape, tensor.name, max_elements)
         inputs.append(InferTensor(tensor.name, tensor.datatype, shape, data, parameters[index]))
     return InferRequest(
         model_name=request.model_name,
@@ -154,5 +156,5 @@ def encode_infer_response(response: InferResponse, raw: bool) -> ProtoMessage:
         elif raw:
             message.raw_output_contents.append(array_to_raw(tensor.data))
         else:
-            getattr(output.contents, CONTENTS_FIELD[tensor.datatype]).extend(tensor.data.ravel().tolist())
+            extend_repeated(output.contents, CONTENTS_FIELD[tensor.datatype], tensor.data)
     return message

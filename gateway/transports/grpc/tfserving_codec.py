@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from gateway.core.types import InferTensor
-from gateway.datatypes import BYTES, DEFAULT_LIMITS, V2_TO_TF_DTYPE, RequestLimits
+from gateway.datatypes import BYTES, DEFAULT_LIMITS, V2_TO_TF_DTYPE, RequestLimits, extend_repeated
 from gateway.repository.tf_tensors import VALUES_FIELD, tensor_array
 from protos import tfserving as pb
 from protos.messages import ProtoMessage
@@ -43,12 +43,12 @@ def decode_tensor(name: str, tensor: ProtoMessage, limits: RequestLimits = DEFAU
 def encode_tensor(tensor: InferTensor) -> ProtoMessage:
     """A ``TensorProto`` of an output: dtype, shape, and its values in the typed field of its dtype."""
     message = pb.TensorProto(dtype=tf_dtype_number(tensor.datatype), tensor_shape=tensor_shape(list(tensor.shape)))
-    values = getattr(message, VALUES_FIELD[tensor.datatype])
+    field = VALUES_FIELD[tensor.datatype]
     data = tensor.data
     if tensor.datatype == "FP16":
-        values.extend(data.astype(np.float16).view(np.uint16).ravel().tolist())
+        extend_repeated(message, field, data.astype(np.float16).view(np.uint16))
     elif tensor.datatype == BYTES:
-        values.extend(item if isinstance(item, bytes) else str(item).encode() for item in data.ravel())
+        getattr(message, field).extend(item if isinstance(item, bytes) else str(item).encode() for item in data.ravel())
     else:
-        values.extend(data.ravel().tolist())
+        extend_repeated(message, field, data)
     return message
