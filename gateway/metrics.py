@@ -205,8 +205,10 @@ class Metrics:
         )
 
     def for_version(self, model: str, version: int) -> VersionMetrics:
-        """The children of one loaded version, looked up once."""
+        """The children of one loaded version, looked up once (its eviction and load counters shown from 0)."""
         labels = (model, str(version))
+        self.evictions.labels(*labels)
+        self.loads_on_request.labels(*labels)
         return VersionMetrics(
             metrics=self,
             labels=labels,

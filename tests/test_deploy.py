@@ -59,8 +59,13 @@ LIVE_PATH = "/v2/health/live"
 METRICS_PATH = "/metrics"
 
 # The gateway's metrics, by type: histograms are queried through their _bucket, _sum, _count series.
-COUNTERS = {"gateway_inference_requests_total", "gateway_shadow_requests_total"}
-GAUGES = {"gateway_inference_inflight_requests", "gateway_model_ready"}
+COUNTERS = {
+    "gateway_inference_requests_total",
+    "gateway_shadow_requests_total",
+    "gateway_model_evictions_total",
+    "gateway_model_loads_on_request_total",
+}
+GAUGES = {"gateway_inference_inflight_requests", "gateway_model_ready", "gateway_model_resident_bytes"}
 HISTOGRAMS = {
     "gateway_inference_request_duration_seconds",
     "gateway_inference_queue_duration_seconds",

@@ -733,7 +733,7 @@ class ModelRepository:
         """Whether a request for ``name`` (``version`` or ``label``) must first load it (:meth:`load_for_request`)."""
         record = self._records.get(name)
         if record is None or not record.loaded:  # not loaded, or loading for the first time
-            return name in self._request_loads or (self.load_on_request and name in self.model_names())
+            return self.load_on_request and name in self.model_names()
         if not record.evicted:
             return False
         labels = record.traffic.version_labels
