@@ -88,7 +88,9 @@ from gateway.runtime.memory_budget import (
     MemoryBudgetError,
     NoRoomError,
     VersionUsage,
+    peak_resident_bytes,
     release_freed_memory,
+    reset_peak_resident,
     resident_bytes,
 )
 from gateway.runtime.reshape import ReshapedBackend
@@ -272,8 +274,8 @@ class ModelRepository:
         )
         # Loads started by requests, by model: concurrent requests for a model wait for one load.
         self._request_loads: dict[str, asyncio.Task[None]] = {}
-        # Per (model, version), the fingerprint of the files last loaded and the bytes they measured.
-        self._measured: dict[tuple[str, int], tuple[Fingerprint, int]] = {}
+        # Per (model, version), the fingerprint of the files last loaded and what they measured.
+        self._measured: dict[tuple[str, int], tuple[Fingerprint, VersionUsage]] = {}
         # Per model, the (version, backend) label pairs of gateway_model_ready published so far.
         self._published_ready: dict[str, set[tuple[str, str]]] = {}
         self._records: dict[str, _ModelRecord] = {}
@@ -863,19 +865,23 @@ class ModelRepository:
         )
         await self._drain(loaded)
 
-    def _reserver(self, name: str, deadline: float | None) -> Callable[[int], None] | None:
-        """With a budget limit, what a loading thread calls to make room for ``needed_bytes`` before a version loads.
+    def _reserver(self, name: str, deadline: float | None) -> Callable[[int, int], None] | None:
+        """With a budget limit, what a loading thread calls before a version loads, with the bytes the
+        version is expected to keep and to hold at its load's peak.
 
-        The call blocks the thread while the event loop evicts (:meth:`MemoryBudget.make_room`), and
-        raises what that raises.
+        Room is made for the peak (at most the whole budget); a version expected to keep more than the
+        whole budget raises :class:`LargerThanBudgetError`. The call blocks the thread while the event
+        loop evicts (:meth:`MemoryBudget.make_room`), and raises what that raises.
         """
-        if self.budget.limit_bytes is None:
+        limit = self.budget.limit_bytes
+        if limit is None:
             return None
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = time.perf_counter() + DEFAULT_ROOM_WAIT_SECONDS
 
-        def reserve(needed_bytes: int) -> None:
+        def reserve(kept_bytes: int, peak_bytes: int) -> None:
+            needed_bytes = max(kept_bytes, min(peak_bytes, limit))
             room = self.budget.make_room(name, needed_bytes, self._evict, deadline)
             asyncio.run_coroutine_threadsafe(room, loop).result()
 
@@ -946,12 +952,14 @@ class ModelRepository:
         path: Path,
         current: dict[int, LoadedVersion],
         override: ModelConfig | None,
-        reserve: Callable[[int], None] | None = None,
+        reserve: Callable[[int, int], None] | None = None,
     ) -> _LoadOutcome:
         """Runs in a worker thread: read the config (or take the override) and load each selected version.
 
-        ``reserve`` (with a budget limit) is called with a version's expected bytes before it loads: its
-        bytes measured at its last load of the same files, else its files' bytes.
+        ``reserve`` (with a budget limit) is called before a version loads with the bytes it is expected
+        to keep and the bytes its load is expected to hold at its peak: those measured at its last load
+        of the same files, else its files' bytes and twice them (a runtime holds the parsed file and the
+        built weights at once).
         """
         try:
             config = self._model_config(name, path, override)
@@ -1002,14 +1010,17 @@ class ModelRepository:
             try:
                 if reserve is not None and config.pipeline is None:
                     measured = self._measured.get((name, version))
-                    reserve(measured[1] if measured is not None and measured[0] == fingerprint else model_bytes)
+                    if measured is not None and measured[0] == fingerprint:
+                        reserve(measured[1].resident_bytes, measured[1].load_peak_bytes)
+                    else:
+                        reserve(model_bytes, 2 * model_bytes)
                 started = time.perf_counter()
                 metrics = self.metrics.for_version(name, version)
                 loaded = self._load_version(name, version, version_path, config, fingerprint, metrics, model_bytes)
                 self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
                 if loaded.scheduler is not None:
                     self.budget.add(loaded.usage)
-                    self._measured[(name, version)] = (fingerprint, loaded.usage.resident_bytes)
+                    self._measured[(name, version)] = (fingerprint, loaded.usage)
                 versions[version] = loaded
             except (ModelLoadError, ModelConfigError, WarmupError, MemoryBudgetError) as error:
                 failures[version] = str(error)
@@ -1052,6 +1063,7 @@ class ModelRepository:
             return self._load_pipeline(name, version, config, fingerprint, metrics)
         release_freed_memory()  # pages freed before the load must not lower its measure when they are trimmed
         before = resident_bytes()
+        reset_peak_resident()
         instances, completed, parameters = self._create_instances(path, config)
         max_batch_size = completed.max_batch_size or 0
         check_instance_kind(completed, instances[0].metadata_parameters)
@@ -1068,6 +1080,7 @@ class ModelRepository:
             self._warm_up(name, version, path, instances, inputs, list(outputs), max_batch_size)
         # The process's growth over the load, once what the load freed (e.g. the parsed model file) is handed
         # back; never less than the files (another thread may have freed memory meanwhile).
+        peak = max(peak_resident_bytes() - before, 0)
         release_freed_memory()
         measured = max(resident_bytes() - before, model_bytes)
         limit = self.budget.limit_bytes
@@ -1076,7 +1089,9 @@ class ModelRepository:
                 f"model '{name}' version {version} holds {measured} bytes once loaded, more than the whole memory "
                 f"budget of {limit} bytes"
             )
-        logger.info("model %s version %d loaded: %d bytes resident", name, version, measured)
+        logger.info(
+            "model %s version %d loaded: %d bytes resident, %d at the load's peak", name, version, measured, peak
+        )
         return LoadedVersion(
             name=name,
             version=version,
@@ -1089,7 +1104,7 @@ class ModelRepository:
             fingerprint=fingerprint,
             metrics=metrics,
             model_bytes=model_bytes,
-            usage=VersionUsage(name, version, measured),
+            usage=VersionUsage(name, version, measured, max(peak, measured)),
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
             backend_parameters={**instances[0].metadata_parameters, **parameters},

@@ -2,12 +2,15 @@
 
 Each loaded version has a :class:`VersionUsage`: its resident bytes, measured when it loaded (the
 process's resident set size before and after the load, warmup included: :func:`resident_bytes`,
-never less than its files' bytes), how many requests it is running or holding in its queue, and
-when it was last asked to run one. A :class:`MemoryBudget` accounts for every version from its load
-until its instances are released, and, when it has a limit, makes room for a load
-(:meth:`MemoryBudget.make_room`) by evicting the least recently used idle versions of other models.
-A version with requests queued or running is never evicted: the load waits for such versions to go
-idle, up to its deadline.
+never less than its files' bytes), the peak its load reached above the start
+(:func:`peak_resident_bytes`: a runtime holds the parsed file and the built weights at once while it
+builds a session, about twice the file for ONNX Runtime), how many requests it is running or
+holding in its queue, and when it was last asked to run one. A :class:`MemoryBudget` accounts for
+every version from its load until its instances are released, and, when it has a limit, makes room
+for a load (:meth:`MemoryBudget.make_room`) by evicting the least recently used idle versions of
+other models: room for the load's peak, not only for what it keeps, so that the process's resident
+set stays within the budget during loads too. A version with requests queued or running is never
+evicted: the load waits for such versions to go idle, up to its deadline.
 
 Busy is counted by :meth:`MemoryBudget.enter` and :meth:`MemoryBudget.leave` around each run of a
 version (:func:`gateway.core.pipeline.run_version`); a request takes its version from the repository
@@ -60,6 +63,7 @@ class VersionUsage:
     Attributes:
         model, version: the version.
         resident_bytes: bytes it holds, measured at load (0 for a pipeline, which holds no instances).
+        load_peak_bytes: the most bytes its load held at once above the start (0 when unknown).
         inflight: its requests queued or running now.
         last_used: when a request last began to run on it (``time.monotonic()`` seconds; its load's end
             before that).
@@ -69,6 +73,7 @@ class VersionUsage:
     model: str
     version: int
     resident_bytes: int
+    load_peak_bytes: int = 0
     inflight: int = 0
     last_used: float = 0.0
     serving: bool = True
@@ -230,6 +235,28 @@ def resident_bytes() -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_resident() -> None:
+    """Start a new peak for :func:`peak_resident_bytes` (``/proc/self/clear_refs``; a no-op where not writable)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # 5: reset the peak resident set size
+    except OSError:
+        pass
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident set size since start or :func:`reset_peak_resident`, in bytes
+    (``VmHWM`` in ``/proc/self/status``; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def release_freed_memory() -> None:
