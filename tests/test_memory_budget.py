@@ -253,7 +253,25 @@ def test_a_load_waits_for_a_busy_version_to_go_idle(busy_root: Path, tmp_path: P
         gateway.stop()
 
 
-def test_the_budget_is_shared_evenly_by_the_workers() -> None:
+def test_the_budget_is_shared_evenly_by_the_workers(tmp_path: Path) -> None:
     settings = GatewaySettings(workers=4, memory_budget_bytes=1000, http_port=8000, grpc_port=8001)
     assert settings.worker_memory_budget_bytes == 250
     assert GatewaySettings().worker_memory_budget_bytes is None
+    # Two workers under 1.5 models' bytes: each worker's half cannot hold one model.
+    write_weighty_model(tmp_path / "repository" / "a" / "1" / "model.onnx", 1.0)
+    budget = int(1.5 * WEIGHT_BYTES)
+    gateway = start_gateway(
+        tmp_path / "repository",
+        tmp_path / "gateway.log",
+        "--workers",
+        "2",
+        "--model-load-on-request",
+        "--memory-budget-bytes",
+        str(budget),
+    )
+    try:
+        response = infer(gateway, "a", 1.0)
+        assert response.status_code == 503, response.text
+        assert f"more than the whole memory budget of {budget // 2} bytes" in response.json()["error"]
+    finally:
+        gateway.stop()
