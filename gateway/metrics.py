@@ -149,6 +149,27 @@ class Metrics:
             buckets=LOAD_BUCKETS,
             registry=own_registry,
         )
+        self.resident_bytes = Gauge(
+            "gateway_model_resident_bytes",
+            "Bytes a loaded model version holds in the process, measured at its load (resident set growth over "
+            "the load, warmup included; at least its files' bytes); 0 once released.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=own_registry,
+        )
+        self.evictions = Counter(
+            "gateway_model_evictions",
+            "Idle model versions unloaded to make room for a load within the memory budget.",
+            ["model", "version"],
+            registry=own_registry,
+        )
+        self.loads_on_request = Counter(
+            "gateway_model_loads_on_request",
+            "Model versions loaded because a request asked for them: a first request with model-load-on-request, "
+            "or a request for an evicted version.",
+            ["model", "version"],
+            registry=own_registry,
+        )
 
         self.shadow_requests = Counter(
             "gateway_shadow_requests",
@@ -184,8 +205,10 @@ class Metrics:
         )
 
     def for_version(self, model: str, version: int) -> VersionMetrics:
-        """The children of one loaded version, looked up once."""
+        """The children of one loaded version, looked up once (its eviction and load counters shown from 0)."""
         labels = (model, str(version))
+        self.evictions.labels(*labels)
+        self.loads_on_request.labels(*labels)
         return VersionMetrics(
             metrics=self,
             labels=labels,

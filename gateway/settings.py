@@ -103,6 +103,20 @@ class GatewaySettings(StoreSettings):
         description="none: load every model at start; poll: also rescan the repository every "
         "repository-poll-seconds; explicit: load and unload only on request (repository API).",
     )
+    model_load_on_request: bool = Field(
+        default=False,
+        description="Load a model on its first inference request instead of at start (in every model control "
+        "mode; the request waits for the load, under its time limits). Versions evicted by the memory budget are "
+        "loaded again by their next request either way.",
+    )
+    memory_budget_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Bytes the loaded model versions may hold together, each measured at its load (the process's "
+        "resident memory growth, warmup included). A load that would pass it first unloads the least recently used "
+        "idle versions of other models; never one with requests queued or running. With several workers, each "
+        "worker gets an equal share. None by default: no budget.",
+    )
     repository_poll_seconds: float = Field(
         default=15.0, gt=0, description="Seconds between two scans of the repository in poll mode."
     )
@@ -199,6 +213,11 @@ class GatewaySettings(StoreSettings):
         if self.workers > 1 and self.store_uri is not None:
             raise ValueError("a shared model repository (URI) is served by one worker per replica: scale with replicas")
         return self
+
+    @property
+    def worker_memory_budget_bytes(self) -> int | None:
+        """The memory budget of one worker process: memory-budget-bytes divided evenly among the workers."""
+        return None if self.memory_budget_bytes is None else self.memory_budget_bytes // self.workers
 
     @property
     def store_uri(self) -> str | None:

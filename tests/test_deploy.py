@@ -63,10 +63,13 @@ COUNTERS = {
     "gateway_inference_requests_total",
     "gateway_shadow_requests_total",
     "gateway_repository_downloaded_bytes_total",
+    "gateway_model_evictions_total",
+    "gateway_model_loads_on_request_total",
 }
 GAUGES = {
     "gateway_inference_inflight_requests",
     "gateway_model_ready",
+    "gateway_model_resident_bytes",
     "gateway_repository_stale",
     "gateway_repository_last_sync_timestamp_seconds",
 }

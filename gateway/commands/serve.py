@@ -61,6 +61,12 @@ def serve(
     model_control_mode: Annotated[
         ModelControlMode | None, _option("model_control_mode", "--model-control-mode", metavar="MODE")
     ] = None,
+    model_load_on_request: Annotated[
+        bool | None, _option("model_load_on_request", "--model-load-on-request", default_text="off")
+    ] = None,
+    memory_budget_bytes: Annotated[
+        int | None, _option("memory_budget_bytes", "--memory-budget-bytes", default_text="none")
+    ] = None,
     repository_poll_seconds: Annotated[
         float | None, _option("repository_poll_seconds", "--repository-poll-seconds")
     ] = None,

@@ -245,6 +245,10 @@ class DataPlane:
             headers: the request's headers (REST) or metadata (gRPC) with lower-case keys, for a
                 sticky routing policy; None when the transport has none.
 
+        A model on disk that is not loaded (with load on request), or a version evicted by the memory
+        budget, is loaded first (:meth:`ModelRepository.load_for_request`), under the transport's and the
+        server's time limits; the wait counts in the request's queue time.
+
         A request naming neither a version nor a label goes where the model's traffic policy routes
         it (:mod:`gateway.core.routing`: a weighted split between labels, maybe sticky), else to the
         highest ready version; such a request may be copied to the policy's shadow label once
@@ -260,7 +264,8 @@ class DataPlane:
 
         Raises:
             NotFoundError: unknown model or version.
-            UnavailableError: the model or version is not ready, or its queue is full.
+            UnavailableError: the model or version is not ready, its queue is full, or it cannot be
+                loaded within the memory budget (the message gives the sizes).
             InvalidArgumentError: an unknown version label; a body that does not decode; a missing, unknown
                 or repeated input; a datatype or shape that does not match the model; a batch over
                 max_batch_size; an unknown output; a ``timeout`` parameter that is not a non-negative integer.
@@ -275,6 +280,12 @@ class DataPlane:
         try:
             if self._draining:
                 raise UnavailableError("the server is shutting down; send the request to another replica")
+            load_deadline = None
+            if timeout_seconds is not None or self.request_timeout_seconds is not None:
+                load_deadline = self._deadline(started, timeout_seconds, {})
+            queued_since = await self.repository.load_for_request(
+                model_name, model_version, version_label, load_deadline
+            )
             if model_version is None and version_label is None:
                 policy = self.repository.traffic_policy(model_name)
                 shadow = policy.shadow
@@ -282,6 +293,13 @@ class DataPlane:
                     if policy.routing.sticky_parameter is not None:
                         request = decode()  # the sticky key may be a request parameter
                     version_label = choose_label(policy.routing, request.parameters if request else {}, headers)
+                    if version_label is not None:  # the label routed to may name an evicted version
+                        queued_since = (
+                            await self.repository.load_for_request(model_name, None, version_label, load_deadline)
+                            or queued_since
+                        )
+            # No await from here until the request is queued on the version (run_version): the memory
+            # budget never evicts a version between the two.
             loaded = self.repository.get(model_name, model_version, version_label)
         except GatewayError as error:
             known = model_name if self.repository.is_known(model_name) else ""
@@ -302,7 +320,7 @@ class DataPlane:
             deadline = None
             if timeout_seconds is not None or self.request_timeout_seconds is not None or request.parameters:
                 deadline = self._deadline(started, timeout_seconds, request.parameters)
-            answer = await self._check_and_run(loaded, request, deadline, disconnected)
+            answer = await self._check_and_run(loaded, request, deadline, disconnected, queued_since)
             if shadow is not None:
                 self._shadows.copy(shadow, loaded, request, answer)
             return encode(answer)
@@ -356,14 +374,19 @@ class DataPlane:
         request: InferRequest,
         deadline: float | None = None,
         disconnected: Disconnected | None = None,
+        queued_since: float | None = None,
     ) -> InferResponse:
-        """Check a decoded request against the loaded version, run it, and collect the requested outputs."""
+        """Check a decoded request against the loaded version, run it, and collect the requested outputs.
+
+        ``queued_since``: when the request began to wait for the version to load, if it did (counted
+        in its queue time).
+        """
         feeds = check_inputs(loaded, request.inputs)
         output_names = check_outputs(loaded, request.outputs)
         in_shared_memory = {
             output.name: output.parameters for output in request.outputs if uses_shared_memory(output.parameters)
         }
-        results = await run_version(self.repository, loaded, feeds, output_names, deadline, disconnected)
+        results = await run_version(self.repository, loaded, feeds, output_names, deadline, disconnected, queued_since)
         return InferResponse(
             model_name=loaded.name,
             model_version=str(loaded.version),

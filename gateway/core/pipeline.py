@@ -34,8 +34,12 @@ async def run_version(
     output_names: list[str],
     deadline: float | None = None,
     disconnected: Disconnected | None = None,
+    queued_since: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Run checked inputs on a loaded version: its scheduler, or its steps for a pipeline.
+
+    While it runs, the version counts as busy for the memory budget (never evicted) and becomes its
+    most recently used version.
 
     Args:
         repository: where a pipeline's step models are looked up (their loaded versions now).
@@ -43,6 +47,7 @@ async def run_version(
         feeds: input name -> array of the version's datatype and shape.
         output_names: the outputs to return.
         deadline, disconnected: as :meth:`gateway.runtime.scheduler.Scheduler.run`, for every step.
+        queued_since: as :meth:`Scheduler.run` (when the request began to wait for the version to load).
 
     Returns:
         Output name -> array.
@@ -57,9 +62,11 @@ async def run_version(
     if loaded.steps:
         return await _run_pipeline(repository, loaded, feeds, output_names, deadline, disconnected)
     assert loaded.scheduler is not None
+    budget = repository.budget
+    budget.enter(loaded.usage)
     try:
         batch_size = next(iter(feeds.values())).shape[0] if loaded.max_batch_size > 0 and feeds else 1
-        return await loaded.scheduler.run(feeds, output_names, batch_size, deadline, disconnected)
+        return await loaded.scheduler.run(feeds, output_names, batch_size, deadline, disconnected, queued_since)
     except InferenceInputError as error:
         raise InvalidArgumentError(f"model '{loaded.name}' rejected the inputs: {error}") from None
     except GatewayError:  # e.g. the queue is full, or the deadline passed
@@ -67,6 +74,8 @@ async def run_version(
     except Exception as error:
         logger.exception("model %s version %d failed on a valid request", loaded.name, loaded.version)
         raise InternalError(f"model '{loaded.name}' failed: {error}") from error
+    finally:
+        budget.leave(loaded.usage)
 
 
 async def _run_pipeline(
@@ -95,15 +104,18 @@ async def _run_step(
     deadline: float | None,
     disconnected: Disconnected | None,
 ) -> dict[str, np.ndarray]:
-    """One step: its model's version now, the tensors checked against it, run."""
-    model = repository.get(step.model_name, None if step.model_version < 0 else str(step.model_version))
+    """One step: its model's version now (loaded again first if the memory budget evicted it), the tensors
+    checked against it, run."""
+    version = None if step.model_version < 0 else str(step.model_version)
+    queued_since = await repository.load_for_request(step.model_name, version, deadline=deadline)
+    model = repository.get(step.model_name, version)
     inputs = [
         InferTensor(name, v2_datatype(tensors[tensor].dtype), list(tensors[tensor].shape), tensors[tensor])
         for name, tensor in step.input_map.items()
     ]
     step_feeds = check_inputs(model, inputs)
     output_names = check_outputs(model, [RequestedOutput(name) for name in step.output_map])
-    return await run_version(repository, model, step_feeds, output_names, deadline, disconnected)
+    return await run_version(repository, model, step_feeds, output_names, deadline, disconnected, queued_since)
 
 
 def _where(pipeline: LoadedVersion, step: PipelineStep) -> str:

@@ -232,6 +232,8 @@ def _model_repository(settings: GatewaySettings) -> ModelRepository:
             Metrics(),
             cpu_cores=max(1, len(os.sched_getaffinity(0)) // settings.workers),
             configured_models=configured,
+            memory_budget_bytes=settings.worker_memory_budget_bytes,
+            load_on_request=settings.model_load_on_request,
         )
     except ValueError as error:  # ModelServerConfigError, or a name both configured and in the repository
         raise StartupError(str(error)) from None
@@ -273,7 +275,7 @@ async def _load_and_poll(
     """
     if follower is not None:
         await follower.sync(load=False)
-    if settings.model_control_mode is not ModelControlMode.EXPLICIT:
+    if settings.model_control_mode is not ModelControlMode.EXPLICIT and not settings.model_load_on_request:
         await repository.load_all()
     dataplane.mark_ready()
     await set_serving(health_servicer, True)

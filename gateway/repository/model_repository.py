@@ -25,12 +25,20 @@ A version that stops serving (replaced, retired by the policy, unloaded, or its 
 taken out of routing at once, so that new requests go to its successor or get NOT_FOUND; the
 requests already queued or running on it finish, and then its instances are released
 (:meth:`gateway.runtime.scheduler.Scheduler.drain`, in the background).
+
+Memory: each version's resident bytes are measured at its load and accounted in :attr:`ModelRepository.budget`
+(:mod:`gateway.runtime.memory_budget`). With a limit, loads run one at a time (so that each one's
+measure is its own), and a load first evicts the least recently used idle versions of other models
+until it fits; an evicted version is loaded again by the next request that asks for it
+(:meth:`ModelRepository.load_for_request`), as is any model on disk that is not loaded when the
+repository loads on request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -38,7 +46,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -50,6 +58,7 @@ from converters.parity import read_parity_file
 from converters.quantization_report import read_quantization_file
 from gateway.errors import (
     AlreadyExistsError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -74,6 +83,18 @@ from gateway.repository.pipelines import PIPELINE_PLATFORM, plan_pipeline
 from gateway.repository.tfserving_warmup import read_tf_serving_warmup
 from gateway.repository.traffic import TrafficPolicy, read_traffic_file, write_traffic_file
 from gateway.repository.triton_config import CONFIG_PBTXT, parse_config_override, read_triton_config
+from gateway.runtime.memory_budget import (
+    DEFAULT_ROOM_WAIT_SECONDS,
+    LargerThanBudgetError,
+    MemoryBudget,
+    MemoryBudgetError,
+    NoRoomError,
+    VersionUsage,
+    peak_resident_bytes,
+    release_freed_memory,
+    reset_peak_resident,
+    resident_bytes,
+)
 from gateway.runtime.reshape import ReshapedBackend
 from gateway.runtime.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
 from gateway.runtime.warmup import WarmupError, generated_requests, read_warmup_samples, run_warmup
@@ -82,6 +103,9 @@ logger = logging.getLogger(__name__)
 
 #: Folder inside the repository where uploads are received and checked (hidden: not a model).
 STAGING_FOLDER = ".staging"
+
+#: The index's reason for a version evicted by the memory budget.
+_EVICTED = "evicted to make room within the memory budget; an inference request loads it again"
 
 # (relative path, size in bytes, modification time in ns) of every file under a folder.
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -121,6 +145,7 @@ class LoadedVersion:
         fingerprint: the files the version was loaded from, to tell when they change.
         metrics: the version's metric children.
         model_bytes: bytes of the version folder's files on disk, counted once at load.
+        usage: its resident bytes (measured at load), requests in flight and last use, for the memory budget.
         parity: the conversion's parity figures (``parity.json``), or None.
         quantization: the price of the push's compression (``quantization.json``), or None.
         backend_parameters: how the backend runs the version (e.g. its execution providers), for metadata.
@@ -139,6 +164,7 @@ class LoadedVersion:
     fingerprint: Fingerprint
     metrics: VersionMetrics
     model_bytes: int
+    usage: VersionUsage
     parity: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
     backend_parameters: dict[str, Any] = field(default_factory=dict)
@@ -147,12 +173,16 @@ class LoadedVersion:
 
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
-    """One row of the repository index (KServe/Triton repository extension)."""
+    """One row of the repository index (KServe/Triton repository extension).
+
+    ``resident_bytes``: the bytes a READY version holds, measured at its load; None for other rows.
+    """
 
     name: str
     version: str
     state: ModelState
     reason: str
+    resident_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +214,8 @@ class _ModelRecord:
     # The config override of the last load request (Triton's), as sent and as read; None: the config file.
     override_text: str | None = None
     override: ModelConfig | None = None
+    # Versions not loaded for want of memory (evicted, or no room at their load): a request for one loads it.
+    evicted: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -191,6 +223,7 @@ class _LoadOutcome:
     versions: dict[int, LoadedVersion]
     failures: dict[int | None, str]
     traffic: TrafficPolicy | None = None  # None: the config could not be read
+    no_room: set[int] = field(default_factory=set)  # versions that failed for want of memory, for now
 
 
 class ModelRepository:
@@ -204,6 +237,10 @@ class ModelRepository:
             each version's ``instance_count`` instances share them.
         configured_models: models served from folders outside ``root``, by name (TF Serving's
             ``models.config``); uploads and deletes leave them alone (their files are their owner's).
+        memory_budget_bytes: bytes the loaded versions may hold together (None: no limit); see
+            :mod:`gateway.runtime.memory_budget`.
+        load_on_request: whether an inference request for a model on disk that is not loaded loads it
+            (:meth:`load_for_request`); evicted versions are loaded again by their requests either way.
 
     Raises:
         ValueError: a configured model's name is invalid, or is also a model folder under ``root``.
@@ -216,6 +253,8 @@ class ModelRepository:
         metrics: Metrics | None = None,
         cpu_cores: int | None = None,
         configured_models: dict[str, ConfiguredModel] | None = None,
+        memory_budget_bytes: int | None = None,
+        load_on_request: bool = False,
     ) -> None:
         self.root = root
         self.configured_models = dict(configured_models or {})
@@ -229,6 +268,16 @@ class ModelRepository:
         self.default_max_batch_size = default_max_batch_size
         self.metrics = metrics if metrics is not None else Metrics()
         self.cpu_cores = cpu_cores if cpu_cores is not None else len(os.sched_getaffinity(0))
+        self.budget = MemoryBudget(memory_budget_bytes, self.metrics)
+        self.load_on_request = load_on_request
+        # With a budget, one load at a time: a load's resident bytes are the process's growth over it.
+        self._load_lock: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if memory_budget_bytes is not None else contextlib.nullcontext()
+        )
+        # Loads started by requests, by model: concurrent requests for a model wait for one load.
+        self._request_loads: dict[str, asyncio.Task[None]] = {}
+        # Per (model, version), the fingerprint of the files last loaded and what they measured.
+        self._measured: dict[tuple[str, int], tuple[Fingerprint, VersionUsage]] = {}
         # Per model, the (version, backend) label pairs of gateway_model_ready published so far.
         self._published_ready: dict[str, set[tuple[str, str]]] = {}
         self._records: dict[str, _ModelRecord] = {}
@@ -299,7 +348,11 @@ class ModelRepository:
         async with self._locks.setdefault(name, asyncio.Lock()):
             self.traffic_policy(name)  # raises NotFoundError for a model that is not loaded
             record = self._records[name]
-            unserved = {label: v for label, v in policy.version_labels.items() if v not in record.versions}
+            unserved = {
+                label: v
+                for label, v in policy.version_labels.items()
+                if v not in record.versions and v not in record.evicted
+            }
             if unserved:
                 served = ", ".join(str(v) for v in sorted(record.versions)) or "none"
                 raise InvalidArgumentError(
@@ -326,6 +379,8 @@ class ModelRepository:
         on_disk = self.model_names()
         for name in on_disk:
             record = self._records.get(name)
+            if self.load_on_request and (record is None or not record.loaded):
+                continue  # listed; its first request loads it
             fingerprint = await asyncio.to_thread(_fingerprint, self.model_folder(name))
             if record is None or not record.loaded or fingerprint != record.fingerprint:
                 await self._load_quietly(name, fingerprint)
@@ -368,8 +423,17 @@ class ModelRepository:
         record = self._records.get(name)
         return record.override_text if record is not None else None
 
-    async def _load(self, name: str, fingerprint: Fingerprint | None) -> None:
-        """:meth:`load`, with the model folder's fingerprint when the caller has just taken it."""
+    async def _load(
+        self, name: str, fingerprint: Fingerprint | None, deadline: float | None = None, on_request: bool = False
+    ) -> None:
+        """:meth:`load`, with the model folder's fingerprint when the caller has just taken it.
+
+        Args:
+            name, fingerprint: the model, and its folder's fingerprint or None.
+            deadline: until when the load may wait for busy versions to make room in the memory budget
+                (``time.perf_counter()`` seconds; None: :data:`DEFAULT_ROOM_WAIT_SECONDS` from its start).
+            on_request: the load was started by an inference request (counted, and logged so).
+        """
         path = self._model_path(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             path = self._model_path(name)  # again: a delete may have taken the folder while this waited
@@ -378,18 +442,29 @@ class ModelRepository:
             try:
                 if fingerprint is None:
                     fingerprint = await asyncio.to_thread(_fingerprint, path)
-                outcome = await asyncio.to_thread(self._load_versions, name, path, record.versions, record.override)
+                async with self._load_lock:
+                    reserve = self._reserver(name, deadline)
+                    outcome = await asyncio.to_thread(
+                        self._load_versions, name, path, record.versions, record.override, reserve
+                    )
+                    await self._back_within_budget(name)
             finally:
                 record.loading = False
             retired = _retired(record.versions, outcome.versions)
+            new = _retired(outcome.versions, record.versions)
             record.versions = outcome.versions
             record.failures = outcome.failures
+            record.evicted = outcome.no_room
             if outcome.traffic is not None:
                 record.traffic = outcome.traffic
             record.loaded = True
             record.fingerprint = fingerprint
             self._publish_ready(name)
             self._retire(retired)
+        if on_request:
+            for loaded in new:
+                self.metrics.loads_on_request.labels(name, str(loaded.version)).inc()
+                logger.info("model %s version %d loaded on request", name, loaded.version)
         for version, reason in outcome.failures.items():
             logger.warning("model %s%s failed to load: %s", name, _version_suffix(version), reason)
         if outcome.versions:
@@ -421,6 +496,7 @@ class ModelRepository:
             self._retire(record.versions.values())
             record.versions = {}
             record.failures = {}
+            record.evicted = set()
             record.loaded = False
             record.fingerprint = None
             record.override_text = record.override = None
@@ -598,12 +674,79 @@ class ModelRepository:
         loaded = record.versions.get(number)
         if loaded is not None:
             return loaded
+        if number in record.evicted and number not in record.failures:
+            raise UnavailableError(f"model '{name}' version {number} is not ready: {_EVICTED}")
         if number in record.failures:
             raise UnavailableError(f"model '{name}' version {number} is not ready: {record.failures[number]}")
         if record.loading:
             raise UnavailableError(f"model '{name}' is loading")
         served = ", ".join(str(v) for v in sorted(record.versions)) or "none"
         raise NotFoundError(f"model '{name}' has no version {number} (versions served: {served})")
+
+    async def load_for_request(
+        self, name: str, version: str | None = None, label: str | None = None, deadline: float | None = None
+    ) -> float | None:
+        """Before :meth:`get` for an inference request: load the version first if it is not loaded for want of memory.
+
+        A version evicted by the memory budget (or refused for want of room at its last load) is
+        loaded again; with :attr:`load_on_request`, so is a model on disk that is not loaded. Concurrent
+        requests for the same model wait for one load. A version that failed for another reason is
+        not tried again (its reason is in the index).
+
+        A load that fails raises nothing here: :meth:`get` then says whether the version asked for
+        serves, and why not (e.g. the memory budget's sizes).
+
+        Args:
+            name, version, label: as :meth:`get`.
+            deadline: the request's deadline in ``time.perf_counter()`` seconds, or None; the load
+                itself waits for busy versions to make room until the deadline of the request that
+                started it.
+
+        Returns:
+            When the request began to wait for a load (``time.perf_counter()`` seconds), or None
+            when it did not wait.
+
+        Raises:
+            NotFoundError: the model's folder was removed meanwhile.
+            DeadlineExceededError: the deadline passed while the model was loading.
+        """
+        if not self._waits_for_load(name, version, label):
+            return None
+        started = time.perf_counter()
+        task = self._request_loads.get(name)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(name, None, deadline, on_request=True))
+            self._request_loads[name] = task
+            task.add_done_callback(functools.partial(self._request_load_done, name))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), None if deadline is None else deadline - started)
+        except TimeoutError:
+            raise DeadlineExceededError(f"the request's deadline passed while model '{name}' was loading") from None
+        except UnavailableError:
+            pass  # some version failed: get says whether the one asked for serves, and why not
+        return started
+
+    def _request_load_done(self, name: str, task: asyncio.Task[None]) -> None:
+        """A load started by requests has ended: the next request that finds the model unloaded starts another."""
+        if self._request_loads.get(name) is task:
+            del self._request_loads[name]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone; the reasons are in the index and logs
+
+    def _waits_for_load(self, name: str, version: str | None, label: str | None) -> bool:
+        """Whether a request for ``name`` (``version`` or ``label``) must first load it (:meth:`load_for_request`)."""
+        record = self._records.get(name)
+        if record is None or not record.loaded:  # not loaded, or loading for the first time
+            return self.load_on_request and name in self.model_names()
+        if not record.evicted:
+            return False
+        labels = record.traffic.version_labels
+        if label is None and version is None:
+            return max(record.evicted) > max(record.versions, default=-1)  # the highest version serves
+        number = labels.get(label if label is not None else str(version))
+        if number is None and label is None and version is not None and version.isascii() and version.isdigit():
+            number = int(version)
+        return number in record.evicted
 
     def failure(self, name: str, version: int) -> str | None:
         """Why version ``version`` of ``name`` failed its last load, or None."""
@@ -660,14 +803,15 @@ class ModelRepository:
         entries: list[IndexEntry] = []
         if record.loading:
             entries.append(IndexEntry(name, "", ModelState.LOADING, ""))
-        for version in sorted(set(record.versions) | {v for v in record.failures if v is not None}):
+        for version in sorted(set(record.versions) | record.evicted | {v for v in record.failures if v is not None}):
             reason = record.failures.get(version, "")
-            if version in record.versions:
+            loaded = record.versions.get(version)
+            if loaded is not None:
                 if reason:
                     reason = f"reload failed, previous files still serving: {reason}"
-                entries.append(IndexEntry(name, str(version), ModelState.READY, reason))
+                entries.append(IndexEntry(name, str(version), ModelState.READY, reason, loaded.usage.resident_bytes))
             else:
-                entries.append(IndexEntry(name, str(version), ModelState.UNAVAILABLE, reason))
+                entries.append(IndexEntry(name, str(version), ModelState.UNAVAILABLE, reason or _EVICTED))
         if None in record.failures:
             entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, record.failures[None]))
         return entries
@@ -683,16 +827,77 @@ class ModelRepository:
         """Release versions that no longer serve once their queued and running requests have finished."""
         loop = asyncio.get_running_loop()
         for loaded in versions:
+            loaded.usage.serving = False
             task = loop.create_task(self._drain(loaded))
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
 
-    @staticmethod
-    async def _drain(loaded: LoadedVersion) -> None:
+    async def _drain(self, loaded: LoadedVersion) -> None:
+        """Wait for the version's queued and running requests, release its instances and its share of the budget."""
         logger.info("model %s version %d no longer serves; draining its requests", loaded.name, loaded.version)
         if loaded.scheduler is not None:
             await loaded.scheduler.drain()
+            await asyncio.to_thread(release_freed_memory)  # the freed pages go back to the system
+            self.budget.remove(loaded.usage)
         logger.info("model %s version %d released", loaded.name, loaded.version)
+
+    async def _evict(self, usage: VersionUsage) -> None:
+        """Take an idle version out of service to make room in the budget; return once it is released.
+
+        Its model stays loaded: the version shows as evicted in the index, and the next request for
+        it loads it again (:meth:`load_for_request`).
+        """
+        usage.serving = False
+        record = self._records.get(usage.model)
+        loaded = record.versions.get(usage.version) if record is not None else None
+        if record is None or loaded is None or loaded.usage is not usage:
+            return  # no longer serving: it is being released, which frees its bytes
+        del record.versions[usage.version]
+        record.evicted.add(usage.version)
+        self._publish_ready(usage.model)
+        self.metrics.evictions.labels(usage.model, str(usage.version)).inc()
+        logger.info(
+            "model %s version %d evicted to make room within the memory budget of %s bytes: it held %d bytes and "
+            "was last used %.1f s ago",
+            usage.model,
+            usage.version,
+            self.budget.limit_bytes,
+            usage.resident_bytes,
+            time.monotonic() - usage.last_used,
+        )
+        await self._drain(loaded)
+
+    def _reserver(self, name: str, deadline: float | None) -> Callable[[int, int], None] | None:
+        """With a budget limit, what a loading thread calls before a version loads, with the bytes the
+        version is expected to keep and to hold at its load's peak.
+
+        Room is made for the peak (at most the whole budget); a version expected to keep more than the
+        whole budget raises :class:`LargerThanBudgetError`. The call blocks the thread while the event
+        loop evicts (:meth:`MemoryBudget.make_room`), and raises what that raises.
+        """
+        limit = self.budget.limit_bytes
+        if limit is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = time.perf_counter() + DEFAULT_ROOM_WAIT_SECONDS
+
+        def reserve(kept_bytes: int, peak_bytes: int) -> None:
+            needed_bytes = max(kept_bytes, min(peak_bytes, limit))
+            room = self.budget.make_room(name, needed_bytes, self._evict, deadline)
+            asyncio.run_coroutine_threadsafe(room, loop).result()
+
+        return reserve
+
+    async def _back_within_budget(self, name: str) -> None:
+        """After a load that measured more than its estimate: evict idle versions of other models to fit again.
+
+        Busy ones are not waited for: the budget is exceeded (logged) until the next load makes room.
+        """
+        try:
+            await self.budget.make_room(name, 0, self._evict, time.perf_counter())
+        except MemoryBudgetError as error:
+            logger.warning("over the memory budget for now: %s", error)
 
     async def _load_quietly(self, name: str, fingerprint: Fingerprint | None = None) -> None:
         with contextlib.suppress(NotFoundError, UnavailableError):  # recorded in the index, and logged
@@ -740,12 +945,24 @@ class ModelRepository:
         if record.loading:
             return "loading"
         reasons = [f"{_version_label(version)}: {reason}" for version, reason in record.failures.items()]
+        reasons += [f"version {version}: {_EVICTED}" for version in sorted(record.evicted - set(record.failures))]
         return "; ".join(reasons) or "no version is loaded"
 
     def _load_versions(
-        self, name: str, path: Path, current: dict[int, LoadedVersion], override: ModelConfig | None
+        self,
+        name: str,
+        path: Path,
+        current: dict[int, LoadedVersion],
+        override: ModelConfig | None,
+        reserve: Callable[[int, int], None] | None = None,
     ) -> _LoadOutcome:
-        """Runs in a worker thread: read the config (or take the override) and load each selected version."""
+        """Runs in a worker thread: read the config (or take the override) and load each selected version.
+
+        ``reserve`` (with a budget limit) is called before a version loads with the bytes it is expected
+        to keep and the bytes its load is expected to hold at its peak: those measured at its last load
+        of the same files, else its files' bytes and twice them (a runtime holds the parsed file and the
+        built weights at once).
+        """
         try:
             config = self._model_config(name, path, override)
             traffic = read_traffic_file(path) or TrafficPolicy.of_config(config)
@@ -773,6 +990,7 @@ class ModelRepository:
             config_fingerprint += (("config override", 0, hash(override.model_dump_json())),)
         versions: dict[int, LoadedVersion] = {}
         failures: dict[int | None, str] = {}
+        no_room: set[int] = set()
         unserved = {label: version for label, version in labels.items() if version not in selected}
         if unserved:
             failures[None] = (
@@ -790,15 +1008,27 @@ class ModelRepository:
             if previous is not None and previous.fingerprint == fingerprint:
                 versions[version] = previous
                 continue
+            model_bytes = sum(size for _, size, _ in files)
             try:
+                if reserve is not None and config.pipeline is None:
+                    measured = self._measured.get((name, version))
+                    if measured is not None and measured[0] == fingerprint:
+                        reserve(measured[1].resident_bytes, measured[1].load_peak_bytes)
+                    else:
+                        reserve(model_bytes, 2 * model_bytes)
                 started = time.perf_counter()
                 metrics = self.metrics.for_version(name, version)
-                versions[version] = self._load_version(
-                    name, version, version_path, config, fingerprint, metrics, sum(size for _, size, _ in files)
-                )
+                loaded = self._load_version(name, version, version_path, config, fingerprint, metrics, model_bytes)
                 self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
-            except (ModelLoadError, ModelConfigError, WarmupError) as error:
+                if loaded.scheduler is not None:
+                    self.budget.add(loaded.usage)
+                    self._measured[(name, version)] = (fingerprint, loaded.usage)
+                versions[version] = loaded
+            except (ModelLoadError, ModelConfigError, WarmupError, MemoryBudgetError) as error:
                 failures[version] = str(error)
+                if isinstance(error, NoRoomError):
+                    no_room.add(version)
+                release_freed_memory()  # what the failed load allocated goes back to the system
             except Exception as error:  # a runtime's unexpected failure must not take the server down
                 logger.exception("unexpected error loading %s version %s", name, version)
                 failures[version] = f"unexpected error: {error!r}"
@@ -811,7 +1041,7 @@ class ModelRepository:
             for version, loaded in current.items():
                 if version in available:
                     versions.setdefault(version, loaded)
-        return _LoadOutcome(versions=versions, failures=failures, traffic=traffic)
+        return _LoadOutcome(versions=versions, failures=failures, traffic=traffic, no_room=no_room)
 
     def _load_version(
         self,
@@ -823,8 +1053,19 @@ class ModelRepository:
         metrics: VersionMetrics,
         model_bytes: int,
     ) -> LoadedVersion:
+        """Load one version's instances, warm them up, and measure the bytes they hold.
+
+        Raises:
+            ModelLoadError, ModelConfigError: the files do not load, or the config does not fit them.
+            WarmupError: a warmup request failed.
+            LargerThanBudgetError: the version measured more bytes than the whole memory budget
+                (its instances are released).
+        """
         if config.pipeline is not None:
             return self._load_pipeline(name, version, config, fingerprint, metrics)
+        release_freed_memory()  # pages freed before the load must not lower its measure when they are trimmed
+        before = resident_bytes()
+        reset_peak_resident()
         instances, completed, parameters = self._create_instances(path, config)
         max_batch_size = completed.max_batch_size or 0
         check_instance_kind(completed, instances[0].metadata_parameters)
@@ -839,6 +1080,20 @@ class ModelRepository:
         inputs, outputs = signatures(completed.inputs), signatures(completed.outputs)
         if completed.warmup != "none":
             self._warm_up(name, version, path, completed, instances, inputs, list(outputs))
+        # The process's growth over the load, once what the load freed (e.g. the parsed model file) is handed
+        # back; never less than the files (another thread may have freed memory meanwhile).
+        peak = max(peak_resident_bytes() - before, 0)
+        release_freed_memory()
+        measured = max(resident_bytes() - before, model_bytes)
+        limit = self.budget.limit_bytes
+        if limit is not None and measured > limit:
+            raise LargerThanBudgetError(
+                f"model '{name}' version {version} holds {measured} bytes once loaded, more than the whole memory "
+                f"budget of {limit} bytes"
+            )
+        logger.info(
+            "model %s version %d loaded: %d bytes resident, %d at the load's peak", name, version, measured, peak
+        )
         return LoadedVersion(
             name=name,
             version=version,
@@ -851,6 +1106,7 @@ class ModelRepository:
             fingerprint=fingerprint,
             metrics=metrics,
             model_bytes=model_bytes,
+            usage=VersionUsage(name, version, measured, max(peak, measured)),
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
             backend_parameters={**instances[0].metadata_parameters, **parameters},
@@ -933,6 +1189,7 @@ class ModelRepository:
             fingerprint=fingerprint,
             metrics=metrics,
             model_bytes=0,
+            usage=VersionUsage(name, version, 0),
             steps=steps,
         )
 

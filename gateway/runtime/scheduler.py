@@ -166,6 +166,7 @@ class Scheduler:
         batch_size: int = 1,
         deadline: float | None = None,
         disconnected: Disconnected | None = None,
+        queued_since: float | None = None,
     ) -> Tensors:
         """Queue one request, wait for its batch to run, and return its outputs.
 
@@ -182,6 +183,8 @@ class Scheduler:
                 :data:`WATCH_CLIENT_AFTER_SECONDS`, so that a request that does not wait long costs
                 nothing more. When it returns, the request is dropped from the queue (or, if it
                 started meanwhile, its answer discarded) and this call raises ``asyncio.CancelledError``.
+            queued_since: when the request began to wait for this version, if before this call (for its
+                model to load), in ``time.perf_counter()`` seconds: its queue time counts from then.
 
         Returns:
             The requested outputs; with batching, each holds this request's ``batch_size`` rows.
@@ -204,7 +207,9 @@ class Scheduler:
         enqueued = time.perf_counter()
         if deadline is not None and deadline <= enqueued:
             raise DeadlineExceededError("the request's deadline passed before it was queued; it was not run")
-        request = _Request(inputs, output_names, batch_size, loop.create_future(), enqueued)
+        request = _Request(
+            inputs, output_names, batch_size, loop.create_future(), enqueued if queued_since is None else queued_since
+        )
         if self._batching is not None:
             request.merge_key = tuple(
                 (name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())

@@ -70,12 +70,16 @@ class ModelReadyJson(BaseModel):
 
 
 class IndexEntryJson(BaseModel):
-    """One entry of the repository index (Triton's repository extension)."""
+    """One entry of the repository index (Triton's repository extension).
+
+    ``resident_bytes``, beside Triton's fields: the bytes a READY version holds, measured at its load.
+    """
 
     name: str
     version: str
     state: str
     reason: str
+    resident_bytes: int | None = None
 
 
 class TritonTensorConfigJson(BaseModel):

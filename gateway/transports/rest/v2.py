@@ -187,8 +187,17 @@ def _tensor_metadata(tensor: TensorMetadata) -> dict[str, Any]:
     return {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
 
 
-def _index_entry(entry: IndexEntry) -> dict[str, str]:
-    return {"name": entry.name, "version": entry.version, "state": entry.state.value, "reason": entry.reason}
+def _index_entry(entry: IndexEntry) -> dict[str, str | int]:
+    """Triton's four fields, and ``resident_bytes`` for a READY version (measured at its load)."""
+    json: dict[str, str | int] = {
+        "name": entry.name,
+        "version": entry.version,
+        "state": entry.state.value,
+        "reason": entry.reason,
+    }
+    if entry.resident_bytes is not None:
+        json["resident_bytes"] = entry.resident_bytes
+    return json
 
 
 def v2_router(dataplane: DataPlane, control: RepositoryControl) -> APIRouter:

@@ -1,0 +1,285 @@
+"""The memory budget: the resident bytes of the loaded model versions, their LRU order, and evictions.
+
+Each loaded version has a :class:`VersionUsage`: its resident bytes, measured when it loaded (the
+process's resident set size before and after the load, warmup included: :func:`resident_bytes`,
+never less than its files' bytes), the peak its load reached above the start
+(:func:`peak_resident_bytes`: a runtime holds the parsed file and the built weights at once while it
+builds a session, about twice the file for ONNX Runtime), how many requests it is running or
+holding in its queue, and when it was last asked to run one. A :class:`MemoryBudget` accounts for
+every version from its load until its instances are released, and, when it has a limit, makes room
+for a load (:meth:`MemoryBudget.make_room`) by evicting the least recently used idle versions of
+other models: room for the load's peak, not only for what it keeps, so that the process's resident
+set stays within the budget during loads too. A version with requests queued or running is never
+evicted: the load waits for such versions to go idle, up to its deadline.
+
+Busy is counted by :meth:`MemoryBudget.enter` and :meth:`MemoryBudget.leave` around each run of a
+version (:func:`gateway.core.pipeline.run_version`); a request takes its version from the repository
+and enters it with no ``await`` between the two, so an eviction (which runs on the same event loop)
+can never take a version a request has just been given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+import gc
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a load waits for busy versions to go idle when it has no deadline of its own.
+DEFAULT_ROOM_WAIT_SECONDS = 30.0
+#: Bytes from which glibc's malloc gives each block a mapping of its own, while a budget is set.
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+#: glibc's ``mallopt`` parameter number of the mmap threshold (``M_MMAP_THRESHOLD``).
+_M_MMAP_THRESHOLD = -3
+
+
+class MemoryBudgetError(Exception):
+    """A model version cannot be loaded within the memory budget (the message says why, with the sizes)."""
+
+
+class LargerThanBudgetError(MemoryBudgetError):
+    """The version alone needs more bytes than the whole budget: no eviction can make room for it."""
+
+
+class NoRoomError(MemoryBudgetError):
+    """Only versions that stayed busy (or were finishing) could have made room in time: a later try may fit."""
+
+
+@dataclass(eq=False, slots=True)  # compared and hashed by identity: one per loaded version
+class VersionUsage:
+    """What one loaded version holds of the budget and how it is used.
+
+    Attributes:
+        model, version: the version.
+        resident_bytes: bytes it holds, measured at load (0 for a pipeline, which holds no instances).
+        load_peak_bytes: the most bytes its load held at once above the start (0 when unknown).
+        inflight: its requests queued or running now.
+        last_used: when a request last began to run on it (``time.monotonic()`` seconds; its load's end
+            before that).
+        serving: whether the repository routes requests to it (False once it is evicted or retired).
+    """
+
+    model: str
+    version: int
+    resident_bytes: int
+    load_peak_bytes: int = 0
+    inflight: int = 0
+    last_used: float = 0.0
+    serving: bool = True
+
+    def __post_init__(self) -> None:
+        self.last_used = time.monotonic()
+
+
+class MemoryBudget:
+    """The resident bytes of the loaded versions, and the choice of versions to evict for a load.
+
+    With a limit, the C heap's mmap threshold is fixed at :data:`MMAP_THRESHOLD_BYTES` for the whole
+    process (glibc's ``mallopt``). glibc otherwise raises the threshold after a large block is freed
+    (up to 32 MiB), so that later large blocks, such as a model's weights, come from the heap, where
+    a block freed next to live ones can stay resident: then an evicted version's bytes do not all go
+    back, and a load's measure may count a neighbour's (measured: one load in ten counted twice its
+    bytes). With the threshold fixed, every block from 1 MiB has its own mapping, returned when freed.
+
+    Args:
+        limit_bytes: bytes the versions may hold together; None: no limit (versions are still
+            accounted, so that their resident bytes are shown).
+        metrics: where ``gateway_model_resident_bytes`` is published (None: nowhere).
+    """
+
+    def __init__(self, limit_bytes: int | None, metrics: Metrics | None = None) -> None:
+        self.limit_bytes = limit_bytes
+        if limit_bytes is not None:
+            mallopt = _libc_function("mallopt")
+            if mallopt is not None:
+                mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        self._metrics = metrics
+        # Loads add versions from their worker thread; everything else runs on the event loop.
+        self._lock = threading.Lock()
+        self._usages: list[VersionUsage] = []
+        self._changed = asyncio.Event()
+
+    def used_bytes(self) -> int:
+        """Bytes the accounted versions hold together (those serving, and those retired but not yet released)."""
+        with self._lock:
+            return sum(usage.resident_bytes for usage in self._usages)
+
+    def add(self, usage: VersionUsage) -> None:
+        """Account for a version that has just loaded (may be called from a loading thread)."""
+        with self._lock:
+            self._usages.append(usage)
+        self._publish(usage)
+
+    def remove(self, usage: VersionUsage) -> None:
+        """Stop accounting for a version whose instances were released; loads waiting for room look again."""
+        usage.serving = False
+        with self._lock:
+            if usage not in self._usages:
+                return
+            self._usages.remove(usage)
+        self._publish(usage)
+        self._notify()
+
+    @staticmethod
+    def enter(usage: VersionUsage) -> None:
+        """A request begins to run on the version (queued or running): it is busy, and the most recently used."""
+        usage.inflight += 1
+        usage.last_used = time.monotonic()
+
+    def leave(self, usage: VersionUsage) -> None:
+        """A request of the version has finished; once none is left, loads waiting for room look again."""
+        usage.inflight -= 1
+        if usage.inflight == 0:
+            self._notify()
+
+    async def make_room(
+        self,
+        model: str,
+        needed_bytes: int,
+        evict: Callable[[VersionUsage], Awaitable[None]],
+        deadline: float | None,
+    ) -> None:
+        """Evict least recently used idle versions of other models until ``needed_bytes`` more fit the budget.
+
+        Versions of ``model`` itself are left alone (the load replaces or keeps them). A version with
+        requests queued or running is never evicted: while only such versions (or versions retired
+        and still finishing their requests) could free enough, this waits for them, up to ``deadline``.
+        Without a limit this returns at once.
+
+        Args:
+            model: the model being loaded.
+            needed_bytes: the bytes the load is expected to add (its files' bytes before a first load).
+            evict: takes a version out of service and returns once its instances are released (and it
+                was :meth:`remove`\\ d); called on the event loop.
+            deadline: until when to wait for busy versions, in ``time.perf_counter()`` seconds (None:
+                :data:`DEFAULT_ROOM_WAIT_SECONDS` from now).
+
+        Raises:
+            LargerThanBudgetError: ``needed_bytes`` exceeds the whole budget.
+            NoRoomError: the deadline passed with too few bytes free, or only ``model``'s own versions
+                hold the rest of the budget.
+        """
+        limit = self.limit_bytes
+        if limit is None:
+            return
+        if needed_bytes > limit:
+            raise LargerThanBudgetError(
+                f"model '{model}' needs about {needed_bytes} bytes, more than the whole memory budget of {limit} bytes"
+            )
+        if deadline is None:
+            deadline = time.perf_counter() + DEFAULT_ROOM_WAIT_SECONDS
+        while (used := self.used_bytes()) + needed_bytes > limit:
+            with self._lock:
+                others = [usage for usage in self._usages if usage.model != model]
+            idle = [usage for usage in others if usage.serving and usage.inflight == 0]
+            if idle:
+                await evict(min(idle, key=lambda usage: usage.last_used))
+                continue
+            if not others:
+                raise NoRoomError(
+                    f"model '{model}' needs about {needed_bytes} bytes and {used} of the memory budget's {limit} "
+                    f"bytes are held by its own versions"
+                )
+            busy = ", ".join(sorted({f"{usage.model} version {usage.version}" for usage in others}))
+            if not await self._wait_for_change(deadline):
+                raise NoRoomError(
+                    f"model '{model}' needs about {needed_bytes} bytes; {used} of the memory budget's {limit} bytes "
+                    f"are held by versions that stayed busy ({busy}); retry later"
+                )
+
+    async def _wait_for_change(self, deadline: float) -> bool:
+        """Wait until a version goes idle or is released, or until ``deadline``; whether one did."""
+        changed = self._changed
+        timeout = deadline - time.perf_counter()
+        if timeout <= 0:
+            return False
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _publish(self, usage: VersionUsage) -> None:
+        """Set ``gateway_model_resident_bytes`` of the version's labels to what its accounted copies hold."""
+        if self._metrics is None:
+            return
+        with self._lock:
+            total = sum(
+                other.resident_bytes
+                for other in self._usages
+                if (other.model, other.version) == (usage.model, usage.version)
+            )
+        self._metrics.resident_bytes.labels(usage.model, str(usage.version)).set(total)
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now, in bytes (``/proc/self/statm``; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_resident() -> None:
+    """Start a new peak for :func:`peak_resident_bytes` (``/proc/self/clear_refs``; a no-op where not writable)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # 5: reset the peak resident set size
+    except OSError:
+        pass
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident set size since start or :func:`reset_peak_resident`, in bytes
+    (``VmHWM`` in ``/proc/self/status``; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def release_freed_memory() -> None:
+    """Collect garbage, then hand the C heap's free pages back to the system (glibc's ``malloc_trim``).
+
+    Without the trim, the pages a released ONNX Runtime session or torch module freed stay in the
+    process (glibc keeps them for later allocations), so the resident set does not come down after
+    an eviction. Elsewhere than glibc only the garbage is collected.
+    """
+    gc.collect()
+    trim = _libc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """The C library's function ``name`` (glibc's ``malloc_trim``, ``mallopt``), or None where it has none."""
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return None
+    try:
+        function: Callable[..., int] = getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
+    return function

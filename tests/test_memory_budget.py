@@ -1,0 +1,277 @@
+"""The memory budget, loading on request and eviction, against real gateway processes.
+
+Each model holds a weight of ``WEIGHT_BYTES`` that its answer does not depend on (gathered at index
+0, times zero), so that its resident bytes are about its file's, and answers ``y = x * scale`` with
+its own scale, so that every answer says which model gave it. A version keeps its file's bytes
+(never less) plus what its runtime allocates: the first load in a process also holds ONNX Runtime's
+one-off allocations (about 11 MB: 1.4 ``WEIGHT_BYTES`` in all), and the slow model its layers'
+buffers (1.5 in all; it is loaded first). A load makes room for its peak, about twice its file (the
+parsed file and the built weights at once): 2 ``WEIGHT_BYTES``. So a budget of 3.7 of them holds two
+of a, b and c after each load, never three (two and a load need 4); 3.9 hold the slow model and one
+other (3.5 at the load), never two others; 2.7 hold the slow model, and then only it.
+
+The slow model adds ``SLOW_LAYERS`` matrix layers (0.3 s on an idle 2-core VM to several seconds on
+a busy one; the two loads it must outlast take a tenth of that), so that one request keeps it busy
+while other models load; what must not happen then (its eviction) is read
+from ``gateway_model_evictions_total``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from gateway.settings import GatewaySettings
+from tests.conftest import ADMIN_HEADERS, GatewayProcess, start_gateway
+from tests.test_overload import CLIENT_TIMEOUT, WIDTH, inflight, metric, rest_body, wait_until
+
+#: Bytes of each model's weight (6 Mi FP32 values).
+WEIGHT_BYTES = 24 * 1024 * 1024
+#: Matrix layers of the slow model.
+SLOW_LAYERS = 250
+#: The slow model runs without warmup (a warmup run would take as long as a request).
+SLOW_CONFIG = "max_batch_size: 1\nwarmup: none\n"
+
+
+def write_weighty_model(path: Path, scale: float, weight_bytes: int = WEIGHT_BYTES, layers: int = 0) -> None:
+    """An ONNX model ``y = x * scale`` (FP32 [batch, 1]) holding a weight of ``weight_bytes`` it reads one
+    value of (times zero), and ``layers`` MatMul+Tanh layers of a [WIDTH, WIDTH] matrix that only add time."""
+    nodes = [
+        helper.make_node("Mul", ["x", "zero"], ["x_zero"]),
+        helper.make_node("Cast", ["x_zero"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["weight", "index"], ["picked"]),
+        helper.make_node("Mul", ["picked", "zero"], ["nothing"]),
+        helper.make_node("Mul", ["x", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "nothing"], ["y" if not layers else "fast"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(
+            np.random.default_rng(1).standard_normal(weight_bytes // 4, dtype=np.float32), "weight"
+        ),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"),
+    ]
+    if layers:
+        nodes += [
+            helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=0),
+            helper.make_node("Expand", ["mean", "shape"], ["h0"]),
+        ]
+        for layer in range(layers):
+            nodes.append(helper.make_node("MatMul", [f"h{layer}", "matrix"], [f"m{layer}"]))
+            nodes.append(helper.make_node("Tanh", [f"m{layer}"], [f"h{layer + 1}"]))
+        nodes += [
+            helper.make_node("ReduceMean", [f"h{layers}"], ["slow"], keepdims=0),
+            helper.make_node("Mul", ["slow", "zero"], ["slow_nothing"]),
+            helper.make_node("Add", ["fast", "slow_nothing"], ["y"]),
+        ]
+        matrix = (np.random.default_rng(0).standard_normal((WIDTH, WIDTH)) / 32).astype(np.float32)
+        initializers += [
+            numpy_helper.from_array(matrix, "matrix"),
+            numpy_helper.from_array(np.array([WIDTH, WIDTH]), "shape"),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "weighty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+
+
+def infer(gateway: GatewayProcess, model: str, x: float) -> httpx.Response:
+    return gateway.http.post(f"/v2/models/{model}/infer", json=rest_body(x), timeout=CLIENT_TIMEOUT)
+
+
+def answer(gateway: GatewayProcess, model: str, x: float) -> float:
+    response = infer(gateway, model, x)
+    assert response.status_code == 200, response.text
+    return float(response.json()["outputs"][0]["data"][0])
+
+
+def index(gateway: GatewayProcess) -> dict[str, dict[str, object]]:
+    """The repository index by model name (every model here has one version)."""
+    response = gateway.http.post("/v2/repository/index")
+    assert response.status_code == 200, response.text
+    return {entry["name"]: entry for entry in response.json()}
+
+
+def total(gateway: GatewayProcess, name: str) -> float:
+    """The sum of every sample of ``name`` on ``/metrics``, all models together."""
+    lines = gateway.http.get("/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
+
+
+def held_bytes(gateway: GatewayProcess) -> int:
+    """The resident bytes of the READY versions, as the index shows them."""
+    return sum(int(entry["resident_bytes"]) for entry in index(gateway).values() if entry["state"] == "READY")
+
+
+@pytest.fixture(scope="module")
+def lazy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """Models a, b, c (scales 1, 2, 3) and one larger than the budget, loaded on request, explicit mode."""
+    root = tmp_path_factory.mktemp("budget-repository")
+    for scale, name in enumerate("abc", start=1):
+        write_weighty_model(root / name / "1" / "model.onnx", float(scale))
+    write_weighty_model(root / "huge" / "1" / "model.onnx", 5.0, weight_bytes=4 * WEIGHT_BYTES)
+    gateway = start_gateway(
+        root,
+        tmp_path_factory.mktemp("budget-logs") / "gateway.log",
+        "--model-control-mode",
+        "explicit",
+        "--model-load-on-request",
+        "--memory-budget-bytes",
+        str(int(3.7 * WEIGHT_BYTES)),
+    )
+    yield gateway
+    gateway.stop()
+
+
+def test_models_load_on_their_first_request(lazy: GatewayProcess) -> None:
+    before = index(lazy)
+    assert {name: entry["state"] for name, entry in before.items()} == dict.fromkeys(
+        ("a", "b", "c", "huge"), "UNAVAILABLE"
+    )
+    assert all(entry["reason"] == "not loaded" and "resident_bytes" not in entry for entry in before.values())
+
+    assert answer(lazy, "a", 2.0) == 2.0
+    entry = index(lazy)["a"]
+    assert entry["state"] == "READY"
+    assert int(entry["resident_bytes"]) >= WEIGHT_BYTES  # never below the file
+    assert metric(lazy, "gateway_model_resident_bytes", "a", version="1") == entry["resident_bytes"]
+    assert metric(lazy, "gateway_model_loads_on_request_total", "a", version="1") == 1
+    assert metric(lazy, "gateway_inference_queue_duration_seconds_sum", "a") > 0.01  # the load's wait counts
+    assert answer(lazy, "a", 3.0) == 3.0  # loaded once
+    assert metric(lazy, "gateway_model_loads_on_request_total", "a", version="1") == 1
+
+    # Concurrent first requests for one model start one load, and all get their answers.
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda x: answer(lazy, "b", x), [1.0, 2.0, 3.0, 4.0]))
+    assert answers == [2.0, 4.0, 6.0, 8.0]
+    assert metric(lazy, "gateway_model_loads_on_request_total", "b", version="1") == 1
+
+
+def test_round_robin_evicts_the_least_recently_used_and_every_request_succeeds(lazy: GatewayProcess) -> None:
+    budget = int(3.7 * WEIGHT_BYTES)
+    evictions_before = total(lazy, "gateway_model_evictions_total")
+    for round_number in range(3):
+        for scale, name in enumerate("abc", start=1):
+            assert answer(lazy, name, float(round_number)) == float(round_number * scale)
+            assert held_bytes(lazy) <= budget
+            assert metric(lazy, "gateway_model_ready", name, version="1") == 1
+    # Two fit, three do not: each request of the round robin evicts the least recently used one.
+    assert total(lazy, "gateway_model_evictions_total") - evictions_before >= 6
+    states = index(lazy)
+    assert [states[name]["state"] for name in "abc"] == ["UNAVAILABLE", "READY", "READY"]  # a: least recently used
+    assert "evicted to make room within the memory budget" in str(states["a"]["reason"])
+    assert metric(lazy, "gateway_model_ready", "a", version="1") == 0
+    assert metric(lazy, "gateway_model_resident_bytes", "a", version="1") == 0
+    assert "model a version 1 evicted to make room" in lazy.logs()
+
+
+def test_a_model_larger_than_the_budget_is_a_clear_error(lazy: GatewayProcess) -> None:
+    budget = int(3.7 * WEIGHT_BYTES)
+    response = infer(lazy, "huge", 1.0)
+    assert response.status_code == 503, response.text
+    assert f"more than the whole memory budget of {budget} bytes" in response.json()["error"]
+    assert "needs about" in response.json()["error"]
+    load = lazy.http.post("/v2/repository/models/huge/load", headers=ADMIN_HEADERS)
+    assert load.status_code == 503, load.text
+    assert f"memory budget of {budget} bytes" in load.json()["error"]
+    assert index(lazy)["huge"]["state"] == "UNAVAILABLE"
+    # Nothing was evicted for it, and the others keep serving.
+    assert metric(lazy, "gateway_model_loads_on_request_total", "huge") == 0
+    assert answer(lazy, "c", 1.0) == 3.0
+
+
+@pytest.fixture(scope="module")
+def busy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A slow model and two fast ones (scales 2 and 3)."""
+    root = tmp_path_factory.mktemp("busy-repository")
+    write_weighty_model(root / "slow" / "1" / "model.onnx", 1.0, layers=SLOW_LAYERS)
+    (root / "slow" / "config.yaml").write_text(SLOW_CONFIG)
+    write_weighty_model(root / "b" / "1" / "model.onnx", 2.0)
+    write_weighty_model(root / "c" / "1" / "model.onnx", 3.0)
+    return root
+
+
+def start_busy(root: Path, log: Path, budget: int) -> GatewayProcess:
+    return start_gateway(root, log, "--model-load-on-request", "--memory-budget-bytes", str(budget))
+
+
+def test_a_version_with_a_request_in_flight_is_never_evicted(busy_root: Path, tmp_path: Path) -> None:
+    gateway = start_busy(busy_root, tmp_path / "gateway.log", int(3.9 * WEIGHT_BYTES))
+    try:
+        slow = threading.Thread(target=lambda: answers.append(answer(gateway, "slow", 5.0)))
+        answers: list[float] = []
+        slow.start()
+        wait_until(lambda: inflight(gateway, "slow") == 1, what="the slow request running")
+        assert answer(gateway, "b", 1.0) == 2.0  # slow and b fit
+        # c needs room: slow is the least recently used, but busy, so b goes.
+        assert answer(gateway, "c", 1.0) == 3.0
+        assert inflight(gateway, "slow") == 1, "the slow request ended too soon for the test to tell"
+        slow.join(timeout=CLIENT_TIMEOUT)
+        assert answers == [5.0]
+        assert metric(gateway, "gateway_model_evictions_total", "slow") == 0
+        assert metric(gateway, "gateway_model_evictions_total", "b", version="1") == 1
+        assert index(gateway)["slow"]["state"] == "READY"
+    finally:
+        gateway.stop()
+
+
+def test_a_load_waits_for_a_busy_version_to_go_idle(busy_root: Path, tmp_path: Path) -> None:
+    gateway = start_busy(busy_root, tmp_path / "gateway.log", int(2.7 * WEIGHT_BYTES))  # the slow model alone
+    try:
+        finished: dict[str, float] = {}
+
+        def call(model: str, x: float, expected: float) -> None:
+            assert answer(gateway, model, x) == expected
+            finished[model] = time.monotonic()
+
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(call, "slow", 5.0, 5.0)
+            wait_until(lambda: inflight(gateway, "slow") == 1, what="the slow request running")
+            waiting = pool.submit(call, "b", 1.0, 2.0)
+            slow.result(timeout=CLIENT_TIMEOUT)
+            waiting.result(timeout=CLIENT_TIMEOUT)
+        assert finished["b"] > finished["slow"]  # b loaded only once slow was idle, and slow then went
+        assert metric(gateway, "gateway_model_evictions_total", "slow", version="1") == 1
+        assert metric(gateway, "gateway_inference_queue_duration_seconds_sum", "b") > 0.2  # the wait, counted
+    finally:
+        gateway.stop()
+
+
+def test_the_budget_is_shared_evenly_by_the_workers(tmp_path: Path) -> None:
+    settings = GatewaySettings(workers=4, memory_budget_bytes=1000, http_port=8000, grpc_port=8001)
+    assert settings.worker_memory_budget_bytes == 250
+    assert GatewaySettings().worker_memory_budget_bytes is None
+    # Two workers under 1.5 models' bytes: each worker's half cannot hold one model.
+    write_weighty_model(tmp_path / "repository" / "a" / "1" / "model.onnx", 1.0)
+    budget = int(1.5 * WEIGHT_BYTES)
+    gateway = start_gateway(
+        tmp_path / "repository",
+        tmp_path / "gateway.log",
+        "--workers",
+        "2",
+        "--model-load-on-request",
+        "--memory-budget-bytes",
+        str(budget),
+    )
+    try:
+        response = infer(gateway, "a", 1.0)
+        assert response.status_code == 503, response.text
+        assert f"more than the whole memory budget of {budget // 2} bytes" in response.json()["error"]
+    finally:
+        gateway.stop()
