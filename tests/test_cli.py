@@ -126,7 +126,9 @@ def test_models_and_status_show_states_backends_bytes_and_reasons(gateway: Gatew
     assert "gateway status" in table  # where to look for the reasons
 
     status = as_json("status", "digits", *server)
-    assert status["versions"] == [{"name": "digits", "version": "1", "state": "READY", "reason": ""}]
+    [version] = status["versions"]
+    assert version.pop("resident_bytes") >= digits["model_bytes"]  # measured at load, never below its files
+    assert version == {"name": "digits", "version": "1", "state": "READY", "reason": ""}
     assert status["metadata"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
     assert status["config"]["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
     shown = succeeds("status", "digits", *server)
