@@ -32,42 +32,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.models import write_weighty_model
 from bench.serving import REPO_ROOT, free_port
 
 MB = 1_000_000
-
-
-def write_model(path: Path, scale: float, weight_bytes: int) -> None:
-    """``y = x * scale`` (FP32 [batch, 1]) holding ``weight_bytes`` of weights it reads one value of, times zero."""
-    nodes = [
-        helper.make_node("Mul", ["x", "zero"], ["x_zero"]),
-        helper.make_node("Cast", ["x_zero"], ["index"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["weight", "index"], ["picked"]),
-        helper.make_node("Mul", ["picked", "zero"], ["nothing"]),
-        helper.make_node("Mul", ["x", "scale"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "nothing"], ["y"]),
-    ]
-    weight = np.random.default_rng(int(scale)).standard_normal(weight_bytes // 4, dtype=np.float32)
-    graph = helper.make_graph(
-        nodes,
-        "weighty",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        [
-            numpy_helper.from_array(weight, "weight"),
-            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
-            numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
 
 
 def status_bytes(pid: int, field: str) -> int:
@@ -95,7 +66,7 @@ def main() -> int:
         repository = Path(folder) / "repository"
         started = time.perf_counter()
         for k, name in enumerate(names, start=1):
-            write_model(repository / name / "1" / "model.onnx", float(k), options.model_mb * MB)
+            write_weighty_model(repository / name / "1" / "model.onnx", float(k), options.model_mb * MB)
         print(f"wrote {len(names)} models of {options.model_mb} MB in {time.perf_counter() - started:.1f} s")
         http_port = free_port()
         log = Path(folder) / "gateway.log"

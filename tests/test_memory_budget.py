@@ -25,11 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from bench.models import write_weighty_model as write_weighty
 from gateway.settings import GatewaySettings
 from tests.conftest import ADMIN_HEADERS, GatewayProcess, start_gateway
 from tests.test_overload import CLIENT_TIMEOUT, WIDTH, inflight, metric, rest_body, wait_until
@@ -43,52 +41,8 @@ SLOW_CONFIG = "max_batch_size: 1\nwarmup: none\n"
 
 
 def write_weighty_model(path: Path, scale: float, weight_bytes: int = WEIGHT_BYTES, layers: int = 0) -> None:
-    """An ONNX model ``y = x * scale`` (FP32 [batch, 1]) holding a weight of ``weight_bytes`` it reads one
-    value of (times zero), and ``layers`` MatMul+Tanh layers of a [WIDTH, WIDTH] matrix that only add time."""
-    nodes = [
-        helper.make_node("Mul", ["x", "zero"], ["x_zero"]),
-        helper.make_node("Cast", ["x_zero"], ["index"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["weight", "index"], ["picked"]),
-        helper.make_node("Mul", ["picked", "zero"], ["nothing"]),
-        helper.make_node("Mul", ["x", "scale"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "nothing"], ["y" if not layers else "fast"]),
-    ]
-    initializers = [
-        numpy_helper.from_array(
-            np.random.default_rng(1).standard_normal(weight_bytes // 4, dtype=np.float32), "weight"
-        ),
-        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
-        numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"),
-    ]
-    if layers:
-        nodes += [
-            helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=0),
-            helper.make_node("Expand", ["mean", "shape"], ["h0"]),
-        ]
-        for layer in range(layers):
-            nodes.append(helper.make_node("MatMul", [f"h{layer}", "matrix"], [f"m{layer}"]))
-            nodes.append(helper.make_node("Tanh", [f"m{layer}"], [f"h{layer + 1}"]))
-        nodes += [
-            helper.make_node("ReduceMean", [f"h{layers}"], ["slow"], keepdims=0),
-            helper.make_node("Mul", ["slow", "zero"], ["slow_nothing"]),
-            helper.make_node("Add", ["fast", "slow_nothing"], ["y"]),
-        ]
-        matrix = (np.random.default_rng(0).standard_normal((WIDTH, WIDTH)) / 32).astype(np.float32)
-        initializers += [
-            numpy_helper.from_array(matrix, "matrix"),
-            numpy_helper.from_array(np.array([WIDTH, WIDTH]), "shape"),
-        ]
-    graph = helper.make_graph(
-        nodes,
-        "weighty",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
+    """:func:`bench.models.write_weighty_model` with this file's weight size and test_overload's layer width."""
+    write_weighty(path, scale, weight_bytes, layers, WIDTH)
 
 
 def infer(gateway: GatewayProcess, model: str, x: float) -> httpx.Response:
