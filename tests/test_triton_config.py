@@ -207,11 +207,44 @@ def test_an_ensemble_the_gateway_cannot_run_is_a_load_error(tmp_path: Path, text
         read_config(write_model(tmp_path, text, name="classify"))
 
 
+def test_model_warmup_maps_onto_the_warmup_requests_of_config_yaml(tmp_path: Path) -> None:
+    config = read_config(
+        write_model(
+            tmp_path,
+            """platform: "onnxruntime_onnx"
+max_batch_size: 8
+model_warmup [
+  { name: "zeros" batch_size: 8 count: 2
+    inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } },
+  { inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: "x.bin" } }
+    inputs { key: "t" value: { data_type: TYPE_STRING dims: [ 1 ] random_data: true } } }
+]
+""",
+        )
+    )
+    assert config == read_config(
+        write_model(
+            tmp_path,
+            yaml="""warmup:
+  - {name: zeros, batch_size: 8, count: 2, inputs: {x: {datatype: FP32, dims: [4], zero_data: true}}}
+  - name: model_warmup[1]
+    batch_size: 0
+    inputs:
+      x: {datatype: FP32, dims: [4], input_data_file: x.bin}
+      t: {datatype: BYTES, dims: [1], random_data: true}
+""",
+            name="from_yaml",
+        )
+    ).model_copy(update={"backend": "onnxruntime", "max_batch_size": 8})
+    (tmp_path / "bad").mkdir()
+    problem = load_error(tmp_path / "bad", 'model_warmup [ { inputs { key: "x" value: { data_type: TYPE_FP32 } } } ]')
+    assert "model_warmup[0] input 'x': give zero_data, random_data or input_data_file" in problem
+
+
 @pytest.mark.parametrize(
     ("text", "field", "reason"),
     [
         ("sequence_batching { max_sequence_idle_microseconds: 5000000 }", "sequence_batching", "stateful"),
-        ("model_warmup [ { name: 'w' batch_size: 1 } ]", "model_warmup", "warmup"),
         ("response_cache { enable: true }", "response_cache", "response cache"),
         ("model_transaction_policy { decoupled: true }", "model_transaction_policy", "decoupled"),
         ("optimization { cuda { graphs: true } }", "optimization.cuda", "CUDA graphs"),

@@ -91,7 +91,7 @@ output [ { name: "output_0" data_type: TYPE_FP32 dims: [ 2 ] } ]
 UNSUPPORTED_CONFIG = """\
 platform: "onnxruntime_onnx"
 max_batch_size: 4
-model_warmup [ { name: "zeros" batch_size: 1 } ]
+response_cache { enable: true }
 """
 
 GPU_CONFIG = """\
@@ -290,11 +290,11 @@ def test_a_config_yaml_model_serves_beside_the_config_pbtxt_ones(clients: Any) -
 
 def test_a_model_the_gateway_cannot_honour_fails_alone_with_the_reason(triton_gateway: GatewayProcess) -> None:
     errors = triton_gateway.load_errors  # type: ignore[attr-defined]
-    assert "config.pbtxt line 3: model_warmup is not supported" in errors["unsupported"]
+    assert "config.pbtxt line 3: response_cache is not supported" in errors["unsupported"]
     assert "KIND_GPU" in errors["gpu_only"] and "runs on the CPU here" in errors["gpu_only"]
     assert "holds both config.yaml and config.pbtxt" in errors["both"]
     index = {entry["name"]: entry for entry in triton_gateway.http.post("/v2/repository/index").json()}
-    assert "model_warmup is not supported" in index["unsupported"]["reason"]
+    assert "response_cache is not supported" in index["unsupported"]["reason"]
     assert index["unsupported"]["state"] == "UNAVAILABLE"
     assert all(index[name]["state"] == "READY" for name in LOADABLE)
 

@@ -147,3 +147,90 @@ def test_shipped_samples_are_read_in_file_name_order_and_bytes_become_objects(tm
     (tmp_path / "warmup" / "c.npz").write_bytes(b"not a zip")
     with pytest.raises(WarmupError, match=r"warmup sample warmup/c\.npz cannot be read"):
         read_warmup_samples(tmp_path, signature)
+
+
+TRITON_WARMUP_CONFIG = """\
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+model_warmup [
+  {{ name: "zeros" batch_size: 8 count: 2
+    inputs {{ key: "x" value: {{ data_type: TYPE_FP32 dims: [ 1 ] zero_data: true }} }} }},
+  {{ name: "{file_request}" batch_size: 1
+    inputs {{ key: "x" value: {{ data_type: TYPE_FP32 dims: [ 1 ] input_data_file: "x.bin" }} }} }}
+]
+"""
+
+
+def test_a_triton_model_warmup_runs_its_requests_and_a_bad_data_file_fails_the_load(tmp_path: Path):
+    root = tmp_path / "repository"
+    model = root / "scaled"
+    write_scaled_model(model / "1" / "model.onnx", 1.0, layers=10)
+    (model / "config.pbtxt").write_text(TRITON_WARMUP_CONFIG.format(file_request="from a file"))
+    (model / "warmup").mkdir()
+    (model / "warmup" / "x.bin").write_bytes(np.array([2.5], dtype=np.float32).tobytes())
+    gateway = start_gateway(root, tmp_path / "gateway.log", "--model-control-mode", "explicit")
+    try:
+        assert gateway.http.post("/v2/repository/models/scaled/load", headers=ADMIN_HEADERS).status_code == 200
+        # "zeros" twice (count 2), then the file's request: model_warmup's requests, not generated ones.
+        assert "model scaled version 1 warmed up: 3 request(s) on 1 instance(s)" in gateway.logs()
+        write_scaled_model(model / "2" / "model.onnx", 2.0, layers=10)
+        (model / "warmup" / "x.bin").write_bytes(np.array([2.5, 1.0], dtype=np.float32).tobytes())
+        response = gateway.http.post("/v2/repository/models/scaled/load", headers=ADMIN_HEADERS)
+        assert response.status_code == 503, response.text
+        assert (
+            "warmup request 'from a file': warmup/x.bin: input 'x': shape [1] of FP32 needs 4 bytes"
+            in (response.json()["error"])
+        )
+        (model / "warmup" / "x.bin").unlink()
+        response = gateway.http.post("/v2/repository/models/scaled/load", headers=ADMIN_HEADERS)
+        assert (
+            "warmup request 'from a file': input x: warmup/x.bin: No such file or directory"
+            in (response.json()["error"])
+        )
+        with httpx.Client(base_url=gateway.http_url) as client:
+            assert infer_rest(client, "scaled", 3.0).version == 1
+    finally:
+        gateway.stop()
+
+
+def test_configured_requests_repeat_the_item_batch_size_times_and_run_count_times(tmp_path: Path):
+    from gateway.repository.config import WarmupRequestConfig
+    from gateway.repository.warmup_config import configured_requests
+
+    (tmp_path / "warmup").mkdir()
+    text = b"".join(len(item).to_bytes(4, "little") + item for item in (b"ab", b""))
+    (tmp_path / "warmup" / "text.bin").write_bytes(text)
+    configured = [
+        WarmupRequestConfig.model_validate(
+            {
+                "name": "mixed",
+                "batch_size": 3,
+                "count": 2,
+                "inputs": {
+                    "ids": {"datatype": "INT64", "dims": [2], "random_data": True},
+                    "text": {"datatype": "BYTES", "dims": [2], "input_data_file": "text.bin"},
+                },
+            }
+        ),
+        WarmupRequestConfig.model_validate(
+            {
+                "name": "one",
+                "batch_size": 0,
+                "inputs": {
+                    "ids": {"datatype": "INT64", "dims": [3, 2], "zero_data": True},
+                    "text": {"datatype": "BYTES", "dims": [3, 2], "zero_data": True},
+                },
+            }
+        ),
+    ]
+    signature = {"ids": ("INT64", (-1, 2)), "text": ("BYTES", (-1, 2))}
+    requests = configured_requests(configured, tmp_path, signature)
+    assert [request.name for request in requests] == ["warmup request 'mixed'"] * 2 + ["warmup request 'one'"]
+    ids, text_array = requests[0].inputs["ids"], requests[0].inputs["text"]
+    assert ids.shape == (3, 2) and ids.dtype == np.int64 and (ids == ids[0]).all()
+    assert text_array.shape == (3, 2) and text_array.tolist() == [[b"ab", b""]] * 3
+    assert requests[2].inputs["ids"].shape == (3, 2) and not requests[2].inputs["ids"].any()
+    with pytest.raises(WarmupError, match=r"warmup request 'one': input ids has shape \[3, 2\], the model takes"):
+        configured_requests(configured[1:], tmp_path, {"ids": ("INT64", (-1, 3)), "text": ("BYTES", (-1, 2))})

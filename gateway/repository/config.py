@@ -252,6 +252,42 @@ class TrafficConfig(_Strict):
         return self
 
 
+class WarmupInput(_Strict):
+    """One input of a configured warmup request (Triton's ``ModelWarmup.Input``): datatype, dims and data.
+
+    Exactly one of ``zero_data``, ``random_data`` and ``input_data_file`` gives the data; the file is
+    one item's raw row-major little-endian bytes (BYTES: each element a 4-byte little-endian length
+    and its bytes), in the model folder's ``warmup/`` folder, as Triton reads it.
+    """
+
+    datatype: Datatype
+    dims: list[int] = Field(description="Dims of one item, without the batch dim; each a size >= 0.")
+    zero_data: bool = False
+    random_data: bool = False
+    input_data_file: str | None = Field(default=None, description="A file in the model folder's warmup/ folder.")
+
+    @model_validator(mode="after")
+    def _check(self) -> WarmupInput:
+        if any(dim < 0 for dim in self.dims):
+            raise ValueError(f"dims {self.dims}: a warmup input has fixed sizes (each >= 0)")
+        if [self.zero_data, self.random_data, self.input_data_file is not None].count(True) != 1:
+            raise ValueError("a warmup input sets exactly one of zero_data, random_data and input_data_file")
+        if self.input_data_file is not None and (
+            not self.input_data_file or "/" in self.input_data_file or self.input_data_file in (".", "..")
+        ):
+            raise ValueError(f"input_data_file {self.input_data_file!r} names a file in the warmup/ folder")
+        return self
+
+
+class WarmupRequestConfig(_Strict):
+    """A configured warmup request (Triton's ``ModelWarmup``): its inputs, at ``batch_size``, run ``count`` times."""
+
+    name: str = Field(min_length=1)
+    batch_size: int = Field(default=1, ge=0, description="Items per request; 0 for a model without a batch dim.")
+    count: int = Field(default=1, ge=1, description="How many times the request runs.")
+    inputs: dict[str, WarmupInput]
+
+
 class PipelineStep(_Strict):
     """One step of a pipeline (Triton's ``ensemble_scheduling.step``): a model and its tensor mapping."""
 
@@ -311,11 +347,11 @@ class ModelConfig(TrafficConfig):
         description="Merge requests into batches (needs max_batch_size > 0); `dynamic_batching: {}` or a "
         "bare `dynamic_batching:` turns it on with the defaults.",
     )
-    warmup: Literal["auto", "none"] = Field(
+    warmup: Literal["auto", "none"] | list[WarmupRequestConfig] = Field(
         default="auto",
         description="Requests run on every instance before the version is ready: auto, the samples in the "
-        "version's warmup/*.npz, else zeros generated from the signature at batch 1 and max_batch_size; "
-        "none: no warmup.",
+        "version's warmup/*.npz, else a SavedModel's TF Serving warmup file, else zeros generated from the "
+        "signature at batch 1 and max_batch_size; none: no warmup; or a list of requests (Triton's model_warmup).",
     )
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
     torch: TorchOptions = Field(default_factory=TorchOptions)

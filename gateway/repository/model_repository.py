@@ -83,6 +83,7 @@ from gateway.repository.pipelines import PIPELINE_PLATFORM, plan_pipeline
 from gateway.repository.tfserving_warmup import read_tf_serving_warmup
 from gateway.repository.traffic import TrafficPolicy, read_traffic_file, write_traffic_file
 from gateway.repository.triton_config import CONFIG_PBTXT, parse_config_override, read_triton_config
+from gateway.repository.warmup_config import configured_requests
 from gateway.runtime.memory_budget import (
     DEFAULT_ROOM_WAIT_SECONDS,
     LargerThanBudgetError,
@@ -1124,7 +1125,8 @@ class ModelRepository:
     ) -> None:
         """Run the version's warmup requests on each instance (:mod:`gateway.runtime.warmup`), before it serves.
 
-        The requests: the samples in ``warmup/*.npz``, else a SavedModel's TF Serving warmup file
+        The requests: the configured ones when ``warmup`` lists them (:mod:`gateway.repository.warmup_config`),
+        else the samples in ``warmup/*.npz``, else a SavedModel's TF Serving warmup file
         (:mod:`gateway.repository.tfserving_warmup`), else requests generated from the signature. Zeros
         are not a valid input of every model (serialized tf.Examples, ids a lookup refuses...), so a
         generated request that fails is logged and the version serves without warmup; a shipped one
@@ -1134,7 +1136,10 @@ class ModelRepository:
             WarmupError: a shipped sample cannot be read or does not fit the model, or it failed to run.
         """
         signature = {input_name: (tensor.datatype, tensor.shape) for input_name, tensor in inputs.items()}
-        shipped = read_warmup_samples(path, signature)
+        if isinstance(config.warmup, list):  # configured requests (Triton's model_warmup): those only
+            shipped = configured_requests(config.warmup, path.parent, signature)
+        else:
+            shipped = read_warmup_samples(path, signature)
         if not shipped and instances[0].platform == TensorFlowBackend.platform:
             shipped = read_tf_serving_warmup(saved_model_folder(path, config.default_model_filename), signature)
         requests = shipped or generated_requests(signature, config.max_batch_size or 0)

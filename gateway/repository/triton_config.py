@@ -19,7 +19,10 @@ gateway honours), then mapped field by field:
 - ONNX Runtime's ``optimization.graph.level`` and ``optimization.execution_accelerators``
   (``tensorrt`` and ``cuda`` on GPUs, ``openvino`` on CPUs, their ``parameters`` as provider options,
   with the keys of Triton's onnxruntime backend), and ``parameters`` each backend takes (listed in
-  :data:`BACKEND_PARAMETERS`).
+  :data:`BACKEND_PARAMETERS`);
+- ``model_warmup``: each request's ``name``, ``batch_size``, ``count`` and ``inputs`` (``data_type``,
+  ``dims``, ``zero_data`` / ``random_data`` / ``input_data_file``), as the gateway's ``warmup`` list
+  (:mod:`gateway.repository.warmup_config`).
 
 A field the gateway cannot honour is a load error naming the field, never ignored: a field our
 ``.proto`` does not declare fails to parse (the message names it, with its line and the reason where
@@ -54,8 +57,6 @@ TRITON_BACKENDS = {"onnxruntime": "onnxruntime", "pytorch": "torch", "tensorflow
 #: Why a field of Triton's ModelConfig that our .proto does not declare is refused, by its path.
 UNSUPPORTED_FIELDS = {
     "sequence_batching": "stateful (sequence) models are not served: the gateway keeps no state between requests",
-    "model_warmup": "Triton's warmup settings are not read: the gateway warms every version up itself, with the "
-    "samples in its warmup/*.npz or requests generated from its signature",
     "response_cache": "the gateway has no response cache",
     "model_transaction_policy": "decoupled models (several responses per request) are not served",
     "batch_input": "ragged batching is not supported",
@@ -213,6 +214,10 @@ def triton_to_gateway_config(message: ProtoMessage, model_name: str, source: str
             "max_queue_delay_microseconds": batching.max_queue_delay_microseconds,
             "max_queue_size": batching.default_queue_policy.max_queue_size,
         }
+    if message.model_warmup:
+        raw["warmup"] = [
+            _warmup_request(warmup, f"model_warmup[{index}]", fail) for index, warmup in enumerate(message.model_warmup)
+        ]
     raw["instance_count"], raw["instance_kind"] = _instance_groups(message, fail)
     if backend is not None:
         raw.update(_backend_options(message, backend, raw["instance_kind"], fail))
@@ -293,6 +298,25 @@ def _tensor(tensor: ProtoMessage, where: str, fail: Callable[[str], ModelConfigE
         if layout != "FORMAT_NONE" and len(dims) != 3:
             raise fail(f"{where} '{tensor.name}': format {layout} needs 3 dims (without the batch dim), got {dims}")
     return fields
+
+
+def _warmup_request(warmup: ProtoMessage, where: str, fail: Callable[[str], ModelConfigError]) -> dict[str, Any]:
+    """A ``model_warmup`` entry as a request of the gateway's ``warmup`` list (``config.WarmupRequestConfig``)."""
+    inputs: dict[str, Any] = {}
+    for name, data in warmup.inputs.items():
+        data_type = _enum_name(data, "data_type")
+        if data_type in ("TYPE_INVALID", "TYPE_BF16"):
+            problem = "is missing" if data_type == "TYPE_INVALID" else "TYPE_BF16 has no v2 datatype the gateway serves"
+            raise fail(f"{where} input '{name}': data_type {problem}")
+        choice = data.WhichOneof("input_data_type")
+        if choice is None:
+            raise fail(f"{where} input '{name}': give zero_data, random_data or input_data_file")
+        inputs[name] = {
+            "datatype": "BYTES" if data_type == "TYPE_STRING" else data_type.removeprefix("TYPE_"),
+            "dims": [int(dim) for dim in data.dims],
+            choice: getattr(data, choice) if choice == "input_data_file" else True,
+        }
+    return {"name": warmup.name or where, "batch_size": warmup.batch_size, "count": warmup.count or 1, "inputs": inputs}
 
 
 def _version_policy(message: ProtoMessage) -> dict[str, Any]:
