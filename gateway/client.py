@@ -248,11 +248,12 @@ class GatewayClient:
         """``GET /v2``: the server's name, version and extensions (KServe v2 "Server Metadata")."""
         return self._object(self._call("GET", "/v2", what="reading the server metadata"), "server metadata")
 
-    def index(self) -> list[dict[str, str]]:
-        """``POST /v2/repository/index``: every model with each version's state and, when not ready, why."""
+    def index(self) -> list[dict[str, Any]]:
+        """``POST /v2/repository/index``: every model with each version's state, and why when it is not ready
+        or its resident bytes (``resident_bytes``) when it is."""
         return self._list(self._call("POST", "/v2/repository/index", what="listing the models", json={}), "the index")
 
-    def model_versions(self, name: str) -> list[dict[str, str]]:
+    def model_versions(self, name: str) -> list[dict[str, Any]]:
         """``GET /v2/repository/models/{m}``: the model's index entries and every version folder on disk.
 
         Raises:
@@ -478,7 +479,7 @@ class GatewayClient:
             raise self._not_the_gateway(response, what)
         return answer
 
-    def _list(self, response: httpx.Response, what: str) -> list[dict[str, str]]:
+    def _list(self, response: httpx.Response, what: str) -> list[dict[str, Any]]:
         """The answer's JSON list of objects, or a :class:`ClientError` saying the answer is not the gateway's."""
         answer = self._decoded(response)
         if not isinstance(answer, list) or not all(isinstance(item, dict) for item in answer):

@@ -122,7 +122,8 @@ def test_models_and_status_show_states_backends_bytes_and_reasons(gateway: Gatew
     assert listed["corrupt"]["state"] == "UNAVAILABLE" and listed["corrupt"]["backend"] is None
     assert listed["broken_config"]["state"] == "UNAVAILABLE"
     table = succeeds("models", *server)
-    assert re.search(r"^digits\s+1\s+READY\s+onnxruntime\s+none\s+\d+\.\d kB", table, re.MULTILINE), table
+    row = r"^digits\s+1\s+READY\s+onnxruntime\s+none\s+\d+\.\d kB\s+\d+\.\d MB\s*$"  # bytes on disk, in memory
+    assert re.search(row, table, re.MULTILINE), table
     assert "gateway status" in table  # where to look for the reasons
 
     status = as_json("status", "digits", *server)
@@ -132,6 +133,7 @@ def test_models_and_status_show_states_backends_bytes_and_reasons(gateway: Gatew
     assert status["metadata"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
     assert status["config"]["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
     shown = succeeds("status", "digits", *server)
+    assert re.search(r"^1\s+READY\s+\d+\.\d MB\s*$", shown, re.MULTILINE), shown  # the version's memory
     for expected in ("READY", "input", "[-1, 64]", "logits", "latest 1", "max_batch_size", "1 x KIND_CPU"):
         assert expected in shown, (expected, shown)
 

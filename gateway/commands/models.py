@@ -25,10 +25,11 @@ _STATE_ORDER = ("READY", "LOADING", "UNAVAILABLE")
 
 
 def models(server: ServerOption = DEFAULT_SERVER, json_output: JsonOption = False) -> None:
-    """List the gateway's models: versions, state, backend, parity and bytes on disk.
+    """List the gateway's models: versions, state, backend, parity, bytes on disk and in memory.
 
     One row per model of the repository index, with every version folder on disk; the backend,
-    parity and size are those of the version served by default (the highest ready one).
+    parity, size and memory (resident bytes measured at load) are those of the version served by
+    default (the highest ready one).
     `gateway status MODEL` says why a version is unavailable.
     """
     with gateway_client(server) as client:
@@ -39,7 +40,7 @@ def models(server: ServerOption = DEFAULT_SERVER, json_output: JsonOption = Fals
     if not summaries:
         typer.echo(f"no models in the repository of {client.server}")
         return
-    rows = table("model", "versions", "state", "backend", "parity (max abs error)", "bytes")
+    rows = table("model", "versions", "state", "backend", "parity (max abs error)", "bytes", "memory")
     for summary in summaries:
         versions = ", ".join(
             entry["version"] + ("" if entry["state"] == "READY" else f" ({entry['state'].lower()})")
@@ -53,6 +54,7 @@ def models(server: ServerOption = DEFAULT_SERVER, json_output: JsonOption = Fals
             summary["backend"] or "-",
             parity_summary(summary["parity"], short=True) if summary["state"] == "READY" else "-",
             human_bytes(summary["model_bytes"]),
+            human_bytes(summary["resident_bytes"]),
         )
     print_table(rows)
     unavailable = [summary["name"] for summary in summaries if summary["state"] != "READY"]
@@ -81,9 +83,9 @@ def status(
         print_json({"name": model, "versions": versions, "metadata": metadata, "config": config})
         return
     typer.echo(f"model {model}: {_model_state(versions)}")
-    rows = table("version", "state", "reason")
+    rows = table("version", "state", "memory", "reason")
     for entry in versions:
-        rows.add_row(entry["version"] or "-", entry["state"], entry["reason"])
+        rows.add_row(entry["version"] or "-", entry["state"], human_bytes(entry.get("resident_bytes")), entry["reason"])
     print_table(rows)
     if metadata is None or config is None:
         typer.echo("no version is serving: the reasons above say why")
@@ -124,6 +126,7 @@ def _summary(client: GatewayClient, name: str) -> dict[str, Any]:
         "platform": None,
         "parity": None,
         "model_bytes": None,
+        "resident_bytes": None,
     }
     if summary["state"] != "READY":
         return summary
@@ -135,7 +138,9 @@ def _summary(client: GatewayClient, name: str) -> dict[str, Any]:
             return summary
         raise
     parameters = metadata.get("parameters", {})
+    served = max((entry for entry in entries if entry["state"] == "READY"), key=lambda entry: int(entry["version"]))
     summary.update(
+        resident_bytes=served.get("resident_bytes"),
         backend=config.get("backend"),
         platform=metadata.get("platform"),
         parity=parameters.get("parity"),
