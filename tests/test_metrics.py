@@ -32,6 +32,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ADMIN_HEADERS, REPO_ROOT, GatewayProcess, free_port, start_gateway, terminate
+from tests.test_deploy import REPOSITORY_METRICS
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "gateway.json"
 PROMETHEUS = shutil.which("prometheus")
@@ -375,10 +376,6 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
     walk(json.loads(DASHBOARD.read_text())["panels"])
     return queries
-
-
-#: Metrics of the replica's shared repository: one per replica, with no model label.
-REPOSITORY_METRICS = ("gateway_repository_stale", "gateway_repository_last_sync", "gateway_repository_downloaded")
 
 
 def test_dashboard_has_queries():

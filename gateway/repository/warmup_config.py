@@ -20,7 +20,7 @@ import numpy as np
 from gateway.datatypes import BYTES, array_from_raw, numpy_dtype
 from gateway.errors import GatewayError
 from gateway.repository.config import WarmupInput, WarmupRequestConfig
-from gateway.runtime.warmup import WarmupError, WarmupRequest, checked_sample
+from gateway.runtime.warmup import WarmupError, WarmupRequest, checked_sample, zeros
 
 #: The folder of a model (beside its version folders) holding the files of its configured warmup inputs.
 WARMUP_DATA_FOLDER = "warmup"
@@ -66,11 +66,9 @@ def _item(label: str, name: str, data: WarmupInput, model_path: Path, seed: int)
             return array_from_raw(raw, data.datatype, data.dims, name)
         except GatewayError as error:
             raise WarmupError(f"{label}: {WARMUP_DATA_FOLDER}/{data.input_data_file}: {error}") from None
-    if data.datatype == BYTES:  # zeros or random: empty strings (no random text means anything to a model)
-        return np.full(data.dims, b"", dtype=object)
+    if data.zero_data or data.datatype == BYTES:  # BYTES: empty strings (random text means nothing to a model)
+        return zeros(data.datatype, data.dims)
     dtype = numpy_dtype(data.datatype)
-    if data.zero_data:
-        return np.zeros(data.dims, dtype=dtype)
     rng = np.random.default_rng(seed)
     if dtype.kind == "f":
         return rng.random(data.dims).astype(dtype)

@@ -51,6 +51,13 @@ class WarmupRequest:
     inputs: dict[str, np.ndarray]
 
 
+def zeros(datatype: str, shape: Sequence[int]) -> np.ndarray:
+    """An array of ``shape`` of zeros of v2 ``datatype`` (BYTES: an ``object`` array of empty ``bytes``)."""
+    if datatype == BYTES:
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=numpy_dtype(datatype))
+
+
 def generated_requests(inputs: Mapping[str, tuple[str, Sequence[int]]], max_batch_size: int) -> list[WarmupRequest]:
     """Warmup requests generated from a signature: zeros at batch 1 and at ``max_batch_size``.
 
@@ -71,10 +78,7 @@ def generated_requests(inputs: Mapping[str, tuple[str, Sequence[int]]], max_batc
             dims = [1 if dim < 0 else dim for dim in shape]
             if batch:
                 dims[0] = batch
-            if datatype == BYTES:
-                arrays[name] = np.full(dims, b"", dtype=object)
-            else:
-                arrays[name] = np.zeros(dims, dtype=numpy_dtype(datatype))
+            arrays[name] = zeros(datatype, dims)
         requests.append(WarmupRequest(f"generated, batch {batch}" if batch else "generated", arrays))
     return requests
 
