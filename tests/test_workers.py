@@ -115,6 +115,12 @@ def digits_repository(tmp_path: Path, digits_source: Path) -> Path:
 @pytest.fixture
 def two_workers(digits_repository: Path, tmp_path: Path) -> Iterator[GatewayProcess]:
     gateway = start_gateway(digits_repository, tmp_path / "gateway.log", "--workers", str(WORKERS))
+    # Readiness answered by one worker says nothing of the other: wait until each has loaded the model,
+    # so that no request meets a worker still loading (a 503 the metrics would count).
+    deadline = time.monotonic() + 60
+    while gateway.logs().count("model digits serving versions [1]") < WORKERS:
+        assert time.monotonic() < deadline, gateway.logs()
+        time.sleep(0.1)
     yield gateway
     gateway.stop()
 
