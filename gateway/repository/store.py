@@ -738,15 +738,18 @@ class RepositoryFollower:
             await asyncio.to_thread(os.rename, staged, model_dir / str(number))
             self._state["versions"][f"{name}/{number}"] = tag
             await asyncio.to_thread(self._write_state)
-        logger.info("model %s version %d committed to %s", name, number, self.store.uri)
-        try:
-            await self.repository.load(name, self.repository.config_override(name))
-        except UnavailableError:
-            reason = self.repository.failure(name, number)
-            if reason is not None:
-                raise UnavailableError(
-                    f"model '{name}' version {number} was committed to {self.store.uri} but failed to load: {reason}"
-                ) from None
+            logger.info("model %s version %d committed to %s", name, number, self.store.uri)
+            # Loaded under the lock: a poll in between could take the version out of the cache (a newer one,
+            # pushed through another replica, is what the policy selects) while this load reads its files.
+            try:
+                await self.repository.load(name, self.repository.config_override(name))
+            except UnavailableError:
+                reason = self.repository.failure(name, number)
+                if reason is not None:
+                    raise UnavailableError(
+                        f"model '{name}' version {number} was committed to {self.store.uri} but failed to load: "
+                        f"{reason}"
+                    ) from None
         return number
 
     async def delete(self, name: str, version: int | None) -> list[int]:
