@@ -14,17 +14,17 @@ import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backends.base import Backend, InferenceInputError, ModelLoadError, TensorSpec
+
+if TYPE_CHECKING:  # ONNX Runtime and onnx are imported where a model is loaded or checked: a process that
+    import onnx  # only reads configs (a front end of model runners) never imports them
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,10 @@ class OnnxRuntimeBackend(Backend):
             raise ModelLoadError(f"no {model_file.name} in {version_path}")
         # A folder dropped into the repository was never checked by an upload: check it at every load.
         check_external_data(model_file, version_path)
+        import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state
+
+        self._runtime_errors = (onnxruntime_pybind11_state.InvalidArgument, onnxruntime_pybind11_state.Fail)
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.intra_op_threads or cpu_threads
         session_options.add_session_config_entry(
@@ -202,7 +206,7 @@ class OnnxRuntimeBackend(Backend):
                 raise InferenceInputError(f"input '{name}': ONNX string tensors need UTF-8 ({error})") from None
         try:
             results = self._session.run(list(output_names), feeds)
-        except (ort_errors.InvalidArgument, ort_errors.Fail) as error:
+        except self._runtime_errors as error:
             raise InferenceInputError(str(error)) from error
         outputs: dict[str, np.ndarray] = {}
         for name, value in zip(output_names, results, strict=True):
@@ -248,6 +252,8 @@ def check_external_data(model_file: Path, root: Path) -> None:
     except ValueError:
         raise ModelLoadError(f"{model_file} is not inside {root}") from None
     shown = str(model_file.relative_to(root))
+    import onnx
+
     try:
         model = onnx.load(str(model_file), load_external_data=False)
     except Exception as error:  # protobuf and onnx raise several types for a damaged file
@@ -268,6 +274,8 @@ def check_external_data(model_file: Path, root: Path) -> None:
 
 def _all_tensors(message: Message) -> Iterator[onnx.TensorProto]:
     """Every TensorProto anywhere inside ``message`` (a ModelProto), however deeply nested."""
+    import onnx
+
     if isinstance(message, onnx.TensorProto):
         yield message
         return

@@ -84,7 +84,7 @@ def main() -> None:
         (root / "chain").mkdir(parents=True)
         (root / "chain" / "config.yaml").write_text(PIPELINE)
         http_port, grpc_port = free_port(), free_port()
-        with gateway(root, None, http_port, grpc_port) as http:
+        with gateway(root, None, http_port, grpc_port) as (http, _):
             grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
             x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
 

@@ -228,18 +228,28 @@ def run_h2load(
 
 @contextmanager
 def gateway(
-    repository: Path, core: int | None, http_port: int, grpc_port: int, workers: int = 1
-) -> Iterator[httpx.Client]:
+    repository: Path,
+    core: int | None,
+    http_port: int,
+    grpc_port: int,
+    workers: int = 1,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[httpx.Client, int]]:
+    """A gateway serving ``repository`` (pinned to ``core``, unless None) until the block ends: its HTTP client and pid.
+
+    ``extra_args`` are added to ``gateway serve``'s, ``env`` to its environment.
+    """
     log = repository.parent / "gateway.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
             [
                 *pinned(core), sys.executable, "-m", "gateway", "serve",
                 "--model-repository", str(repository), "--http-port", str(http_port),
-                "--grpc-port", str(grpc_port), "--log-level", "warning", "--workers", str(workers),
+                "--grpc-port", str(grpc_port), "--log-level", "warning", "--workers", str(workers), *extra_args,
             ],
             cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
-            env={**os.environ, "GATEWAY_ADMIN_TOKEN": "benchmark"},
+            env={**os.environ, "GATEWAY_ADMIN_TOKEN": "benchmark", **(env or {})},
         )  # fmt: skip
         http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30)
         try:
@@ -254,7 +264,7 @@ def gateway(
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the gateway did not start:\n{log.read_text()}")
                 time.sleep(0.01 if ready else 0.1)
-            yield http
+            yield http, process.pid
         finally:
             http.close()
             process.terminate()
@@ -291,7 +301,7 @@ def main() -> int:
     ports = free_port(), free_port()
 
     rows: dict[tuple[str, str, int], Figure] = {}
-    with gateway(repository, args.server_core, *ports) as http:
+    with gateway(repository, args.server_core, *ports) as (http, _):
         for name in MODELS:
             for path in PATHS:
                 for concurrency in CONCURRENCIES:
@@ -300,7 +310,7 @@ def main() -> int:
                     )
     worker_rows: dict[tuple[int, str, str], Figure] = {}
     for workers in WORKER_COUNTS:
-        with gateway(repository, None, *ports, workers=workers) as http:
+        with gateway(repository, None, *ports, workers=workers) as (http, _):
             for name, path in WORKER_PATHS:
                 worker_rows[(workers, name, path)] = measure(
                     http, folder, name, path, 32, args.seconds, None, ports, connections=8

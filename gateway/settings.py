@@ -150,8 +150,17 @@ class GatewaySettings(StoreSettings):
     workers: int = Field(
         default=1,
         ge=1,
-        description="Worker processes sharing the REST and gRPC ports (SO_REUSEPORT), each with the whole "
-        "repository loaded and its own batchers; the CPU cores are divided among them.",
+        description="Worker processes (front ends) sharing the REST and gRPC ports (SO_REUSEPORT). With model "
+        "runners (the default with several workers) each model version is loaded once, in a runner process, for "
+        "all of them; without, each worker loads the whole repository with its own batchers and gets an equal "
+        "share of the CPU cores.",
+    )
+    model_runners: bool | None = Field(
+        default=None,
+        description="Run each loaded model version in a model runner process of its own, shared by every worker "
+        "(front end): each version is loaded once per machine and one dynamic batcher sees the requests of all "
+        "workers, handed over through shared memory. Default: on with several workers (unless a memory budget is "
+        "set), off with one (the models then run in the server's own process).",
     )
     exit_timeout_seconds: float = Field(
         default=30.0,
@@ -212,7 +221,21 @@ class GatewaySettings(StoreSettings):
             raise ValueError("several workers share fixed ports: http-port and grpc-port cannot be 0")
         if self.workers > 1 and self.store_uri is not None:
             raise ValueError("a shared model repository (URI) is served by one worker per replica: scale with replicas")
+        if self.model_runners and self.memory_budget_bytes is not None:
+            raise ValueError(
+                "memory-budget-bytes accounts for models loaded in the gateway's own processes: it cannot be "
+                "combined with model runners yet (leave model-runners off)"
+            )
+        if self.model_runners and self.store_uri is not None:
+            raise ValueError("a shared model repository (URI) is served without model runners: scale with replicas")
         return self
+
+    @property
+    def uses_model_runners(self) -> bool:
+        """Whether versions run in model runner processes: model-runners, else on with several workers and no budget."""
+        if self.model_runners is not None:
+            return self.model_runners
+        return self.workers > 1 and self.memory_budget_bytes is None
 
     @property
     def worker_memory_budget_bytes(self) -> int | None:

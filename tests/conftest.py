@@ -8,6 +8,7 @@ tritonclient's generated stubs as their raw gRPC stubs.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -70,6 +71,32 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes under ``pid`` (children, their children...)."""
+    found: set[int] = set()
+    parents = [pid]
+    while parents:
+        parent = parents.pop()
+        try:
+            children = [int(child) for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        except FileNotFoundError:  # exited meanwhile
+            continue
+        found.update(children)
+        parents += children
+    return found
+
+
+def children_named(gateway: GatewayProcess, started: str) -> list[int]:
+    """The live child processes of a supervisor whose start its log tells with the pattern ``started``.
+
+    ``started`` has one group, the pid (e.g. ``worker \\d+ started \\(pid (\\d+)\\)``); a pid is kept while
+    it is still a process under the gateway process (the supervisor's fork server forks them).
+    """
+    alive = descendants(gateway.process.pid)
+    pids = re.findall(started, gateway.log_path.read_text(errors="replace"))
+    return [int(pid) for pid in dict.fromkeys(pids) if int(pid) in alive]
 
 
 class GatewayProcess:

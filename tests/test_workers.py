@@ -22,7 +22,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.repository.packages import pack_version
-from tests.conftest import ADMIN_HEADERS, GatewayProcess, start_gateway
+from tests.conftest import ADMIN_HEADERS, GatewayProcess, children_named, start_gateway
 
 WORKERS = 2
 DIGIT = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 64)
@@ -83,17 +83,23 @@ def metric_samples(gateway: GatewayProcess, name: str) -> dict[str, float]:
     return samples
 
 
-def worker_pids(supervisor_pid: int) -> list[int]:
-    """The worker processes of a supervisor: its children started by multiprocessing's spawn."""
-    children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split()
-    workers = []
-    for pid in children:
-        try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                workers.append(int(pid))
-        except FileNotFoundError:  # exited meanwhile
-            pass
-    return workers
+def worker_pids(gateway: GatewayProcess) -> list[int]:
+    """The live worker processes of a supervisor (not its model runners), as its log names them."""
+    return children_named(gateway, r"worker \d+ started \(pid (\d+)\)")
+
+
+def runner_pids(gateway: GatewayProcess, version: int) -> list[int]:
+    """The live model runner processes of digits' ``version``, as the supervisor's log names them."""
+    return children_named(gateway, rf"model runner of model digits version {version} started \(pid (\d+)\)")
+
+
+def wait_for_runners(gateway: GatewayProcess, version: int, count: int) -> list[int]:
+    """Wait until ``count`` runners of digits' ``version`` live (a runner no front end needs stops); their pids."""
+    deadline = time.monotonic() + 30
+    while len(pids := runner_pids(gateway, version)) != count:
+        assert time.monotonic() < deadline, gateway.logs()[-3000:]
+        time.sleep(0.1)
+    return pids
 
 
 def batch_sizes_everywhere(gateway: GatewayProcess) -> set[int]:
@@ -167,14 +173,14 @@ def test_a_worker_that_dies_is_replaced(two_workers: GatewayProcess):
     gateway = two_workers
     wait_until_every_worker_answers(lambda: served_by(rest_infer(gateway)))
     before = {worker_of(rest_infer(gateway).headers["x-request-id"]) for _ in range(20)}
-    victim, survivor = worker_pids(gateway.process.pid)
+    victim, survivor = worker_pids(gateway)
     os.kill(victim, signal.SIGKILL)  # a worker of the gateway this test started
 
     deadline = time.monotonic() + 60
-    while victim in worker_pids(gateway.process.pid) or len(worker_pids(gateway.process.pid)) < WORKERS:
+    while victim in worker_pids(gateway) or len(worker_pids(gateway)) < WORKERS:
         assert time.monotonic() < deadline, gateway.logs()
         time.sleep(0.1)
-    assert survivor in worker_pids(gateway.process.pid)
+    assert survivor in worker_pids(gateway)
     seen: set[str] = set()
     while len(seen - before) < 1:  # the new worker has a prefix of its own
         assert time.monotonic() < deadline, gateway.logs()
@@ -198,6 +204,8 @@ def test_management_requests_take_effect_in_every_worker(digits_repository: Path
         assert [response.status_code for response in answers] == [200] * 20
         assert len({worker_of(response.headers["x-request-id"]) for response in answers}) == WORKERS
         assert batch_sizes_everywhere(gateway) == {3}
+        # Model runners (the default with several workers): both workers share one runner of the version.
+        (runner,) = wait_for_runners(gateway, 1, 1)
 
         # Shared memory regions would be known to one worker only: registering is refused with the reason.
         with httpx.Client(base_url=gateway.http_url, timeout=30) as client:
@@ -205,13 +213,14 @@ def test_management_requests_take_effect_in_every_worker(digits_repository: Path
         assert refused.status_code == 400 and "needs a single gateway process" in refused.json()["error"]
 
         # A worker started in place of one that died loads what the management API loaded.
-        victim = worker_pids(gateway.process.pid)[0]
+        victim = worker_pids(gateway)[0]
         os.kill(victim, signal.SIGKILL)  # a worker of the gateway this test started
         wait_until_every_worker_answers(lambda: served_by(rest_infer(gateway)))
-        assert victim not in worker_pids(gateway.process.pid)
+        assert victim not in worker_pids(gateway)
         answers = [rest_infer(gateway) for _ in range(20)]
         assert [response.status_code for response in answers] == [200] * 20
         assert batch_sizes_everywhere(gateway) == {3}  # the replayed load kept its config override
+        assert runner_pids(gateway, 1) == [runner]  # the new worker found the runner serving
 
         # An upload installs version 2 once and every worker serves it when the answer comes.
         package = tmp_path / "package.tar.gz"
@@ -224,6 +233,7 @@ def test_management_requests_take_effect_in_every_worker(digits_repository: Path
         assert [response.status_code for response in answers] == [200] * 20
         assert len({worker_of(response.headers["x-request-id"]) for response in answers}) == WORKERS
         assert batch_sizes_everywhere(gateway) == {3}  # reloaded after the upload: still the override
+        wait_for_runners(gateway, 2, 1)
 
         # Deleting version 2 retires it in every worker, and version 1 serves again everywhere.
         response = gateway.http.delete("/v2/repository/models/digits/versions/2", headers=ADMIN_HEADERS)
@@ -233,9 +243,11 @@ def test_management_requests_take_effect_in_every_worker(digits_repository: Path
         answers = [rest_infer(gateway) for _ in range(20)]
         assert [response.status_code for response in answers] == [200] * 20
         assert len({worker_of(response.headers["x-request-id"]) for response in answers}) == WORKERS
+        wait_for_runners(gateway, 2, 0)
 
         assert gateway.http.post("/v2/repository/models/digits/unload", headers=ADMIN_HEADERS).status_code == 200
         assert [rest_infer(gateway).status_code for _ in range(20)] == [404] * 20
+        wait_for_runners(gateway, 1, 0)  # no worker serves it: its runner stopped
 
         # Deleting a loaded model: no worker serves it or lists it any more.
         assert gateway.http.post("/v2/repository/models/digits/load", headers=ADMIN_HEADERS).status_code == 200
@@ -272,7 +284,7 @@ def test_sigterm_stops_every_worker_and_cleans_up(digits_repository: Path, tmp_p
             assert response.status_code == 400  # not explicit mode: the token was accepted first
         metrics_dir = Path(re.search(r"worker metrics in (\S+)", gateway.logs()).group(1))
         assert metrics_dir.is_dir()
-        pids = worker_pids(gateway.process.pid)
+        pids = worker_pids(gateway)
         gateway.process.send_signal(signal.SIGTERM)
         assert gateway.process.wait(timeout=60) == 0
     finally:

@@ -82,6 +82,10 @@ def serve(
     ] = None,
     max_upload_bytes: Annotated[int | None, _option("max_upload_bytes", "--max-upload-bytes")] = None,
     workers: Annotated[int | None, _option("workers", "--workers")] = None,
+    model_runners: Annotated[
+        bool | None,
+        _option("model_runners", "--model-runners", default_text="on with several workers"),
+    ] = None,
     exit_timeout_seconds: Annotated[float | None, _option("exit_timeout_seconds", "--exit-timeout-seconds")] = None,
     tls_cert_file: Annotated[Path | None, _option("tls_cert_file", "--tls-cert-file")] = None,
     tls_key_file: Annotated[Path | None, _option("tls_key_file", "--tls-key-file")] = None,
@@ -112,10 +116,11 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
     from gateway.process.server import StartupError, run_gateway, run_worker
 
-    if settings.workers > 1:
+    if settings.workers > 1 or settings.uses_model_runners:
+        from gateway.process.runner import run_runner
         from gateway.process.supervisor import run_supervisor
 
-        raise typer.Exit(run_supervisor(settings, run_worker))
+        raise typer.Exit(run_supervisor(settings, run_worker, run_runner if settings.uses_model_runners else None))
 
     try:
         run_gateway(settings)

@@ -11,13 +11,21 @@ upload) reaching one worker becomes:
 
 A worker started in place of one that died gets an :class:`ApplyRequest` without a ``key`` for each
 model loaded through the management API so far; nobody waits for those.
+
+With model runners (:mod:`gateway.process.runner_pool`), a worker (a front end) that loads a version
+sends :class:`RunnerWanted`; the supervisor starts the version's runner unless one already runs for
+the same files and config, and answers :class:`RunnerAnswer` once the runner is loaded (or failed);
+the worker sends :class:`RunnerUnwanted` when it no longer serves that version. A runner tells the
+supervisor :class:`RunnerLoaded` or :class:`RunnerFailed` over its own pipe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.core.repository_control import PeerAction
+from gateway.repository.config import ModelConfig
 
 #: Exit status of a worker that could not start (e.g. a port it cannot bind): the supervisor stops.
 WORKER_START_FAILED = 3
@@ -66,7 +74,85 @@ class Applied:
     failure: str | None
 
 
+#: Exit status of a model runner whose version failed to load (it said why in :class:`RunnerFailed`).
+RUNNER_LOAD_FAILED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSpec:
+    """What a model runner loads: one version of a model, from its folder, with its config as read.
+
+    Attributes:
+        key: names the load: the same model, version, files and config give the same key, and share a runner.
+        model, version: the model and version.
+        path: the version folder.
+        config: the model's config as read (completed by the runner from the artifact).
+        model_bytes: bytes of the version's files.
+        check_only: load one instance to check the files (an upload's trial load), answer, and exit.
+    """
+
+    key: str
+    model: str
+    version: int
+    path: str
+    config: ModelConfig
+    model_bytes: int
+    check_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerLoaded:
+    """Runner -> supervisor -> worker: the version is loaded, warmed up, and its runner listens.
+
+    Attributes:
+        platform, backend_parameters: the backend's platform and how it runs the version.
+        config: the completed config (None after a check only).
+        resident_bytes, peak_bytes: the bytes the version holds, and held at its load's peak.
+    """
+
+    platform: str = ""
+    config: ModelConfig | None = None
+    backend_parameters: dict[str, Any] = field(default_factory=dict)
+    resident_bytes: int = 0
+    peak_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerFailed:
+    """Runner -> supervisor -> worker: the load failed; ``error`` is the exception's class name."""
+
+    error: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerWanted:
+    """Worker -> supervisor: this worker serves the version of ``spec``; answer ``request_id`` once its runner is up."""
+
+    request_id: int
+    spec: RunnerSpec
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerUnwanted:
+    """Worker -> supervisor: this worker no longer serves the version of runner ``key`` (once per wanted)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerAnswer:
+    """Supervisor -> worker: the runner asked for by :class:`RunnerWanted` ``request_id`` listens on
+    ``socket_path``, or its load failed."""
+
+    request_id: int
+    socket_path: str
+    outcome: RunnerLoaded | RunnerFailed
+
+
 #: What a worker sends to the supervisor.
-WorkerMessage = FollowRequest | Applied
+WorkerMessage = FollowRequest | Applied | RunnerWanted | RunnerUnwanted
 #: What the supervisor sends to a worker.
-SupervisorMessage = FollowDone | ApplyRequest
+SupervisorMessage = FollowDone | ApplyRequest | RunnerAnswer
+#: What a model runner sends to the supervisor.
+RunnerMessage = RunnerLoaded | RunnerFailed

@@ -16,7 +16,8 @@ from multiprocessing.connection import Connection
 
 from gateway.core.repository_control import PeerAction
 from gateway.errors import GatewayError, NotFoundError, UnavailableError
-from gateway.process.messages import Applied, ApplyRequest, FollowDone, FollowRequest, WorkerMessage
+from gateway.process.messages import Applied, ApplyRequest, FollowDone, FollowRequest, RunnerAnswer, WorkerMessage
+from gateway.process.runner_host import RunnerHost
 from gateway.repository.model_repository import ModelRepository
 
 logger = logging.getLogger(__name__)
@@ -28,11 +29,14 @@ class PeerWorkers:
     Args:
         connection: this worker's end of its pipe to the supervisor.
         repository: this worker's model repository, which follows the other workers' requests.
+        runners: with model runners, this front end's host of them, which gets the supervisor's answers
+            about runners.
     """
 
-    def __init__(self, connection: Connection, repository: ModelRepository) -> None:
+    def __init__(self, connection: Connection, repository: ModelRepository, runners: RunnerHost | None = None) -> None:
         self._connection = connection
         self._repository = repository
+        self._runners = runners
         self._waiting: dict[int, asyncio.Future[tuple[str, ...]]] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,12 +77,16 @@ class PeerWorkers:
                     answer = self._waiting.get(message.request_id)
                     if answer is not None and not answer.done():
                         answer.set_result(message.failures)
+                elif isinstance(message, RunnerAnswer) and self._runners is not None:
+                    self._runners.on_answer(message)
                 elif isinstance(message, ApplyRequest):
                     task = asyncio.create_task(self._apply(message))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         except (EOFError, OSError):  # the supervisor is gone: nothing more will come
             asyncio.get_running_loop().remove_reader(self._connection.fileno())
+            if self._runners is not None:
+                self._runners.supervisor_gone()
             for answer in self._waiting.values():
                 if not answer.done():
                     answer.set_exception(UnavailableError("the worker supervisor is gone"))

@@ -24,7 +24,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
 import grpc
@@ -37,8 +37,10 @@ from gateway.core.shared_memory import SharedMemoryRegistry
 from gateway.datatypes import RequestLimits
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
+from gateway.process.loops import event_loop_factory
 from gateway.process.messages import WORKER_START_FAILED
 from gateway.process.peers import PeerWorkers
+from gateway.process.runner_host import RunnerHost
 from gateway.repository.model_repository import ModelRepository
 from gateway.repository.store import RepositoryFollower, RepositoryStore, StoreError
 from gateway.repository.tfserving_config import read_model_server_config
@@ -78,7 +80,7 @@ def run_gateway(settings: GatewaySettings, peers_connection: Connection | None =
     Raises:
         StartupError: a port cannot be bound, the TLS files cannot be read, or the models.config not honoured.
     """
-    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         drained = runner.run(serve(settings, peers_connection))
     if not drained:
         logging.shutdown()
@@ -104,15 +106,6 @@ def run_worker(settings: GatewaySettings, connection: Connection) -> None:
         sys.exit(WORKER_START_FAILED)
 
 
-def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (a faster loop for the same asyncio API), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 async def serve(settings: GatewaySettings, peers_connection: Connection | None = None) -> bool:
     """Serve the model repository named in ``settings`` until SIGINT or SIGTERM, then drain and stop.
 
@@ -131,7 +124,12 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
         StartupError: a port cannot be bound, the TLS files cannot be read, or the models.config not honoured.
     """
     shared_ports = settings.workers > 1
-    repository = _model_repository(settings)
+    runners = (
+        RunnerHost(peers_connection, asyncio.get_running_loop())
+        if peers_connection is not None and settings.uses_model_runners
+        else None
+    )
+    repository = _model_repository(settings, runners)
     follower = _repository_follower(settings, repository)
     given_token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
     with server_token(given_token, settings.admin_token_dir, settings.http_port) as token:
@@ -142,7 +140,7 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
             # A region registered with one worker would be unknown to the others.
             shared_memory=SharedMemoryRegistry(enabled=not shared_ports),
         )
-        peers = PeerWorkers(peers_connection, repository) if peers_connection is not None else None
+        peers = PeerWorkers(peers_connection, repository, runners) if peers_connection is not None else None
         control = RepositoryControl(
             repository,
             settings.model_control_mode,
@@ -218,8 +216,11 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
     return drained
 
 
-def _model_repository(settings: GatewaySettings) -> ModelRepository:
+def _model_repository(settings: GatewaySettings, runners: RunnerHost | None) -> ModelRepository:
     """The model repository of ``settings``, with the models of its TF Serving models.config if it names one.
+
+    With ``runners``, the versions run in model runner processes; else in this process, on this
+    worker's share of the CPU cores.
 
     Raises:
         StartupError: the models.config cannot be read or honoured, or names a model the repository holds too.
@@ -234,6 +235,7 @@ def _model_repository(settings: GatewaySettings) -> ModelRepository:
             configured_models=configured,
             memory_budget_bytes=settings.worker_memory_budget_bytes,
             load_on_request=settings.model_load_on_request,
+            host=runners,
         )
     except ValueError as error:  # ModelServerConfigError, or a name both configured and in the repository
         raise StartupError(str(error)) from None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
@@ -42,6 +41,7 @@ from pydantic import SecretStr
 
 from gateway.admin_token import server_token
 from gateway.metrics import MULTIPROCESS_DIR_VARIABLE
+from gateway.process.children import children_context
 from gateway.process.messages import (
     WORKER_START_FAILED,
     Applied,
@@ -49,8 +49,11 @@ from gateway.process.messages import (
     FollowDone,
     FollowKey,
     FollowRequest,
+    RunnerUnwanted,
+    RunnerWanted,
     SupervisorMessage,
 )
+from gateway.process.runner_pool import RunnerMain, RunnerPool
 from gateway.settings import GatewaySettings
 
 __all__ = ["WorkerMain", "run_supervisor"]
@@ -86,13 +89,14 @@ class _Pending:
 
 
 class _Supervisor:
-    """Starts, restarts and stops the workers, and relays follow requests between them."""
+    """Starts, restarts and stops the workers (and their model runners), and relays follow requests between them."""
 
-    def __init__(self, settings: GatewaySettings, worker_main: WorkerMain) -> None:
+    def __init__(self, settings: GatewaySettings, worker_main: WorkerMain, runner_main: RunnerMain | None) -> None:
         self.settings = settings
         self.worker_main = worker_main
-        self.context = multiprocessing.get_context("spawn")
+        self.context = children_context()
         self.workers: dict[int, _Worker] = {}
+        self.runners = RunnerPool(settings, runner_main, self.send) if runner_main is not None else None
         self.pending: dict[FollowKey, _Pending] = {}
         # Models loaded through the management API, in order, with their config overrides: a restarted
         # worker loads them too.
@@ -129,20 +133,32 @@ class _Supervisor:
     def run(self) -> None:
         for index in range(self.settings.workers):
             self.start_worker(index)
-        while self.workers:
+        runners = self.runners
+        while self.workers or runners:
             if self.stopping and time.monotonic() > self.stop_deadline:
                 for worker in self.workers.values():
                     logger.error(
                         "worker %d (pid %s) did not stop in time; killing it", worker.index, worker.process.pid
                     )
                     worker.process.kill()
+                if runners is not None:
+                    runners.kill()
                 self.stop_deadline = float("inf")
-            by_object: dict[Any, _Worker] = {}
+            if runners is not None and not self.workers and not runners.closing:
+                runners.close()  # the front ends are gone (stopped, or could not start): the runners go last
+            by_object: dict[Any, _Worker | Callable[[], None]] = {}
             for worker in self.workers.values():
                 by_object[worker.connection] = worker
                 by_object[worker.process.sentinel] = worker
+            if runners is not None:
+                runners.tick()
+                by_object.update(runners.waitables())
             for ready in wait(list(by_object), timeout=0.5):
-                worker = by_object[ready]
+                target = by_object[ready]
+                if not isinstance(target, _Worker):
+                    target()  # a runner's pipe or sentinel
+                    continue
+                worker = target
                 if ready is worker.connection:
                     self.read_messages(worker)
                 elif self.workers.get(worker.index) is worker:
@@ -156,6 +172,10 @@ class _Supervisor:
                     self.relay(worker.index, message)
                 elif isinstance(message, Applied):
                     self.applied(worker.index, message)
+                elif isinstance(message, RunnerWanted) and self.runners is not None:
+                    self.runners.want(worker.index, message)
+                elif isinstance(message, RunnerUnwanted) and self.runners is not None:
+                    self.runners.unwanted(worker.index, message.key)
         except (EOFError, OSError):
             pass  # the worker is exiting; its sentinel tells the rest
 
@@ -197,6 +217,8 @@ class _Supervisor:
         status = worker.process.exitcode
         del self.workers[worker.index]
         worker.connection.close()
+        if self.runners is not None:
+            self.runners.worker_exited(worker.index)
         if worker.process.pid is not None:
             mark_process_dead(worker.process.pid)  # type: ignore[no-untyped-call]
         for key, pending in list(self.pending.items()):
@@ -219,7 +241,7 @@ class _Supervisor:
             self.start_worker(worker.index)
 
 
-def run_supervisor(settings: GatewaySettings, worker_main: WorkerMain) -> int:
+def run_supervisor(settings: GatewaySettings, worker_main: WorkerMain, runner_main: RunnerMain | None = None) -> int:
     """Serve with ``settings.workers`` worker processes until SIGTERM or SIGINT; return the exit status.
 
     The admin token (given, or generated once and written to the token file) is handed to every
@@ -228,6 +250,9 @@ def run_supervisor(settings: GatewaySettings, worker_main: WorkerMain) -> int:
     Args:
         settings: the server settings, given to every worker.
         worker_main: each worker process's entry point (:func:`gateway.process.server.run_worker`).
+        runner_main: with model runners, each runner process's entry point
+            (:func:`gateway.process.runner.run_runner`); the workers are then front ends whose versions
+            run in runners (:mod:`gateway.process.runner_pool`), stopped after the workers.
 
     Returns:
         0 after a requested stop, 1 when a worker could not start.
@@ -237,7 +262,9 @@ def run_supervisor(settings: GatewaySettings, worker_main: WorkerMain) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         os.environ[MULTIPROCESS_DIR_VARIABLE] = metrics_dir
         logger.info("starting %d workers; worker metrics in %s", settings.workers, metrics_dir)
-        supervisor = _Supervisor(settings.model_copy(update={"admin_token": SecretStr(token)}), worker_main)
+        supervisor = _Supervisor(
+            settings.model_copy(update={"admin_token": SecretStr(token)}), worker_main, runner_main
+        )
         previous = {
             signal_number: signal.signal(signal_number, supervisor.on_signal)
             for signal_number in (signal.SIGINT, signal.SIGTERM)
@@ -248,6 +275,9 @@ def run_supervisor(settings: GatewaySettings, worker_main: WorkerMain) -> int:
             for signal_number, handler in previous.items():
                 signal.signal(signal_number, handler)
             supervisor.stop()
+            if supervisor.runners is not None:
+                supervisor.runners.close()
+                supervisor.runners.remove_sockets()
             shutil.rmtree(metrics_dir, ignore_errors=True)
             del os.environ[MULTIPROCESS_DIR_VARIABLE]
     logger.info("all workers stopped")

@@ -52,8 +52,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from backends import Backend, ModelLoadError, create_backend, detect_backend
-from backends.tensorflow_savedmodel import TensorFlowBackend, saved_model_folder
+from backends import ModelLoadError
 from converters.parity import read_parity_file
 from converters.quantization_report import read_quantization_file
 from gateway.errors import (
@@ -71,34 +70,25 @@ from gateway.repository.config import (
     ModelConfigError,
     PipelineStep,
     TensorConfig,
-    check_instance_kind,
-    complete_config,
     full_shape,
     merge_config,
     read_model_config,
 )
-from gateway.repository.mar import served_version
 from gateway.repository.names import check_model_name, valid_model_name
 from gateway.repository.pipelines import PIPELINE_PLATFORM, plan_pipeline
-from gateway.repository.tfserving_warmup import read_tf_serving_warmup
 from gateway.repository.traffic import TrafficPolicy, read_traffic_file, write_traffic_file
 from gateway.repository.triton_config import CONFIG_PBTXT, parse_config_override, read_triton_config
-from gateway.repository.warmup_config import configured_requests
+from gateway.repository.version_loader import InProcessHost, VersionHost
 from gateway.runtime.memory_budget import (
     DEFAULT_ROOM_WAIT_SECONDS,
-    LargerThanBudgetError,
     MemoryBudget,
     MemoryBudgetError,
     NoRoomError,
     VersionUsage,
-    peak_resident_bytes,
     release_freed_memory,
-    reset_peak_resident,
-    resident_bytes,
 )
-from gateway.runtime.reshape import ReshapedBackend
-from gateway.runtime.scheduler import DEFAULT_MAX_QUEUE_SIZE, BatchingPolicy, Scheduler
-from gateway.runtime.warmup import WarmupError, generated_requests, read_warmup_samples, run_warmup
+from gateway.runtime.scheduler import VersionScheduler
+from gateway.runtime.warmup import WarmupError
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +151,7 @@ class LoadedVersion:
     max_batch_size: int
     inputs: dict[str, TensorSignature]
     outputs: dict[str, TensorSignature]
-    scheduler: Scheduler | None
+    scheduler: VersionScheduler | None
     fingerprint: Fingerprint
     metrics: VersionMetrics
     model_bytes: int
@@ -240,6 +230,9 @@ class ModelRepository:
             ``models.config``); uploads and deletes leave them alone (their files are their owner's).
         memory_budget_bytes: bytes the loaded versions may hold together (None: no limit); see
             :mod:`gateway.runtime.memory_budget`.
+        host: where versions' instances are loaded and run (default: in this process,
+            :class:`~gateway.repository.version_loader.InProcessHost`; a front end of several hands
+            a host whose versions run in model runner processes).
         load_on_request: whether an inference request for a model on disk that is not loaded loads it
             (:meth:`load_for_request`); evicted versions are loaded again by their requests either way.
 
@@ -256,6 +249,7 @@ class ModelRepository:
         configured_models: dict[str, ConfiguredModel] | None = None,
         memory_budget_bytes: int | None = None,
         load_on_request: bool = False,
+        host: VersionHost | None = None,
     ) -> None:
         self.root = root
         self.configured_models = dict(configured_models or {})
@@ -268,8 +262,12 @@ class ModelRepository:
                 )
         self.default_max_batch_size = default_max_batch_size
         self.metrics = metrics if metrics is not None else Metrics()
-        self.cpu_cores = cpu_cores if cpu_cores is not None else len(os.sched_getaffinity(0))
         self.budget = MemoryBudget(memory_budget_bytes, self.metrics)
+        self.host: VersionHost = (
+            host
+            if host is not None
+            else InProcessHost(default_max_batch_size, self.metrics, cpu_cores, memory_budget_bytes)
+        )
         self.load_on_request = load_on_request
         # With a budget, one load at a time: a load's resident bytes are the process's growth over it.
         self._load_lock: contextlib.AbstractAsyncContextManager[Any] = (
@@ -644,7 +642,7 @@ class ModelRepository:
                 config = ModelConfig()
             else:
                 config = self._model_config(model_path.name, model_path, override)
-            self._create_instances(staged, config.model_copy(update={"instance_count": 1}))
+            self.host.check(staged, config)
         except (ModelLoadError, ModelConfigError) as error:
             raise InvalidArgumentError(f"the uploaded model does not load: {error}") from None
 
@@ -1064,105 +1062,29 @@ class ModelRepository:
         """
         if config.pipeline is not None:
             return self._load_pipeline(name, version, config, fingerprint, metrics)
-        release_freed_memory()  # pages freed before the load must not lower its measure when they are trimmed
-        before = resident_bytes()
-        reset_peak_resident()
-        instances, completed, parameters = self._create_instances(path, config)
+        hosted = self.host.load(name, version, path, config, model_bytes, metrics)
+        completed = hosted.config
         max_batch_size = completed.max_batch_size or 0
-        check_instance_kind(completed, instances[0].metadata_parameters)
-        input_dims = {t.name: t.reshape for t in completed.inputs if t.reshape is not None}
-        output_dims = {t.name: t.dims for t in completed.outputs if t.reshape is not None}
-        if input_dims or output_dims:
-            instances = [ReshapedBackend(i, input_dims, output_dims, max_batch_size > 0) for i in instances]
 
         def signatures(tensors: list[TensorConfig]) -> dict[str, TensorSignature]:
             return {t.name: TensorSignature(t.datatype, tuple(full_shape(t, max_batch_size))) for t in tensors}
 
-        inputs, outputs = signatures(completed.inputs), signatures(completed.outputs)
-        if completed.warmup != "none":
-            self._warm_up(name, version, path, completed, instances, inputs, list(outputs))
-        # The process's growth over the load, once what the load freed (e.g. the parsed model file) is handed
-        # back; never less than the files (another thread may have freed memory meanwhile).
-        peak = max(peak_resident_bytes() - before, 0)
-        release_freed_memory()
-        measured = max(resident_bytes() - before, model_bytes)
-        limit = self.budget.limit_bytes
-        if limit is not None and measured > limit:
-            raise LargerThanBudgetError(
-                f"model '{name}' version {version} holds {measured} bytes once loaded, more than the whole memory "
-                f"budget of {limit} bytes"
-            )
-        logger.info(
-            "model %s version %d loaded: %d bytes resident, %d at the load's peak", name, version, measured, peak
-        )
         return LoadedVersion(
             name=name,
             version=version,
-            platform=instances[0].platform,
+            platform=hosted.platform,
             config=completed,
             max_batch_size=max_batch_size,
-            inputs=inputs,
-            outputs=outputs,
-            scheduler=_scheduler(instances, completed, metrics),
+            inputs=signatures(completed.inputs),
+            outputs=signatures(completed.outputs),
+            scheduler=hosted.scheduler,
             fingerprint=fingerprint,
             metrics=metrics,
             model_bytes=model_bytes,
-            usage=VersionUsage(name, version, measured, max(peak, measured)),
+            usage=VersionUsage(name, version, hosted.resident_bytes, hosted.peak_bytes),
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
-            backend_parameters={**instances[0].metadata_parameters, **parameters},
-        )
-
-    def _warm_up(
-        self,
-        name: str,
-        version: int,
-        path: Path,
-        config: ModelConfig,
-        instances: list[Backend],
-        inputs: dict[str, TensorSignature],
-        output_names: list[str],
-    ) -> None:
-        """Run the version's warmup requests on each instance (:mod:`gateway.runtime.warmup`), before it serves.
-
-        The requests: the configured ones when ``warmup`` lists them (:mod:`gateway.repository.warmup_config`),
-        else the samples in ``warmup/*.npz``, else a SavedModel's TF Serving warmup file
-        (:mod:`gateway.repository.tfserving_warmup`), else requests generated from the signature. Zeros
-        are not a valid input of every model (serialized tf.Examples, ids a lookup refuses...), so a
-        generated request that fails is logged and the version serves without warmup; a shipped one
-        that fails fails the load.
-
-        Raises:
-            WarmupError: a shipped sample cannot be read or does not fit the model, or it failed to run.
-        """
-        signature = {input_name: (tensor.datatype, tensor.shape) for input_name, tensor in inputs.items()}
-        if isinstance(config.warmup, list):  # configured requests (Triton's model_warmup): those only
-            shipped = configured_requests(config.warmup, path.parent, signature)
-        else:
-            shipped = read_warmup_samples(path, signature)
-        if not shipped and instances[0].platform == TensorFlowBackend.platform:
-            shipped = read_tf_serving_warmup(saved_model_folder(path, config.default_model_filename), signature)
-        requests = shipped or generated_requests(signature, config.max_batch_size or 0)
-        try:
-            seconds = run_warmup(instances, requests, output_names)
-        except WarmupError as error:
-            if shipped:
-                raise
-            logger.warning(
-                "model %s version %d serves without warmup: %s (zeros do not suit it: ship warmup/*.npz samples)",
-                name,
-                version,
-                error,
-            )
-            return
-        self.metrics.warmup_duration.labels(name, str(version)).observe(seconds)
-        logger.info(
-            "model %s version %d warmed up: %d request(s) on %d instance(s) in %.3f s",
-            name,
-            version,
-            len(requests),
-            len(instances),
-            seconds,
+            backend_parameters=hosted.backend_parameters,
         )
 
     def _load_pipeline(
@@ -1198,37 +1120,6 @@ class ModelRepository:
             steps=steps,
         )
 
-    def _create_instances(self, path: Path, config: ModelConfig) -> tuple[list[Backend], ModelConfig, dict[str, Any]]:
-        """The ``instance_count`` backend sessions of the version files in ``path``, the completed config,
-        and what the metadata shows of a TorchServe archive (:func:`gateway.repository.mar.served_version`).
-
-        The process's CPU cores (:attr:`cpu_cores`) are divided among the instances.
-
-        Raises:
-            ModelLoadError: the files do not load (an archive refused:
-                :class:`~gateway.repository.mar.ArchiveError`).
-            ModelConfigError: the config does not fit the model.
-        """
-        with served_version(path, config) as served:  # an archive's model file is extracted for the load
-            path, config = served.path, served.config
-            backend_name = config.backend or detect_backend(path)
-            options = config.backend_options(backend_name)
-            declared = config.declared_signature()
-            cpu_threads = max(1, self.cpu_cores // config.instance_count)
-            instances = [
-                create_backend(
-                    backend_name,
-                    path,
-                    options,
-                    declared,
-                    cpu_threads=cpu_threads,
-                    artifact=config.default_model_filename,
-                )
-                for _ in range(config.instance_count)
-            ]
-        completed = complete_config(config, backend_name, instances[0], self.default_max_batch_size)
-        return instances, completed, served.parameters
-
     def _publish_ready(self, name: str) -> None:
         """Set ``gateway_model_ready`` to 1 for each version of ``name`` serving now, 0 for the others seen."""
         record = self._records.get(name)
@@ -1246,20 +1137,6 @@ class ModelRepository:
     def is_known(self, name: str) -> bool:
         """Whether ``name`` is a model of this repository (loaded or not): labels of its metrics may name it."""
         return name in self._records
-
-
-def _scheduler(instances: list[Backend], config: ModelConfig, metrics: VersionMetrics) -> Scheduler:
-    """The scheduler of a loaded version, with the batching its completed config asks for."""
-    batching = config.dynamic_batching
-    if batching is None:  # Triton sets a queue's size under dynamic_batching only: a default bound here
-        return Scheduler(instances, metrics, max_queue_size=DEFAULT_MAX_QUEUE_SIZE)
-    max_batch_size = config.max_batch_size or 0
-    policy = BatchingPolicy(
-        max_batch_size=max_batch_size,
-        preferred_batch_size=max(batching.preferred_batch_size, default=max_batch_size),
-        max_queue_delay_seconds=batching.max_queue_delay_microseconds / 1e6,
-    )
-    return Scheduler(instances, metrics, policy, batching.max_queue_size)
 
 
 def _retired(current: dict[int, LoadedVersion], new: dict[int, LoadedVersion]) -> list[LoadedVersion]:

@@ -22,8 +22,6 @@ import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 
-import onnx
-
 from backends.base import ModelLoadError
 from backends.onnxruntime import check_external_data
 from converters.parity import PARITY_FILE
@@ -191,6 +189,8 @@ def check_version_files(version_dir: Path, limit_bytes: int | None = None) -> No
             check_external_data(model_file, version_dir)
         except ModelLoadError as error:
             raise InvalidArgumentError(str(error)) from None
+        import onnx  # here, not at the top: a front end that receives no upload never imports it
+
         try:
             onnx.checker.check_model(str(model_file), full_check=True)
         except Exception as error:  # checker and protobuf raise several types for a bad file

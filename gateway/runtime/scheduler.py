@@ -50,7 +50,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -75,6 +75,35 @@ WATCH_CLIENT_AFTER_SECONDS = 0.05
 Disconnected = Callable[[], Coroutine[Any, Any, object]]
 
 Tensors = dict[str, np.ndarray]
+
+
+class VersionScheduler(Protocol):
+    """What runs a loaded version's requests: a :class:`Scheduler` in process, or a model runner's client
+    (:class:`gateway.runtime.runner_client.RunnerClient`), which hands them to the runner's scheduler."""
+
+    async def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        batch_size: int = 1,
+        deadline: float | None = None,
+        disconnected: Disconnected | None = None,
+        queued_since: float | None = None,
+    ) -> Tensors:
+        """Run one request and return its outputs (see :meth:`Scheduler.run` for the arguments and errors)."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until no request is queued or running, then :meth:`close`."""
+        ...
+
+    async def wait_idle(self, timeout_seconds: float) -> bool:
+        """Wait up to ``timeout_seconds`` until no request is queued or running; whether that happened."""
+        ...
+
+    def close(self) -> None:
+        """Release the instances (or the runner) now; requests still queued get UnavailableError."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +184,7 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=len(instances), thread_name_prefix="backend")
         self._average_compute_seconds = float("inf")  # unknown until a batch ran: start in threads
+        self._dispatch_pending = False  # a dispatch is scheduled for the end of this event loop turn
         self._closed = False
         # Set by drain(): resolved once no request is queued or running.
         self._drained: asyncio.Future[None] | None = None
@@ -215,7 +245,14 @@ class Scheduler:
                 (name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())
             )
         self._queue.append(request)
-        self._dispatch()
+        if self._batching is not None and self._average_compute_seconds >= INLINE_COMPUTE_SECONDS:
+            # Dispatched once this turn of the event loop is over, so that the requests it has already
+            # read (e.g. a model runner's burst of messages from the front ends) join the same batch.
+            if not self._dispatch_pending:
+                self._dispatch_pending = True
+                loop.call_soon(self._dispatch_soon)
+        else:
+            self._dispatch()
         future = request.future
         if future.done():  # it ran on the event loop already: no waiting, so nothing to watch
             return future.result()
@@ -380,6 +417,11 @@ class Scheduler:
             taken = set(map(id, chosen))
             self._queue = deque(request for request in queue if id(request) not in taken)
         return chosen
+
+    def _dispatch_soon(self) -> None:
+        self._dispatch_pending = False
+        if not self._closed:
+            self._dispatch()
 
     def _on_timer(self) -> None:
         self._timer = None

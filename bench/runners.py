@@ -1,0 +1,197 @@
+"""Front ends and model runners against the in-process gateway and ONNX Runtime itself (issue 16's targets).
+
+One run, on every core (nothing pinned: the issue measures front ends and runners unpinned), with
+the load generators of ``bench/serving.py`` (wrk for REST binary, h2load for gRPC; 8 connections,
+concurrency 32, batch 1 per request):
+
+- **the limit**: ONNX Runtime in this process running the large MLP (1024 wide, 4 hidden layers) at
+  batch 32 with as many intra-op threads as the machine has cores (what a runner gives a model
+  with one instance): items/s;
+- **throughput** of four ways to serve: the gateway in one process; ``--workers 2`` as two whole
+  gateways (``GATEWAY_MODEL_RUNNERS=false``); one front end with model runners
+  (``--model-runners``); two front ends with runners (``--workers 2``, the default). Rows: the
+  large MLP over REST binary (dynamic batching, ``max_batch_size`` 32, ``max_queue_delay`` 500 us),
+  the small MLP (64-128-10) over REST binary and gRPC;
+- **memory**: a model holding 500 MB of weights served by one and by four front ends with runners
+  (and by four whole gateways, for contrast): the proportional set size (PSS: shared pages split
+  among the processes that map them, so a library or a shared-memory arena is counted once) and the
+  resident set size, summed over the supervisor and all its children, after 50 requests.
+
+Every load run is checked as ``bench/serving.py`` checks it (non-2xx answers, the gateway's own
+failure counts). Then the issue's targets, met or missed.
+
+Usage (``bash bench/run.sh`` installs wrk and h2load)::
+
+    .venv/bin/python bench/runners.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.models import write_weighty_model  # noqa: E402
+from bench.serving import CONFIGS, MODELS, Figure, free_port, gateway, measure, write_mlp  # noqa: E402
+
+MB = 1_000_000
+#: The ways to serve: name -> (workers, extra arguments, environment).
+SETUPS: dict[str, tuple[int, tuple[str, ...], dict[str, str]]] = {
+    "in process": (1, (), {}),
+    "2 whole gateways": (2, (), {"GATEWAY_MODEL_RUNNERS": "false"}),
+    "1 front end + runner": (1, ("--model-runners",), {}),
+    "2 front ends + runner": (2, (), {}),
+}
+ROWS = (("large", "REST binary"), ("small", "REST binary"), ("small", "gRPC"))
+
+
+def batched_limit(model_file: Path, width: int, seconds: float) -> float:
+    """Items/s of ONNX Runtime in this process at batch 32, one intra-op thread per core."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((32, width), dtype=np.float32)
+    for _ in range(20):
+        session.run(["output"], {"input": x})
+    runs = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(["output"], {"input": x})
+        runs += 1
+    return runs * 32 / (time.perf_counter() - started)
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    pids = [pid]
+    for index in range(len(pids) + 10_000):
+        if index >= len(pids):
+            break
+        try:
+            children = Path(f"/proc/{pids[index]}/task/{pids[index]}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        pids += [int(child) for child in children]
+    return pids
+
+
+def memory(pid: int) -> tuple[int, int, int]:
+    """Summed over ``pid``'s tree, in bytes: PSS, RSS; and how many processes."""
+    pss = rss = count = 0
+    for member in tree(pid):
+        try:
+            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if "resource_tracker" in Path(f"/proc/{member}/cmdline").read_bytes().decode(errors="replace"):
+            continue  # multiprocessing's helper: the same whatever serves
+        pss += int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)[1]) * 1024  # type: ignore[index]
+        rss += int(re.search(r"^Rss:\s+(\d+) kB", rollup, re.MULTILINE)[1]) * 1024  # type: ignore[index]
+        count += 1
+    return pss, rss, count
+
+
+def measure_memory(folder: Path, workers: int, extra: tuple[str, ...], env: dict[str, str]) -> tuple[int, int, int]:
+    """The memory of a gateway serving the 500 MB model once 50 requests (new connections) were answered."""
+    repository = folder / "weighty"
+    ports = free_port(), free_port()
+    with gateway(repository, None, *ports, workers=workers, extra_args=extra, env=env) as (_http, pid):
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [2.0]}]}
+        for _ in range(50):
+            response = httpx.post(f"http://127.0.0.1:{ports[0]}/v2/models/weighty/infer", json=body, timeout=60)
+            if response.status_code != 200 or response.json()["outputs"][0]["data"] != [6.0]:
+                raise RuntimeError(f"bad answer: {response.status_code} {response.text[:200]}")
+        time.sleep(1)
+        return memory(pid)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=5, help="length of each load run in seconds (default 5)")
+    parser.add_argument("--skip-throughput", action="store_true", help="measure memory only")
+    args = parser.parse_args()
+    for tool in ("wrk", "h2load"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed: run bash bench/run.sh, which installs it", file=sys.stderr)
+            return 2
+    folder = Path(tempfile.mkdtemp(prefix="gateway-runners-bench-"))
+    repository = folder / "repository"
+    for name, widths in MODELS.items():
+        write_mlp(repository / name / "1" / "model.onnx", widths)
+        (repository / name / "config.yaml").write_text(CONFIGS[name])
+    write_weighty_model(folder / "weighty" / "weighty" / "1" / "model.onnx", 3.0, 500 * MB)
+
+    rows: dict[tuple[str, str, str], Figure] = {}
+    limit = 0.0
+    if not args.skip_throughput:
+        limit = batched_limit(repository / "large" / "1" / "model.onnx", MODELS["large"][0], args.seconds)
+        for setup, (workers, extra, env) in SETUPS.items():
+            ports = free_port(), free_port()
+            with gateway(repository, None, *ports, workers=workers, extra_args=extra, env=env) as (http, _):
+                for name, path in ROWS:
+                    rows[(setup, name, path)] = measure(
+                        http, folder, name, path, 32, args.seconds, None, ports, connections=8
+                    )
+    memories = {
+        "1 front end + runner": measure_memory(folder, 1, ("--model-runners",), {}),
+        "4 front ends + runner": measure_memory(folder, 4, (), {}),
+        "4 whole gateways": measure_memory(folder, 4, (), {"GATEWAY_MODEL_RUNNERS": "false"}),
+        "in process": measure_memory(folder, 1, (), {}),
+    }
+    shutil.rmtree(folder, ignore_errors=True)
+
+    failed = False
+    if rows:
+        cores = len(os.sched_getaffinity(0))
+        print(f"\nlimit: ONNX Runtime in process, large MLP, batch 32, {cores} threads: {limit:,.0f} items/s")
+        print(f"\n{'setup':<24}{'model':<7}{'path':<13}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+        for (setup, name, path), figure in rows.items():
+            if figure.failed:
+                failed = True
+                print(f"{setup:<24}{name:<7}{path:<13}  FAILED: {figure.failed}")
+                continue
+            p50 = figure.p50 * 1e3 if figure.p50 is not None else float("nan")
+            p99 = figure.p99 * 1e3 if figure.p99 is not None else float("nan")
+            print(f"{setup:<24}{name:<7}{path:<13}{figure.requests_per_second:>9,.0f}{p50:>9.2f}{p99:>9.2f}")
+    print(f"\n{'memory, 500 MB model':<24}{'processes':>10}{'PSS MB':>9}{'RSS MB':>9}")
+    for setup, (pss, rss, count) in memories.items():
+        print(f"{setup:<24}{count:>10}{pss / MB:>9.0f}{rss / MB:>9.0f}")
+
+    print("\ntargets:")
+    if rows:
+        best = rows[("2 front ends + runner", "large", "REST binary")]
+        print(
+            f"  large MLP c=32, front ends + runner: {best.requests_per_second:,.0f} items/s = "
+            f"{best.requests_per_second / limit:.0%} of the in-process limit (target 70%): "
+            f"{'met' if best.requests_per_second >= 0.7 * limit else 'MISSED'}"
+        )
+        for path, target in (("REST binary", 8000), ("gRPC", 6000)):
+            figure = max(
+                (rows[(setup, "small", path)] for setup in SETUPS), key=lambda figure: figure.requests_per_second
+            )
+            print(
+                f"  small MLP c=32 over {path}, best setup: {figure.requests_per_second:,.0f} req/s "
+                f"(target {target:,}): {'met' if figure.requests_per_second >= target else 'MISSED'}"
+            )
+    one, four = memories["1 front end + runner"][0], memories["4 front ends + runner"][0]
+    print(
+        f"  memory, 1 -> 4 front ends (PSS): {one / MB:.0f} -> {four / MB:.0f} MB, +{four / one - 1:.0%} "
+        f"(target under 15%): {'met' if four < one * 1.15 else 'MISSED'}"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""A front end's versions, run by model runner processes: the :class:`~gateway.repository.version_loader.VersionHost`
+that the server hands the repository when the gateway runs front ends and model runners.
+
+Loading a version asks the supervisor for its runner (:class:`~gateway.process.messages.RunnerWanted`)
+and waits for the answer; the supervisor starts one runner per version for all front ends
+(:mod:`gateway.process.runner_pool`). The version's scheduler is then a
+:class:`~gateway.runtime.runner_client.RunnerClient` connected to the runner's socket; closing it
+(the version unloaded, replaced or evicted) tells the supervisor
+(:class:`~gateway.process.messages.RunnerUnwanted`). An upload's trial load runs in a one-off runner
+too, so that a front end never imports a framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from backends import ModelLoadError
+from gateway.errors import UnavailableError
+from gateway.metrics import VersionMetrics
+from gateway.process.messages import (
+    RunnerAnswer,
+    RunnerFailed,
+    RunnerLoaded,
+    RunnerSpec,
+    RunnerUnwanted,
+    RunnerWanted,
+    WorkerMessage,
+)
+from gateway.repository.config import ModelConfig, ModelConfigError
+from gateway.repository.version_loader import HostedVersion
+from gateway.runtime.memory_budget import LargerThanBudgetError
+from gateway.runtime.runner_client import RunnerClient
+from gateway.runtime.warmup import WarmupError
+
+#: The load errors a runner reports, by class name (anything else is a ModelLoadError).
+_LOAD_ERRORS: dict[str, type[Exception]] = {
+    error.__name__: error for error in (ModelLoadError, ModelConfigError, WarmupError, LargerThanBudgetError)
+}
+
+
+class RunnerHost:
+    """Loads versions in model runner processes, through the supervisor.
+
+    Args:
+        connection: this front end's pipe to the supervisor (its answers come back through
+            :meth:`on_answer`, called by the pipe's reader, :class:`gateway.process.peers.PeerWorkers`).
+        loop: the front end's event loop (loads run in other threads; messages are sent from the loop).
+    """
+
+    def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self._connection = connection
+        self._loop = loop
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[RunnerAnswer]] = {}
+
+    def load(
+        self, name: str, version: int, path: Path, config: ModelConfig, model_bytes: int, metrics: VersionMetrics
+    ) -> HostedVersion:
+        """Blocking: the version's runner (started, or shared with the other front ends), connected.
+
+        Raises:
+            ModelLoadError, ModelConfigError, WarmupError, LargerThanBudgetError: the runner's load failed.
+            UnavailableError: the supervisor or the runner cannot be reached.
+        """
+        spec = RunnerSpec(_runner_key(name, version, path, config), name, version, str(path), config, model_bytes)
+        outcome, socket_path = self._ask(spec)
+        if outcome.config is None:  # only a check answers without one
+            raise ModelLoadError("the model runner answered without a config")
+        client = RunnerClient(Path(socket_path), f"model '{name}' version {version}", lambda: self._unwanted(spec.key))
+        try:
+            asyncio.run_coroutine_threadsafe(client.connect(), self._loop).result()
+        except UnavailableError:
+            self._loop.call_soon_threadsafe(self._unwanted, spec.key)
+            raise
+        return HostedVersion(
+            config=outcome.config,
+            platform=outcome.platform,
+            backend_parameters=outcome.backend_parameters,
+            scheduler=client,
+            resident_bytes=outcome.resident_bytes,
+            peak_bytes=outcome.peak_bytes,
+        )
+
+    def check(self, path: Path, config: ModelConfig) -> None:
+        """Blocking: load one instance of the files in ``path`` in a one-off runner (an upload's trial load).
+
+        Raises:
+            ModelLoadError, ModelConfigError: they do not load, or the config does not fit them.
+            UnavailableError: the supervisor cannot be reached.
+        """
+        config = config.model_copy(update={"instance_count": 1})
+        self._ask(RunnerSpec(_runner_key("", 0, path, config), path.name, 0, str(path), config, 0, check_only=True))
+
+    def on_answer(self, answer: RunnerAnswer) -> None:
+        """The supervisor's answer to a :class:`RunnerWanted` (on the event loop)."""
+        waiting = self._waiting.pop(answer.request_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(answer)
+
+    def supervisor_gone(self) -> None:
+        """The pipe to the supervisor closed: the loads waiting for an answer fail."""
+        for waiting in self._waiting.values():
+            if not waiting.done():
+                waiting.set_exception(UnavailableError("the supervisor of the model runners is gone"))
+        self._waiting.clear()
+
+    def _ask(self, spec: RunnerSpec) -> tuple[RunnerLoaded, str]:
+        """Blocking: send :class:`RunnerWanted` and wait for the runner's outcome and socket path."""
+        answer = asyncio.run_coroutine_threadsafe(self._want(spec), self._loop).result()
+        outcome = answer.outcome
+        if isinstance(outcome, RunnerFailed):
+            raise _LOAD_ERRORS.get(outcome.error, ModelLoadError)(outcome.message)
+        return outcome, answer.socket_path
+
+    async def _want(self, spec: RunnerSpec) -> RunnerAnswer:
+        request_id = next(self._ids)
+        answer: asyncio.Future[RunnerAnswer] = self._loop.create_future()
+        self._waiting[request_id] = answer
+        self._send(RunnerWanted(request_id, spec))
+        return await answer
+
+    def _unwanted(self, key: str) -> None:
+        with contextlib.suppress(UnavailableError):  # the supervisor is gone, and its runners with it
+            self._send(RunnerUnwanted(key))
+
+    def _send(self, message: WorkerMessage) -> None:
+        try:
+            self._connection.send(message)
+        except OSError as error:
+            raise UnavailableError(f"the supervisor of the model runners cannot be reached: {error}") from None
+
+
+def _runner_key(name: str, version: int, path: Path, config: ModelConfig) -> str:
+    """The runner key of a version: its model, version, folder, config, and each file's size and modification time."""
+    digest = hashlib.sha256(f"{name}\0{version}\0{path}\0{config.model_dump_json()}".encode())
+    for file in sorted(path.rglob("*")):
+        if file.is_file():
+            stat = file.stat()
+            digest.update(f"\0{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
