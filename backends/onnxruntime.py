@@ -107,6 +107,16 @@ def _provider_name(name: str) -> str:
     return _PROVIDER_ALIASES.get(name.lower(), name)
 
 
+def import_runtime() -> None:
+    """Import ONNX Runtime and onnx now, in a process that will load models (else the first load imports them).
+
+    A version's resident bytes are measured as the process's growth over its load: without this, the
+    first ONNX version loaded would count the runtime's own memory (about 35 MB) as its own.
+    """
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+
 def select_providers(requested: Sequence[str], available: Sequence[str], *, warn: bool = True) -> list[str]:
     """The requested execution providers this build has, in order, with CPU last.
 

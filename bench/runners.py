@@ -44,7 +44,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.models import write_weighty_model  # noqa: E402
-from bench.serving import CONFIGS, MODELS, Figure, free_port, gateway, measure, write_mlp  # noqa: E402
+from bench.serving import (  # noqa: E402
+    MODELS,
+    Figure,
+    free_port,
+    gateway,
+    measure,
+    tools_installed,
+    write_mlp_repository,
+)
 
 MB = 1_000_000
 #: The ways to serve: name -> (workers, extra arguments, environment).
@@ -122,15 +130,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="length of each load run in seconds (default 5)")
     parser.add_argument("--skip-throughput", action="store_true", help="measure memory only")
     args = parser.parse_args()
-    for tool in ("wrk", "h2load"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is not installed: run bash bench/run.sh, which installs it", file=sys.stderr)
-            return 2
+    if not tools_installed("wrk", "h2load"):
+        return 2
     folder = Path(tempfile.mkdtemp(prefix="gateway-runners-bench-"))
     repository = folder / "repository"
-    for name, widths in MODELS.items():
-        write_mlp(repository / name / "1" / "model.onnx", widths)
-        (repository / name / "config.yaml").write_text(CONFIGS[name])
+    write_mlp_repository(repository)
     write_weighty_model(folder / "weighty" / "weighty" / "1" / "model.onnx", 3.0, 500 * MB)
 
     rows: dict[tuple[str, str, str], Figure] = {}

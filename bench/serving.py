@@ -271,6 +271,21 @@ def gateway(
             process.wait(30)
 
 
+def tools_installed(*tools: str) -> bool:
+    """Whether every command of ``tools`` is on the PATH; the missing ones are named on stderr."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    for tool in missing:
+        print(f"{tool} is not installed: run bash bench/run.sh, which installs it", file=sys.stderr)
+    return not missing
+
+
+def write_mlp_repository(repository: Path) -> None:
+    """The small and large MLPs (:data:`MODELS`) with their configs (:data:`CONFIGS`) as a model repository."""
+    for name, widths in MODELS.items():
+        write_mlp(repository / name / "1" / "model.onnx", widths)
+        (repository / name / "config.yaml").write_text(CONFIGS[name])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -283,15 +298,11 @@ def main() -> int:
     parser.add_argument("--server-core", type=int, default=0, help="CPU core of the gateway and the limit")
     parser.add_argument("--client-core", type=int, default=1, help="CPU core of wrk and h2load")
     args = parser.parse_args()
-    for tool in ("wrk", "h2load", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is not installed: run bash bench/run.sh, which installs it", file=sys.stderr)
-            return 2
+    if not tools_installed("wrk", "h2load", "taskset"):
+        return 2
     folder = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     repository = folder / "repository"
-    for name, widths in MODELS.items():
-        write_mlp(repository / name / "1" / "model.onnx", widths)
-        (repository / name / "config.yaml").write_text(CONFIGS[name])
+    write_mlp_repository(repository)
 
     os.sched_setaffinity(0, {args.server_core})
     limits = {

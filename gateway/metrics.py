@@ -272,6 +272,30 @@ class InferenceStatistics:
     batches: dict[int, BatchStatistics] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class RunShare:
+    """One request's part in the model run (batch) that answered it, for Triton's statistics elsewhere.
+
+    A model runner sends it with each answer, so that the front end that received the request keeps
+    the version's :class:`InferenceStatistics` (the runner's scheduler records the Prometheus metrics).
+
+    Attributes:
+        queue_seconds: how long the request waited in the queue.
+        items: the request's items (first-dim rows).
+        batch_items: items in the whole run.
+        input_seconds, infer_seconds, output_seconds: the run's merging, backend and splitting seconds.
+        first: whether the request was the run's first (the one that counts the run itself).
+    """
+
+    queue_seconds: float
+    items: int
+    batch_items: int
+    input_seconds: float
+    infer_seconds: float
+    output_seconds: float
+    first: bool
+
+
 @dataclass
 class VersionMetrics:
     """The metric children of one model version, plus per-protocol children created on first use.
@@ -328,6 +352,25 @@ class VersionMetrics:
         if inferred:
             statistics.inference_count += inferred
             statistics.execution_count += 1
+
+    def observe_run_share(self, share: RunShare, succeeded: bool) -> None:
+        """Record in the statistics (not in Prometheus) one request's part in a run that happened elsewhere."""
+        statistics = self.statistics
+        statistics.queue.add(share.queue_seconds)
+        statistics.compute_input.add(share.input_seconds)
+        statistics.compute_infer.add(share.infer_seconds)
+        statistics.compute_output.add(share.output_seconds)
+        if succeeded:
+            statistics.inference_count += share.items
+        if share.first:
+            by_size = statistics.batches.get(share.batch_items)
+            if by_size is None:
+                by_size = statistics.batches[share.batch_items] = BatchStatistics()
+            by_size.compute_input.add(share.input_seconds)
+            by_size.compute_infer.add(share.infer_seconds)
+            by_size.compute_output.add(share.output_seconds)
+            if succeeded:
+                statistics.execution_count += 1
 
     def observe_request(self, protocol: str, status: str, seconds: float) -> None:
         """Count one answered request and record its server-side duration in seconds."""

@@ -22,50 +22,13 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import GatewayProcess, children_named, start_gateway, write_identity_model, write_pair_model
+from tests.test_overload import write_scaled_model
 
 FRONT_ENDS = 3
-
-
-def write_slow_batched_model(path: Path, layers: int = 12, width: int = 512) -> None:
-    """``y = x + 0 * mean(chain(x))``: FP32 [batch, 1] in and out, about 0.1 s per run whatever the batch.
-
-    The chain (``layers`` MatMul+Tanh of ``width`` squared, from the mean of ``x`` expanded) depends on
-    the input, so that ONNX Runtime cannot fold it away; its result is multiplied by zero.
-    """
-    nodes = [
-        helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=1),
-        helper.make_node("Expand", ["mean", "shape"], ["h0"]),
-    ]
-    for layer in range(layers):
-        nodes.append(helper.make_node("MatMul", [f"h{layer}", "w"], [f"m{layer}"]))
-        nodes.append(helper.make_node("Tanh", [f"m{layer}"], [f"h{layer + 1}"]))
-    nodes += [
-        helper.make_node("ReduceMean", [f"h{layers}"], ["chain"], keepdims=1),
-        helper.make_node("Mul", ["chain", "zero"], ["nothing"]),
-        helper.make_node("Add", ["x", "nothing"], ["y"]),
-    ]
-    weights = (np.random.default_rng(0).standard_normal((width, width)) / 16).astype(np.float32)
-    graph = helper.make_graph(
-        nodes,
-        "slow_batched",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        [
-            numpy_helper.from_array(weights, "w"),
-            numpy_helper.from_array(np.array([width, width]), "shape"),
-            numpy_helper.from_array(np.zeros((1, 1), np.float32), "zero"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +39,7 @@ def runner_repository(tmp_path_factory: pytest.TempPathFactory, digits_source: P
     write_pair_model(root / "pair" / "1" / "model.onnx", width=3)
     write_identity_model(root / "identity_bytes" / "1" / "model.onnx", "BYTES")
     write_identity_model(root / "identity_fp32" / "1" / "model.onnx", "FP32")
-    write_slow_batched_model(root / "slow" / "1" / "model.onnx")
+    write_scaled_model(root / "slow" / "1" / "model.onnx", 1.0, layers=200)  # 0.3 to 1 s a run, whatever the batch
     (root / "slow" / "config.yaml").write_text("max_batch_size: 16\ndynamic_batching: {}\n")
     (root / "corrupt" / "1").mkdir(parents=True)
     (root / "corrupt" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
@@ -214,7 +177,7 @@ def batches_larger_than(gateway: GatewayProcess, model: str, items: int) -> floa
 
 def test_one_batcher_sees_the_requests_of_every_front_end(front_ends: GatewayProcess) -> None:
     # Twelve requests at once on twelve connections reach the three front ends. The first runs alone
-    # (about 0.1 s); the others queue meanwhile. One batcher for every front end runs them as one batch of
+    # (0.3 to 1 s); the others queue meanwhile. One batcher for every front end runs them as one batch of
     # more than 8 items; a batcher per front end would see 4 on average.
     barrier = threading.Barrier(12)
     before = batches_larger_than(front_ends, "slow", 8)

@@ -42,6 +42,17 @@ def extensions_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def runners_gateway(
+    extensions_gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """The same repository served by one front end whose models run in model runner processes."""
+    log = tmp_path_factory.mktemp("runners-logs") / "gateway.log"
+    server = start_gateway(extensions_gateway.repository, log, "--model-runners")
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["http", "grpc"])
 def client(request: pytest.FixtureRequest, extensions_gateway: GatewayProcess) -> Iterator[tuple[Any, Any]]:
     """A tritonclient of each protocol, with its module (for InferInput...); no region is left registered."""
@@ -235,7 +246,10 @@ def _normalized(model_stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_statistics_count_what_was_asked(extensions_gateway: GatewayProcess) -> None:
+@pytest.mark.parametrize("where", ["in process", "model runners"])
+def test_statistics_count_what_was_asked(where: str, request: pytest.FixtureRequest) -> None:
+    # With model runners, the runner tells the front end each request's part in its run.
+    extensions_gateway = request.getfixturevalue("extensions_gateway" if where == "in process" else "runners_gateway")
     http = triton_http.InferenceServerClient(extensions_gateway.http_url[7:])
     grpc = triton_grpc.InferenceServerClient(extensions_gateway.grpc_address)
     started_ms = time.time_ns() // 1_000_000

@@ -64,19 +64,24 @@ class RunnerHost:
         """Blocking: the version's runner (started, or shared with the other front ends), connected.
 
         Raises:
-            ModelLoadError, ModelConfigError, WarmupError, LargerThanBudgetError: the runner's load failed.
-            UnavailableError: the supervisor or the runner cannot be reached.
+            ModelLoadError, ModelConfigError, WarmupError, LargerThanBudgetError: the runner's load failed
+                (a ModelLoadError too when the supervisor or the runner cannot be reached).
         """
         spec = RunnerSpec(_runner_key(name, version, path, config), name, version, str(path), config, model_bytes)
-        outcome, socket_path = self._ask(spec)
+        try:
+            outcome, socket_path = self._ask(spec)
+        except UnavailableError as error:
+            raise ModelLoadError(error.message) from None
         if outcome.config is None:  # only a check answers without one
             raise ModelLoadError("the model runner answered without a config")
-        client = RunnerClient(Path(socket_path), f"model '{name}' version {version}", lambda: self._unwanted(spec.key))
+        client = RunnerClient(
+            Path(socket_path), f"model '{name}' version {version}", lambda: self._unwanted(spec.key), metrics
+        )
         try:
             asyncio.run_coroutine_threadsafe(client.connect(), self._loop).result()
-        except UnavailableError:
+        except UnavailableError as error:
             self._loop.call_soon_threadsafe(self._unwanted, spec.key)
-            raise
+            raise ModelLoadError(error.message) from None
         return HostedVersion(
             config=outcome.config,
             platform=outcome.platform,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from backends import Backend, create_backend, detect_backend
+from backends.onnxruntime import import_runtime as import_onnx_runtime
 from backends.tensorflow_savedmodel import TensorFlowBackend, saved_model_folder
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.repository.config import (
@@ -89,7 +90,6 @@ class VersionHost(Protocol):
             ModelLoadError, ModelConfigError: the files do not load, or the config does not fit them.
             WarmupError: a shipped or configured warmup request failed.
             LargerThanBudgetError: the version holds more than the whole memory budget.
-            UnavailableError: the version's model runner could not be started or reached.
         """
         ...
 
@@ -98,6 +98,7 @@ class VersionHost(Protocol):
 
         Raises:
             ModelLoadError, ModelConfigError: they do not load, or the config does not fit them.
+            UnavailableError: the model runner that would check them cannot be started.
         """
         ...
 
@@ -123,6 +124,7 @@ class InProcessHost:
         self.metrics = metrics
         self.cpu_cores = cpu_cores if cpu_cores is not None else len(os.sched_getaffinity(0))
         self.budget_limit_bytes = budget_limit_bytes
+        import_onnx_runtime()  # not counted in the first version's resident bytes
 
     def load(
         self, name: str, version: int, path: Path, config: ModelConfig, model_bytes: int, metrics: VersionMetrics

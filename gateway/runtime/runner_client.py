@@ -30,6 +30,7 @@ import numpy as np
 from backends.base import InferenceInputError
 from gateway import errors
 from gateway.errors import DeadlineExceededError, UnavailableError
+from gateway.metrics import RunShare, VersionMetrics
 from gateway.runtime.scheduler import WATCH_CLIENT_AFTER_SECONDS, Disconnected, Tensors
 from gateway.runtime.shared_tensors import (
     Arena,
@@ -83,12 +84,18 @@ class RunnerClient:
         socket_path: the runner's Unix socket.
         label: the version as messages name it (e.g. ``model 'm' version 2``).
         release: called once, by :meth:`close`: the runner is no longer needed by this front end.
+        metrics: where this front end keeps the version's Triton statistics (each answer tells the
+            request's part in the run: :class:`~gateway.metrics.RunShare`); the runner records the
+            Prometheus metrics of its runs.
     """
 
-    def __init__(self, socket_path: Path, label: str, release: Callable[[], None]) -> None:
+    def __init__(
+        self, socket_path: Path, label: str, release: Callable[[], None], metrics: VersionMetrics | None = None
+    ) -> None:
         self.socket_path = socket_path
         self.label = label
         self._release = release
+        self._metrics = metrics
         self._ids = itertools.count(1)
         self._connection: _Connection | None = None
         self._reconnecting: asyncio.Task[None] | None = None
@@ -196,7 +203,13 @@ class RunnerClient:
             message["output_space"] = [start + size, slots.slot_bytes - size]
             own = None
         else:
-            own = Arena.create(size)
+            try:
+                own = Arena.create(size, reserve=True)
+            except OSError as error:
+                raise UnavailableError(
+                    f"{self.label}: no room in shared memory (/dev/shm) for the request's {size} bytes of "
+                    f"inputs: {error}"
+                ) from None
             message["inputs"] = write_tensors(own.buffer, 0, inputs, raw)
             message["arena"] = own.name
         loop = asyncio.get_running_loop()
@@ -254,6 +267,8 @@ class RunnerClient:
         pending = connection.pending.pop(answer["id"], None)
         if pending is None:
             return
+        if "run" in answer and self._metrics is not None:
+            self._metrics.observe_run_share(RunShare(*answer["run"]), succeeded="error" not in answer)
         try:
             if "error" in answer:
                 result: Tensors | Exception = runner_error(answer["error"], answer.get("message", ""))

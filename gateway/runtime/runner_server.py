@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UnavailableError
+from gateway.metrics import RunShare
 from gateway.runtime.scheduler import Scheduler, Tensors
 from gateway.runtime.shared_tensors import (
     Arena,
@@ -109,6 +111,7 @@ class RunnerServer:
                 own.unlink()
             buffer = (own or arena).buffer
             inputs = read_tensors(buffer, message["inputs"])
+            shares: list[RunShare] = []
             outputs = await self.scheduler.run(
                 inputs,
                 message["outputs"],
@@ -116,9 +119,12 @@ class RunnerServer:
                 message["deadline"],
                 None,
                 message["queued_since"],
+                shares.append,
             )
             del inputs
             answer = self._place_outputs(request_id, outputs, arena, message.get("output_space"))
+            if shares:
+                answer["run"] = dataclasses.astuple(shares[0])
         except asyncio.CancelledError:
             answer = {"id": request_id, "error": "CancelledError", "message": "withdrawn"}
         except GatewayError as error:
@@ -137,7 +143,12 @@ class RunnerServer:
         size = layout_size(outputs, raw)
         if space is not None and size <= space[1]:
             return {"id": request_id, "outputs": write_tensors(arena.buffer, space[0], outputs, raw)}
-        own = Arena.create(size)
+        try:
+            own = Arena.create(size, reserve=True)
+        except OSError as error:
+            raise UnavailableError(
+                f"no room in shared memory (/dev/shm) for {size} bytes of outputs: {error}"
+            ) from None
         try:
             descriptors = write_tensors(own.buffer, 0, outputs, raw)
         except BaseException:

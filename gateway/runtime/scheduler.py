@@ -56,7 +56,7 @@ import numpy as np
 
 from backends import Backend
 from gateway.errors import DeadlineExceededError, InternalError, UnavailableError
-from gateway.metrics import VersionMetrics
+from gateway.metrics import RunShare, VersionMetrics
 
 #: Seconds: a version whose batches take less than this (moving average) runs them on the event loop.
 INLINE_COMPUTE_SECONDS = 100e-6
@@ -153,6 +153,8 @@ class _Request:
     running: bool = False
     # The task watching for the client's disconnect, once the request has waited a while.
     watcher: asyncio.Task[object] | None = None
+    # Told the request's part in the run that answers it (a model runner sends it to the front end).
+    on_run: Callable[[RunShare], None] | None = None
 
 
 class Scheduler:
@@ -197,6 +199,7 @@ class Scheduler:
         deadline: float | None = None,
         disconnected: Disconnected | None = None,
         queued_since: float | None = None,
+        on_run: Callable[[RunShare], None] | None = None,
     ) -> Tensors:
         """Queue one request, wait for its batch to run, and return its outputs.
 
@@ -215,6 +218,7 @@ class Scheduler:
                 started meanwhile, its answer discarded) and this call raises ``asyncio.CancelledError``.
             queued_since: when the request began to wait for this version, if before this call (for its
                 model to load), in ``time.perf_counter()`` seconds: its queue time counts from then.
+            on_run: called with the request's part in the run that answers it, before the answer.
 
         Returns:
             The requested outputs; with batching, each holds this request's ``batch_size`` rows.
@@ -240,6 +244,7 @@ class Scheduler:
         request = _Request(
             inputs, output_names, batch_size, loop.create_future(), enqueued if queued_since is None else queued_since
         )
+        request.on_run = on_run
         if self._batching is not None:
             request.merge_key = tuple(
                 (name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())
@@ -460,9 +465,22 @@ class Scheduler:
                 timing.infer_seconds,
                 timing.output_seconds,
             )
-        for request, answer in zip(batch, answers, strict=True):
+        items = sum(request.batch_size for request in batch)
+        for index, (request, answer) in enumerate(zip(batch, answers, strict=True)):
             if request.future.done():
                 continue
+            if request.on_run is not None:
+                request.on_run(
+                    RunShare(
+                        timing.started - request.enqueued,
+                        request.batch_size,
+                        items,
+                        timing.input_seconds,
+                        timing.infer_seconds,
+                        timing.output_seconds,
+                        first=index == 0,
+                    )
+                )
             if isinstance(answer, BaseException):
                 request.future.set_exception(answer)
             else:

@@ -73,24 +73,36 @@ class Arena:
         OSError: the file cannot be made, opened or mapped (e.g. ``/dev/shm`` is full).
     """
 
-    def __init__(self, name: str, size: int | None) -> None:
+    def __init__(self, name: str, size: int | None, reserve: bool = False) -> None:
         path = SHARED_MEMORY_DIR / name
-        descriptor = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if size is not None else 0), 0o600)
+        created = size is not None
+        descriptor = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if created else 0), 0o600)
         try:
-            if size is not None:
-                os.ftruncate(descriptor, size)
-            else:
+            if size is None:
                 size = os.fstat(descriptor).st_size
+            elif reserve:  # taken now: a full /dev/shm is an error here, not a SIGBUS at the first write
+                os.posix_fallocate(descriptor, 0, size)
+            else:
+                os.ftruncate(descriptor, size)
             self.buffer = mmap.mmap(descriptor, size)
+        except OSError:
+            if created:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
         finally:
             os.close(descriptor)
         self.name = name
         self.size = size
 
     @classmethod
-    def create(cls, size: int) -> Arena:
-        """A new arena of ``size`` bytes (at least 1), under a fresh name."""
-        return cls(f"gateway-{os.getpid()}-{secrets.token_hex(8)}", max(size, 1))
+    def create(cls, size: int, reserve: bool = False) -> Arena:
+        """A new arena of ``size`` bytes (at least 1), under a fresh name.
+
+        ``reserve``: take all its pages now (a one-off arena about to be filled), so that a full
+        ``/dev/shm`` raises ``OSError`` here; otherwise pages are taken as they are first written.
+        """
+        return cls(f"gateway-{os.getpid()}-{secrets.token_hex(8)}", max(size, 1), reserve)
 
     @classmethod
     def attach(cls, name: str) -> Arena:
