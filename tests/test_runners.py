@@ -196,6 +196,22 @@ def test_one_batcher_sees_the_requests_of_every_front_end(front_ends: GatewayPro
     assert batches_larger_than(front_ends, "slow", 8) == before + 1
 
 
+def test_a_runner_that_cannot_answer_leaves_no_request_past_its_deadline(front_ends: GatewayProcess) -> None:
+    (runner,) = runner_pids(front_ends, "pair")
+    body = {**sample_requests()["pair"], "parameters": {"timeout": 300_000}}  # Triton's, in microseconds
+    os.kill(runner, signal.SIGSTOP)  # a runner of the gateway this test started
+    try:
+        started = time.monotonic()
+        response = rest_infer(front_ends, "pair", body)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(runner, signal.SIGCONT)
+    assert response.status_code == 504, response.text
+    assert "did not answer" in response.json()["error"]
+    assert waited < 5, waited  # the deadline (0.3 s) and the front end's grace (1 s)
+    assert rest_infer(front_ends, "pair", body).status_code == 200  # the runner answers again
+
+
 def test_a_killed_runner_fails_its_requests_only_then_serves_again(front_ends: GatewayProcess) -> None:
     (victim,) = runner_pids(front_ends, "digits")
     digits = sample_requests()["digits"]

@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two attempts to reach a runner that is restarting.
 RECONNECT_INTERVAL_SECONDS = 0.1
+#: Seconds past a request's deadline that the front end waits for the runner's own deadline answer.
+DEADLINE_GRACE_SECONDS = 1.0
 
 
 @dataclass(eq=False, slots=True)
@@ -178,8 +180,20 @@ class RunnerClient:
                 WATCH_CLIENT_AFTER_SECONDS, self._watch_client, pending, disconnected
             )
         try:
-            return await pending.future
+            if deadline is None:
+                return await pending.future
+            # The runner drops the request at its deadline; this guard is for a runner that cannot answer
+            # (stopped, or its event loop stuck), so that the request never waits past it for long.
+            return await asyncio.wait_for(asyncio.shield(pending.future), deadline - now + DEADLINE_GRACE_SECONDS)
+        except TimeoutError:
+            pending.future.cancel()
+            if not connection.writer.is_closing():
+                connection.writer.send({"op": "withdraw", "id": request_id})
+            raise DeadlineExceededError(
+                f"the request's deadline passed and {self.label}'s model runner did not answer; it was withdrawn"
+            ) from None
         except asyncio.CancelledError:  # the caller went away: the runner takes it off its queue if it waits
+            pending.future.cancel()
             if not connection.writer.is_closing():
                 connection.writer.send({"op": "withdraw", "id": request_id})
             raise
