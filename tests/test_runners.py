@@ -151,12 +151,19 @@ def test_each_version_is_loaded_once_and_front_ends_import_no_framework(front_en
     for model in ("digits", "pair", "identity_bytes", "identity_fp32", "slow"):
         assert logs.count(f"model {model} version 1 loaded:") == 1, model
         assert len(runner_pids(front_ends, model)) == 1, model
+    # The version's bytes are measured and published once, by its runner (not once per front end).
+    index = {entry["name"]: entry for entry in front_ends.http.post("/v2/repository/index", json={}).json()}
+    published = [
+        line
+        for line in front_ends.http.get("/metrics").text.splitlines()
+        if line.startswith('gateway_model_resident_bytes{model="digits",version="1"}')
+    ]
+    assert [float(line.rsplit(" ", 1)[1]) for line in published] == [float(index["digits"]["resident_bytes"])]
     front = front_end_pids(front_ends)
     assert len(front) == FRONT_ENDS
     assert not any(maps_library(pid, "onnxruntime") for pid in front)
     assert maps_library(runner_pids(front_ends, "digits")[0], "onnxruntime")
     # A model that fails to load in its runner is unavailable with the reason; the others serve.
-    index = {entry["name"]: entry for entry in front_ends.http.post("/v2/repository/index", json={}).json()}
     assert index["corrupt"]["state"] == "UNAVAILABLE"
     assert "not a valid ONNX model" in index["corrupt"]["reason"]
     assert index["digits"]["state"] == "READY"

@@ -70,6 +70,7 @@ def run_runner(settings: GatewaySettings, spec: RunnerSpec, socket_path: str, co
         logger.exception("unexpected error loading %s version %s", spec.model, spec.version)
         connection.send(RunnerFailed("ModelLoadError", f"unexpected error: {error!r}"))
         sys.exit(RUNNER_LOAD_FAILED)
+    metrics.resident_bytes.labels(spec.model, str(spec.version)).set(hosted.resident_bytes)  # gone when it exits
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(_serve(settings, hosted, Path(socket_path), connection))
 

@@ -262,7 +262,9 @@ class ModelRepository:
                 )
         self.default_max_batch_size = default_max_batch_size
         self.metrics = metrics if metrics is not None else Metrics()
-        self.budget = MemoryBudget(memory_budget_bytes, self.metrics)
+        # gateway_model_resident_bytes is published by the process holding the versions: this one, or each
+        # version's model runner (a front end publishing it too would count every version once per front end).
+        self.budget = MemoryBudget(memory_budget_bytes, self.metrics if host is None else None)
         self.host: VersionHost = (
             host
             if host is not None
