@@ -1,16 +1,19 @@
-"""Several worker processes serving one model repository on the same REST and gRPC ports.
+"""Several worker processes (front ends) serving one model repository on the same REST and gRPC ports.
 
-``gateway serve --workers N`` runs :func:`run_supervisor`. The supervisor starts N worker
-processes (``spawn``: each a fresh interpreter), restarts one that dies, and stops them all on
-SIGTERM or SIGINT. Each worker is a whole gateway (the worker entry point the caller hands in,
-:func:`gateway.process.server.run_worker`; this module never imports the server): the REST and gRPC
-servers, every model loaded, its own batchers, and ``cores / N`` CPU cores for its model
-instances. Its listening sockets are opened with SO_REUSEPORT, so the kernel spreads new
-connections over the workers (a connection stays with one worker: a client that sends everything
-down one HTTP/2 connection is served by one worker).
+``gateway serve --workers N`` (or ``--model-runners``) runs :func:`run_supervisor`. The supervisor
+starts N worker processes (forked from a fork server that imported their modules once,
+:mod:`gateway.process.children`), restarts one that dies, and stops them all on SIGTERM or SIGINT.
+Each worker runs the worker entry point the caller hands in
+(:func:`gateway.process.server.run_worker`; this module never imports the server): the REST and gRPC
+servers, the core and the repository. With model runners (the default with several workers), its
+versions run in runner processes that the supervisor starts, shares among the workers, restarts and
+stops (:mod:`gateway.process.runner_pool`); without, each worker loads every model with its own
+batchers and ``cores / N`` CPU cores for its instances. Its listening sockets are opened with
+SO_REUSEPORT, so the kernel spreads new connections over the workers (a connection stays with one
+worker: a client that sends everything down one HTTP/2 connection is served by one worker).
 
-Metrics add up across workers: the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder
-before it starts them (see :mod:`gateway.metrics`) and, when a worker exits, marks it dead there.
+Metrics add up across workers and runners: the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a
+fresh folder before it starts them (see :mod:`gateway.metrics`) and, when one exits, marks it dead there.
 
 A management request (upload, load, unload) reaches one worker. That worker does it, then asks the
 supervisor to have every other worker follow (load or unload the same model from the shared

@@ -2,6 +2,8 @@
 
 - :mod:`gateway.repository.model_repository`: the models under a folder, their load states (Triton's
   model control modes) and the loaded version that serves a request.
+- :mod:`gateway.repository.version_loader`: where a version's instances load and run (``VersionHost``),
+  and the in-process loader (instances, warmup, the resident-bytes measure, the scheduler).
 - :mod:`gateway.repository.config`: ``config.yaml`` (inputs, outputs, batching, instance group,
   version policy), completed from the artifact.
 - :mod:`gateway.repository.packages`: model packages (a tar of one version folder) received,
