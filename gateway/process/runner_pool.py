@@ -101,6 +101,10 @@ class RunnerPool:
     def want(self, worker: int, message: RunnerWanted) -> None:
         """A worker serves a version: answer with its runner, starting it first unless one runs for the key."""
         spec = message.spec
+        if self.closing:
+            stopping = RunnerFailed("ModelLoadError", "the gateway is stopping")
+            self.send(worker, RunnerAnswer(message.request_id, "", stopping))
+            return
         runner = self.runners.get(spec.key)
         if runner is None:
             self._sockets += 1
@@ -160,7 +164,7 @@ class RunnerPool:
 
     def kill(self) -> None:
         """Kill the runners that did not stop in time."""
-        for runner in self.stopping:
+        for runner in [*self.runners.values(), *self.stopping]:
             if runner.process is not None and runner.process.is_alive():
                 logger.error(
                     "model runner of %s (pid %s) did not stop in time; killing it", runner.label, runner.process.pid

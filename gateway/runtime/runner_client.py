@@ -253,12 +253,15 @@ class RunnerClient:
 
     async def _read_answers(self, connection: _Connection) -> None:
         """Read the runner's answers until its socket closes; then fail what is in flight and reconnect."""
+        reason = "exited"
         try:
             while True:
                 answer = await read_message(connection.reader)
                 self._answer(connection, answer)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as error:
-            reason = "exited" if isinstance(error, asyncio.IncompleteReadError) else f"failed ({error})"
+        except asyncio.IncompleteReadError:
+            pass  # the runner closed its socket: it exited
+        except (OSError, ValueError, KeyError, TypeError) as error:  # a broken connection or message
+            reason = f"failed ({error!r})"
         finally:
             pending, connection.pending = connection.pending, {}
             for request in pending.values():
