@@ -39,7 +39,7 @@ def runner_repository(tmp_path_factory: pytest.TempPathFactory, digits_source: P
     write_pair_model(root / "pair" / "1" / "model.onnx", width=3)
     write_identity_model(root / "identity_bytes" / "1" / "model.onnx", "BYTES")
     write_identity_model(root / "identity_fp32" / "1" / "model.onnx", "FP32")
-    write_scaled_model(root / "slow" / "1" / "model.onnx", 1.0, layers=200)  # 0.3 to 1 s a run, whatever the batch
+    write_scaled_model(root / "slow" / "1" / "model.onnx", 1.0, layers=200)  # 0.3 to 0.7 s a run, whatever the batch
     (root / "slow" / "config.yaml").write_text("max_batch_size: 16\ndynamic_batching: {}\n")
     (root / "corrupt" / "1").mkdir(parents=True)
     (root / "corrupt" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
@@ -183,24 +183,48 @@ def batches_larger_than(gateway: GatewayProcess, model: str, items: int) -> floa
 
 
 def test_one_batcher_sees_the_requests_of_every_front_end(front_ends: GatewayProcess) -> None:
-    # Twelve requests at once on twelve connections reach the three front ends. The first runs alone
-    # (0.3 to 1 s); the others queue meanwhile. One batcher for every front end runs them as one batch of
-    # more than 8 items; a batcher per front end would see 4 on average.
-    barrier = threading.Barrier(12)
+    # A first request keeps the slow model busy (0.3 to 0.7 s a run, whatever the batch). Meanwhile twelve
+    # clients, connected beforehand (SO_REUSEPORT spreads their connections over the three front ends),
+    # send one request each at the same moment; they queue, and one batcher for every front end runs them
+    # as one batch of twelve. A batcher per front end would see 4 on average (more than 8 only with 9 of
+    # the 12 connections on one front end).
     before = batches_larger_than(front_ends, "slow", 8)
+    clients = [httpx.Client(base_url=front_ends.http_url, timeout=30) for _ in range(13)]
+    for client in clients:
+        assert client.get("/v2/health/ready").status_code == 200  # connected before the requests
+    barrier = threading.Barrier(12)
 
-    def call(value: int) -> tuple[float, str]:
+    def call(value: int, wait: bool = True) -> tuple[float, str]:
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [value]}]}
-        barrier.wait()
-        response = rest_infer(front_ends, "slow", body)
+        if wait:
+            barrier.wait()
+        response = clients[value].post("/v2/models/slow/infer", json=body)
         assert response.status_code == 200, response.text
         return response.json()["outputs"][0]["data"][0], response.headers["x-request-id"]
 
-    with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(call, range(12)))
+    try:
+        with ThreadPoolExecutor(13) as pool:
+            blocker = pool.submit(call, 12, False)
+            deadline = time.monotonic() + 30
+            while metric_sum(front_ends, 'gateway_inference_inflight_requests{model="slow"') < 1:
+                assert time.monotonic() < deadline, "the first request never came"
+                time.sleep(0.005)
+            time.sleep(0.05)  # from its front end to the runner
+            results = list(pool.map(call, range(12)))
+            assert blocker.result()[0] == 12
+    finally:
+        for client in clients:
+            client.close()
     assert [value for value, _ in results] == list(range(12))  # each request gets its own rows
     assert len({request_id.rsplit("-", 1)[0] for _, request_id in results}) >= 2  # several front ends
-    assert batches_larger_than(front_ends, "slow", 8) == before + 1
+    batches = [line for line in front_ends.http.get("/metrics").text.splitlines() if "batch_size" in line]
+    assert batches_larger_than(front_ends, "slow", 8) == before + 1, [line for line in batches if "slow" in line]
+
+
+def metric_sum(gateway: GatewayProcess, prefix: str) -> float:
+    """The sum of the /metrics samples whose line starts with ``prefix``."""
+    lines = gateway.http.get("/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
 
 
 def test_a_runner_that_cannot_answer_leaves_no_request_past_its_deadline(front_ends: GatewayProcess) -> None:
