@@ -10,9 +10,9 @@ When a batch is sent (Triton's meanings of the settings, with one difference):
 
 - at once, when it holds the preferred batch size (the largest ``preferred_batch_size``, else
   ``max_batch_size``) or when no instance is busy: a request that finds the queue empty and the
-  backend idle runs without added delay (Triton would wait ``max_queue_delay``), though at the end of
-  the current event-loop turn, so that the requests that turn has already read join it (a model
-  runner reads a burst of messages from the front ends in one turn);
+  backend idle runs without added delay (Triton would wait ``max_queue_delay``); for a version whose
+  batches run in threads (below), at the end of the current event-loop turn, so that the requests
+  that turn has already read join it (a model runner reads a burst of messages in one turn);
 - otherwise when the oldest request has waited ``max_queue_delay`` or an instance frees up with no
   other instance busy. Requests keep arriving while instances run, so under load batches form by
   themselves.
