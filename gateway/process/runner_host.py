@@ -32,7 +32,7 @@ from gateway.process.messages import (
     WorkerMessage,
 )
 from gateway.repository.config import ModelConfig, ModelConfigError
-from gateway.repository.version_loader import HostedVersion
+from gateway.repository.version_loader import Fingerprint, HostedVersion
 from gateway.runtime.memory_budget import LargerThanBudgetError
 from gateway.runtime.runner_client import RunnerClient
 from gateway.runtime.warmup import WarmupError
@@ -59,15 +59,24 @@ class RunnerHost:
         self._waiting: dict[int, asyncio.Future[RunnerAnswer]] = {}
 
     def load(
-        self, name: str, version: int, path: Path, config: ModelConfig, model_bytes: int, metrics: VersionMetrics
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        config: ModelConfig,
+        model_bytes: int,
+        metrics: VersionMetrics,
+        fingerprint: Fingerprint,
     ) -> HostedVersion:
-        """Blocking: the version's runner (started, or shared with the other front ends), connected.
+        """Blocking: the version's runner (started, or shared with the front ends that give the same files and
+        config), connected.
 
         Raises:
             ModelLoadError, ModelConfigError, WarmupError, LargerThanBudgetError: the runner's load failed
                 (a ModelLoadError too when the supervisor or the runner cannot be reached).
         """
-        spec = RunnerSpec(_runner_key(name, version, path, config), name, version, str(path), config, model_bytes)
+        key = _runner_key(name, version, path, config, fingerprint)
+        spec = RunnerSpec(key, name, version, str(path), config, model_bytes)
         try:
             outcome, socket_path = self._ask(spec)
         except UnavailableError as error:
@@ -99,7 +108,8 @@ class RunnerHost:
             UnavailableError: the supervisor cannot be reached.
         """
         config = config.model_copy(update={"instance_count": 1})
-        self._ask(RunnerSpec(_runner_key("", 0, path, config), path.name, 0, str(path), config, 0, check_only=True))
+        key = _runner_key("", 0, path, config, ())  # a staging folder's path is its own
+        self._ask(RunnerSpec(key, path.name, 0, str(path), config, 0, check_only=True))
 
     def on_answer(self, answer: RunnerAnswer) -> None:
         """The supervisor's answer to a :class:`RunnerWanted` (on the event loop)."""
@@ -140,11 +150,8 @@ class RunnerHost:
             raise UnavailableError(f"the supervisor of the model runners cannot be reached: {error}") from None
 
 
-def _runner_key(name: str, version: int, path: Path, config: ModelConfig) -> str:
-    """The runner key of a version: its model, version, folder, config, and each file's size and modification time."""
-    digest = hashlib.sha256(f"{name}\0{version}\0{path}\0{config.model_dump_json()}".encode())
-    for file in sorted(path.rglob("*")):
-        if file.is_file():
-            stat = file.stat()
-            digest.update(f"\0{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
+def _runner_key(name: str, version: int, path: Path, config: ModelConfig, fingerprint: Fingerprint) -> str:
+    """The runner key of a version: its model, version, folder, config, and the fingerprint of its files."""
+    return hashlib.sha256(
+        f"{name}\0{version}\0{path}\0{config.model_dump_json()}\0{fingerprint!r}".encode()
+    ).hexdigest()

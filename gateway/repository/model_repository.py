@@ -46,6 +46,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -78,7 +79,7 @@ from gateway.repository.names import check_model_name, valid_model_name
 from gateway.repository.pipelines import PIPELINE_PLATFORM, plan_pipeline
 from gateway.repository.traffic import TrafficPolicy, read_traffic_file, write_traffic_file
 from gateway.repository.triton_config import CONFIG_PBTXT, parse_config_override, read_triton_config
-from gateway.repository.version_loader import InProcessHost, VersionHost
+from gateway.repository.version_loader import Fingerprint, InProcessHost, VersionHost
 from gateway.runtime.memory_budget import (
     DEFAULT_ROOM_WAIT_SECONDS,
     MemoryBudget,
@@ -97,9 +98,6 @@ STAGING_FOLDER = ".staging"
 
 #: The index's reason for a version evicted by the memory budget.
 _EVICTED = "evicted to make room within the memory budget; an inference request loads it again"
-
-# (relative path, size in bytes, modification time in ns) of every file under a folder.
-Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 class ModelState(StrEnum):
@@ -988,7 +986,8 @@ class ModelRepository:
             )
         config_fingerprint = _file_fingerprint(path / CONFIG_FILE) + _file_fingerprint(path / CONFIG_PBTXT)
         if override is not None:
-            config_fingerprint += (("config override", 0, hash(override.model_dump_json())),)
+            # A digest the same in every process (not hash(), salted per process): front ends compare it.
+            config_fingerprint += (("config override", 0, zlib.crc32(override.model_dump_json().encode())),)
         versions: dict[int, LoadedVersion] = {}
         failures: dict[int | None, str] = {}
         no_room: set[int] = set()
@@ -1064,7 +1063,7 @@ class ModelRepository:
         """
         if config.pipeline is not None:
             return self._load_pipeline(name, version, config, fingerprint, metrics)
-        hosted = self.host.load(name, version, path, config, model_bytes, metrics)
+        hosted = self.host.load(name, version, path, config, model_bytes, metrics, fingerprint)
         completed = hosted.config
         max_batch_size = completed.max_batch_size or 0
 

@@ -49,6 +49,10 @@ from gateway.runtime.warmup import WarmupError, generated_requests, read_warmup_
 
 logger = logging.getLogger(__name__)
 
+#: (relative path or name, size in bytes, modification time in ns, or a digest) of every file a version was
+#: loaded from: its files and its model's config files (and a config override's digest).
+Fingerprint = tuple[tuple[str, int, int], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class HostedVersion:
@@ -75,7 +79,14 @@ class VersionHost(Protocol):
     """Where a version's instances are loaded and run (handed to the repository by the process layer)."""
 
     def load(
-        self, name: str, version: int, path: Path, config: ModelConfig, model_bytes: int, metrics: VersionMetrics
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        config: ModelConfig,
+        model_bytes: int,
+        metrics: VersionMetrics,
+        fingerprint: Fingerprint,
     ) -> HostedVersion:
         """Blocking (a loading thread): load version ``version`` of model ``name`` from ``path``.
 
@@ -85,6 +96,8 @@ class VersionHost(Protocol):
             config: the model's config as read (not yet completed from the artifact).
             model_bytes: bytes of the version folder's files (the least a version is counted for).
             metrics: the version's metric children, where its batches are recorded.
+            fingerprint: the files it is loaded from, as the repository saw them: a host may share one
+                load among callers that give the same version, config and fingerprint.
 
         Raises:
             ModelLoadError, ModelConfigError: the files do not load, or the config does not fit them.
@@ -127,9 +140,18 @@ class InProcessHost:
         import_onnx_runtime()  # not counted in the first version's resident bytes
 
     def load(
-        self, name: str, version: int, path: Path, config: ModelConfig, model_bytes: int, metrics: VersionMetrics
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        config: ModelConfig,
+        model_bytes: int,
+        metrics: VersionMetrics,
+        fingerprint: Fingerprint = (),
     ) -> HostedVersion:
         """Load one version's instances, warm them up, and measure the bytes they hold (see :class:`VersionHost`).
+
+        Each call loads its own instances (``fingerprint`` is not used).
 
         The resident bytes are the process's growth over the load, warmup included, each end taken
         once what was freed (e.g. the parsed model file) is handed back to the system; never less
