@@ -271,6 +271,15 @@ class InferenceStatistics:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStatistics] = field(default_factory=dict)
 
+    def add_run(self, items: int, input_seconds: float, infer_seconds: float, output_seconds: float) -> None:
+        """Count one model run of ``items`` items in :attr:`batches`, with its compute seconds by part."""
+        by_size = self.batches.get(items)
+        if by_size is None:
+            by_size = self.batches[items] = BatchStatistics()
+        by_size.compute_input.add(input_seconds)
+        by_size.compute_infer.add(infer_seconds)
+        by_size.compute_output.add(output_seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class RunShare:
@@ -342,12 +351,7 @@ class VersionMetrics:
         statistics.compute_input.add(input_seconds * requests, requests)
         statistics.compute_infer.add(infer_seconds * requests, requests)
         statistics.compute_output.add(output_seconds * requests, requests)
-        by_size = statistics.batches.get(items)
-        if by_size is None:
-            by_size = statistics.batches[items] = BatchStatistics()
-        by_size.compute_input.add(input_seconds)
-        by_size.compute_infer.add(infer_seconds)
-        by_size.compute_output.add(output_seconds)
+        statistics.add_run(items, input_seconds, infer_seconds, output_seconds)
         inferred = sum(size for size, ok in zip(sizes, succeeded, strict=True) if ok)
         if inferred:
             statistics.inference_count += inferred
@@ -363,12 +367,7 @@ class VersionMetrics:
         if succeeded:
             statistics.inference_count += share.items
         if share.first:
-            by_size = statistics.batches.get(share.batch_items)
-            if by_size is None:
-                by_size = statistics.batches[share.batch_items] = BatchStatistics()
-            by_size.compute_input.add(share.input_seconds)
-            by_size.compute_infer.add(share.infer_seconds)
-            by_size.compute_output.add(share.output_seconds)
+            statistics.add_run(share.batch_items, share.input_seconds, share.infer_seconds, share.output_seconds)
             if succeeded:
                 statistics.execution_count += 1
 
