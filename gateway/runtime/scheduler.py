@@ -467,11 +467,12 @@ class Scheduler:
                 timing.infer_seconds,
                 timing.output_seconds,
             )
-        items = sum(request.batch_size for request in batch)
+        items = 0  # the run's items, counted for the first request that wants its share (a runner's)
         for index, (request, answer) in enumerate(zip(batch, answers, strict=True)):
             if request.future.done():
                 continue
             if request.on_run is not None:
+                items = items or sum(queued.batch_size for queued in batch)
                 request.on_run(
                     RunShare(
                         timing.started - request.enqueued,
