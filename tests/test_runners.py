@@ -9,7 +9,6 @@ are found by the supervisor's log (``model runner of model M version V started (
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import threading
@@ -26,7 +25,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import GatewayProcess, children_named, start_gateway, write_identity_model, write_pair_model
-from tests.test_overload import write_scaled_model
+from tests.test_overload import inflight, metric, wait_until, write_scaled_model
 
 FRONT_ENDS = 3
 
@@ -153,12 +152,8 @@ def test_each_version_is_loaded_once_and_front_ends_import_no_framework(front_en
         assert len(runner_pids(front_ends, model)) == 1, model
     # The version's bytes are measured and published once, by its runner (not once per front end).
     index = {entry["name"]: entry for entry in front_ends.http.post("/v2/repository/index", json={}).json()}
-    published = [
-        line
-        for line in front_ends.http.get("/metrics").text.splitlines()
-        if line.startswith('gateway_model_resident_bytes{model="digits",version="1"}')
-    ]
-    assert [float(line.rsplit(" ", 1)[1]) for line in published] == [float(index["digits"]["resident_bytes"])]
+    resident = metric(front_ends, "gateway_model_resident_bytes", "digits", version="1")
+    assert resident == float(index["digits"]["resident_bytes"])
     front = front_end_pids(front_ends)
     assert len(front) == FRONT_ENDS
     assert not any(maps_library(pid, "onnxruntime") for pid in front)
@@ -172,14 +167,8 @@ def test_each_version_is_loaded_once_and_front_ends_import_no_framework(front_en
 
 def batches_larger_than(gateway: GatewayProcess, model: str, items: int) -> float:
     """How many runs of ``model`` had more than ``items`` items (a bucket bound of the batch size histogram)."""
-    counts = {}
-    for line in gateway.http.get("/metrics").text.splitlines():
-        match = re.fullmatch(
-            rf'gateway_inference_batch_size_bucket\{{le="([^"]+)",model="{model}",version="1"\}} (\S+)', line
-        )
-        if match:
-            counts[float(match[1])] = float(match[2])
-    return counts[float("inf")] - counts[float(items)]
+    name = "gateway_inference_batch_size_bucket"
+    return metric(gateway, name, model, le="+Inf") - metric(gateway, name, model, le=f"{float(items)}")
 
 
 def test_one_batcher_sees_the_requests_of_every_front_end(front_ends: GatewayProcess) -> None:
@@ -205,10 +194,7 @@ def test_one_batcher_sees_the_requests_of_every_front_end(front_ends: GatewayPro
     try:
         with ThreadPoolExecutor(13) as pool:
             blocker = pool.submit(call, 12, False)
-            deadline = time.monotonic() + 30
-            while metric_sum(front_ends, 'gateway_inference_inflight_requests{model="slow"') < 1:
-                assert time.monotonic() < deadline, "the first request never came"
-                time.sleep(0.005)
+            wait_until(lambda: inflight(front_ends, "slow") >= 1, what="the first request")
             time.sleep(0.05)  # from its front end to the runner
             results = list(pool.map(call, range(12)))
             assert blocker.result()[0] == 12
@@ -219,12 +205,6 @@ def test_one_batcher_sees_the_requests_of_every_front_end(front_ends: GatewayPro
     assert len({request_id.rsplit("-", 1)[0] for _, request_id in results}) >= 2  # several front ends
     batches = [line for line in front_ends.http.get("/metrics").text.splitlines() if "batch_size" in line]
     assert batches_larger_than(front_ends, "slow", 8) == before + 1, [line for line in batches if "slow" in line]
-
-
-def metric_sum(gateway: GatewayProcess, prefix: str) -> float:
-    """The sum of the /metrics samples whose line starts with ``prefix``."""
-    lines = gateway.http.get("/metrics").text.splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
 
 
 def test_a_runner_that_cannot_answer_leaves_no_request_past_its_deadline(front_ends: GatewayProcess) -> None:
