@@ -21,10 +21,8 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +35,7 @@ from bench.serving import (  # noqa: E402
     free_port,
     gateway,
     measure,
+    session_figures,
     tools_installed,
     write_mlp_repository,
 )
@@ -50,23 +49,8 @@ def cuda_limit(model_file: Path, width: int, seconds: float) -> tuple[Figure, Fi
     session = ort.InferenceSession(str(model_file), providers=[CUDA, "CPUExecutionProvider"])
     if session.get_providers()[0] != CUDA:
         raise RuntimeError(f"ONNX Runtime did not start CUDA: it runs with {session.get_providers()}")
-    figures = []
-    for batch in (1, 32):
-        x = np.random.default_rng(0).random((batch, width), dtype=np.float32)
-        for _ in range(100):
-            session.run(["output"], {"input": x})
-        durations = []
-        deadline = time.perf_counter() + seconds / 2
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            session.run(["output"], {"input": x})
-            durations.append(time.perf_counter() - started)
-        durations.sort()
-        calls = len(durations) / sum(durations)
-        figures.append(
-            Figure(calls, calls * batch, durations[len(durations) // 2], durations[int(len(durations) * 0.99)])
-        )
-    return figures[0], figures[1]
+    one, batched = session_figures(session, width, (1, 32), seconds / 2, warmup_runs=100)
+    return one, batched
 
 
 def main() -> int:

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import onnxruntime as ort
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +49,7 @@ from bench.serving import (  # noqa: E402
     free_port,
     gateway,
     measure,
+    session_figures,
     tools_installed,
     write_mlp_repository,
 )
@@ -70,15 +70,8 @@ def batched_limit(model_file: Path, width: int, seconds: float) -> float:
     options = ort.SessionOptions()
     options.intra_op_num_threads = len(os.sched_getaffinity(0))
     session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((32, width), dtype=np.float32)
-    for _ in range(20):
-        session.run(["output"], {"input": x})
-    runs = 0
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        session.run(["output"], {"input": x})
-        runs += 1
-    return runs * 32 / (time.perf_counter() - started)
+    (batched,) = session_figures(session, width, (32,), seconds, warmup_runs=20)
+    return batched.items_per_second
 
 
 def tree(pid: int) -> list[int]:

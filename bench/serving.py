@@ -95,24 +95,33 @@ def limit(model_file: Path, width: int, seconds: float) -> tuple[Figure, Figure]
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    one, batched = session_figures(session, width, (1, 32), seconds / 2)
+    return one, batched
+
+
+def session_figures(
+    session: ort.InferenceSession, width: int, batches: tuple[int, ...], seconds: float, warmup_runs: int = 50
+) -> list[Figure]:
+    """An MLP session (``input`` FP32 [batch, width] -> ``output``) called back to back at each batch size for
+    ``seconds`` after ``warmup_runs`` calls: per batch size, calls/s, items/s, p50 and p99 of one call."""
     rng = np.random.default_rng(0)
-    results = []
-    for batch in (1, 32):
+    figures = []
+    for batch in batches:
         x = rng.random((batch, width), dtype=np.float32)
-        for _ in range(50):
+        for _ in range(warmup_runs):
             session.run(["output"], {"input": x})
         durations = []
-        deadline = time.perf_counter() + seconds / 2
+        deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             session.run(["output"], {"input": x})
             durations.append(time.perf_counter() - started)
         calls = len(durations) / sum(durations)
         durations.sort()
-        results.append(
+        figures.append(
             Figure(calls, calls * batch, durations[len(durations) // 2], durations[int(len(durations) * 0.99)])
         )
-    return results[0], results[1]
+    return figures
 
 
 def write_bodies(folder: Path, width: int) -> dict[str, tuple[Path, dict[str, str]]]:
