@@ -9,6 +9,7 @@ holds, then answers 404 / NOT_FOUND.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import tarfile
@@ -254,3 +255,38 @@ def test_unload_lets_requests_in_flight_finish_then_answers_404(tmp_path: Path, 
     finally:
         grpc_client.close()
         gateway.stop()
+
+
+def test_a_poll_leaves_loaded_a_model_uploaded_while_it_looked_at_the_repository(
+    repository: Path, models: dict[int, Path], monkeypatch: pytest.MonkeyPatch
+):
+    """A poll lists the model folders, then takes each one's fingerprint: a model uploaded in between is not in
+    its listing but is on disk, and the poll must not unload it (the next poll would load it again, and its
+    requests meanwhile get 503 "loading")."""
+    from gateway.repository import model_repository
+
+    served = model_repository.ModelRepository(repository, default_max_batch_size=8)
+    listed, uploaded = threading.Event(), threading.Event()
+    fingerprint = model_repository._fingerprint
+
+    def fingerprint_once_the_upload_is_in(path: Path) -> model_repository.Fingerprint:
+        if path.name == "scaled" and not uploaded.is_set():
+            listed.set()
+            uploaded.wait(30)
+        return fingerprint(path)
+
+    async def scenario() -> None:
+        await served.load_all()
+        monkeypatch.setattr(model_repository, "_fingerprint", fingerprint_once_the_upload_is_in)
+        poll = asyncio.create_task(served.poll())
+        assert await asyncio.to_thread(listed.wait, 30)
+        async with served.staging_folder() as staging:
+            shutil.copy(models[2], staging / "model.onnx")
+            assert await served.install_version("uploaded", None, staging) == 1
+        uploaded.set()
+        await poll
+        assert served.ready_versions("uploaded") == [1]
+        await served.unload("scaled")
+        await served.unload("uploaded")
+
+    asyncio.run(scenario())

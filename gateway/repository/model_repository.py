@@ -384,8 +384,11 @@ class ModelRepository:
             if record is None or not record.loaded or fingerprint != record.fingerprint:
                 await self._load_quietly(name, fingerprint)
         for name in [name for name in self._records if name not in on_disk]:
-            logger.info("model %s was removed from the repository; unloading it", name)
-            self._forget(name)
+            async with self._locks.setdefault(name, asyncio.Lock()):
+                # Looked at again under the model's lock: an upload may have put it in place since the listing.
+                if name in self._records and name not in self.model_names():
+                    logger.info("model %s was removed from the repository; unloading it", name)
+                    self._forget(name)
 
     async def load(self, name: str, config_override: str | None = None) -> None:
         """Load (or reload) every version of ``name`` its version policy selects.
