@@ -8,6 +8,11 @@ the models round robin over REST (one client, one request at a time, a new model
 every 10 ms; ``VmHWM`` (the kernel's own peak) is read at the end, but it covers only the time since
 the last load began: the gateway resets it at each load to measure that load's peak.
 
+With ``--workers N`` (N front ends and model runners: the budget is the machine's, held by the
+supervisor) the figure is the proportional set size (PSS, ``/proc/<pid>/smaps_rollup``) summed over
+the supervisor and all its children (front ends, runners, the fork server), sampled every 20 ms: the
+resident sets would count the pages the processes share once per process.
+
 Prints: the resident set before the first request (the baseline: interpreter, libraries, servers),
 its peak (sampled and ``VmHWM``) against the budget, and the peak above the baseline; requests ok and
 failed (a wrong answer counts as failed); evictions and loads on request (the gateway's metrics); the
@@ -15,7 +20,7 @@ client-side time of the calls that waited for a load and of those that did not, 
 load time. The target (issue 16): the resident set stays under budget + 15% and every request
 succeeds; the exit status is 1 when it is missed.
 
-    .venv/bin/python bench/memory_budget.py [--seconds 60] [--models 6] [--model-mb 200] [--budget-mb 700]
+    .venv/bin/python bench/memory_budget.py [--seconds 60] [--models 6] [--model-mb 200] [--budget-mb 700] [--workers 1]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.models import write_weighty_model
+from bench.runners import memory
 from bench.serving import REPO_ROOT, free_port
 
 MB = 1_000_000
@@ -59,6 +65,7 @@ def main() -> int:
     parser.add_argument("--models", type=int, default=6, help="models (default 6)")
     parser.add_argument("--model-mb", type=int, default=200, help="MB of weights per model (default 200)")
     parser.add_argument("--budget-mb", type=int, default=700, help="memory budget in MB (default 700)")
+    parser.add_argument("--workers", type=int, default=1, help="front ends; more than 1: model runners (default 1)")
     options = parser.parse_args()
     budget = options.budget_mb * MB
     names = [f"m{k}" for k in range(1, options.models + 1)]
@@ -76,21 +83,29 @@ def main() -> int:
                     sys.executable, "-m", "gateway", "serve", "--model-repository", str(repository),
                     "--http-port", str(http_port), "--grpc-port", str(free_port()),
                     "--model-load-on-request", "--memory-budget-bytes", str(budget),
+                    "--workers", str(options.workers),
                 ],
                 cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
                 env={**os.environ, "GATEWAY_ADMIN_TOKEN": "benchmark"},
             )  # fmt: skip
             http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120)
             try:
-                return run(process, http, names, budget, options.seconds)
+                return run(process, http, names, budget, options.seconds, options.workers)
             finally:
                 http.close()
                 process.terminate()
                 process.wait(timeout=60)
 
 
-def run(process: subprocess.Popen[bytes], http: httpx.Client, names: list[str], budget: int, seconds: float) -> int:
-    """Wait for the gateway, then the round robin with RSS sampling; print the figures; 0 when the target is met."""
+def resident(pid: int, workers: int) -> int:
+    """The gateway's memory: its process's ``VmRSS``, or with several workers the PSS of its process tree."""
+    return status_bytes(pid, "VmRSS") if workers == 1 else memory(pid)[0]
+
+
+def run(
+    process: subprocess.Popen[bytes], http: httpx.Client, names: list[str], budget: int, seconds: float, workers: int
+) -> int:
+    """Wait for the gateway, then the round robin with memory sampling; print the figures; 0 when the target is met."""
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -101,14 +116,14 @@ def run(process: subprocess.Popen[bytes], http: httpx.Client, names: list[str], 
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("the gateway did not start")
         time.sleep(0.1)
-    baseline = status_bytes(process.pid, "VmRSS")
+    baseline = resident(process.pid, workers)
     peak = [baseline]
     sampling = threading.Event()
 
     def sample() -> None:
         while not sampling.is_set():
-            peak[0] = max(peak[0], status_bytes(process.pid, "VmRSS"))
-            time.sleep(0.01)
+            peak[0] = max(peak[0], resident(process.pid, workers))
+            time.sleep(0.01 if workers == 1 else 0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -136,15 +151,20 @@ def run(process: subprocess.Popen[bytes], http: httpx.Client, names: list[str], 
         call += 1
     sampling.set()
     sampler.join()
-    hwm = status_bytes(process.pid, "VmHWM")
+    hwm = status_bytes(process.pid, "VmHWM") if workers == 1 else 0
     evictions = metric_total(http, "gateway_model_evictions_total")
     loads = metric_total(http, "gateway_model_loads_on_request_total")
     load_sum = metric_total(http, "gateway_model_load_duration_seconds_sum")
     load_count = metric_total(http, "gateway_model_load_duration_seconds_count")
     ceiling = budget * 1.15
     print(f"budget {budget / MB:.0f} MB, ceiling (budget + 15%) {ceiling / MB:.0f} MB")
-    print(f"resident set: baseline {baseline / MB:.0f} MB before the first request")
-    print(f"  peak (sampled every 10 ms) {peak[0] / MB:.0f} MB, VmHWM since the last load began {hwm / MB:.0f} MB")
+    if workers == 1:
+        print(f"resident set: baseline {baseline / MB:.0f} MB before the first request")
+        print(f"  peak (sampled every 10 ms) {peak[0] / MB:.0f} MB, VmHWM since the last load began {hwm / MB:.0f} MB")
+    else:
+        print(f"{workers} front ends and model runners, PSS of all the gateway's processes:")
+        print(f"  baseline {baseline / MB:.0f} MB before the first request")
+        print(f"  peak (sampled every 20 ms) {peak[0] / MB:.0f} MB")
     print(f"  peak above the baseline {(max(peak[0], hwm) - baseline) / MB:.0f} MB")
     print(f"requests: {ok} ok, {failed} failed, in {seconds:.0f} s")
     print(f"evictions {evictions:.0f}, loads on request {loads:.0f}, mean load {load_sum / max(load_count, 1):.3f} s")

@@ -152,7 +152,8 @@ class Metrics:
         self.resident_bytes = Gauge(
             "gateway_model_resident_bytes",
             "Bytes a loaded model version holds in the process, measured at its load (resident set growth over "
-            "the load, warmup included; at least its files' bytes); 0 once released.",
+            "the load, warmup included; at least its files' bytes; with model runners, what its runner process "
+            "holds of its own); 0 once released.",
             ["model", "version"],
             multiprocess_mode="livesum",
             registry=own_registry,

@@ -114,8 +114,9 @@ class GatewaySettings(StoreSettings):
         gt=0,
         description="Bytes the loaded model versions may hold together, each measured at its load (the process's "
         "resident memory growth, warmup included). A load that would pass it first unloads the least recently used "
-        "idle versions of other models; never one with requests queued or running. With several workers, each "
-        "worker gets an equal share. None by default: no budget.",
+        "idle versions of other models; never one with requests queued or running. With model runners the budget "
+        "is the machine's, for all runners together (each counted with its process's own pages); with several "
+        "whole gateways (model-runners off), each worker gets an equal share. None by default: no budget.",
     )
     repository_poll_seconds: float = Field(
         default=15.0, gt=0, description="Seconds between two scans of the repository in poll mode."
@@ -159,8 +160,8 @@ class GatewaySettings(StoreSettings):
         default=None,
         description="Run each loaded model version in a model runner process of its own, shared by every worker "
         "(front end): each version is loaded once per machine and one dynamic batcher sees the requests of all "
-        "workers, handed over through shared memory. Default: on with several workers (unless a memory budget is "
-        "set), off with one (the models then run in the server's own process).",
+        "workers, handed over through shared memory. Default: on with several workers, off with one (the models "
+        "then run in the server's own process).",
     )
     exit_timeout_seconds: float = Field(
         default=30.0,
@@ -221,26 +222,24 @@ class GatewaySettings(StoreSettings):
             raise ValueError("several workers share fixed ports: http-port and grpc-port cannot be 0")
         if self.workers > 1 and self.store_uri is not None:
             raise ValueError("a shared model repository (URI) is served by one worker per replica: scale with replicas")
-        if self.model_runners and self.memory_budget_bytes is not None:
-            raise ValueError(
-                "memory-budget-bytes accounts for models loaded in the gateway's own processes: it cannot be "
-                "combined with model runners yet (leave model-runners off)"
-            )
         if self.model_runners and self.store_uri is not None:
             raise ValueError("a shared model repository (URI) is served without model runners: scale with replicas")
         return self
 
     @property
     def uses_model_runners(self) -> bool:
-        """Whether versions run in model runner processes: model-runners, else on with several workers and no budget."""
+        """Whether versions run in model runner processes: model-runners, else on with several workers."""
         if self.model_runners is not None:
             return self.model_runners
-        return self.workers > 1 and self.memory_budget_bytes is None
+        return self.workers > 1
 
     @property
     def worker_memory_budget_bytes(self) -> int | None:
-        """The memory budget of one worker process: memory-budget-bytes divided evenly among the workers."""
-        return None if self.memory_budget_bytes is None else self.memory_budget_bytes // self.workers
+        """The memory budget of one worker process: memory-budget-bytes divided evenly among the workers; None
+        with model runners (the supervisor holds the budget of them all)."""
+        if self.memory_budget_bytes is None or self.uses_model_runners:
+            return None
+        return self.memory_budget_bytes // self.workers
 
     @property
     def store_uri(self) -> str | None:

@@ -18,6 +18,7 @@ from ``gateway_model_evictions_total``.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ import pytest
 
 from bench.models import write_weighty_model as write_weighty
 from gateway.settings import GatewaySettings
-from tests.conftest import ADMIN_HEADERS, GatewayProcess, start_gateway
+from tests.conftest import ADMIN_HEADERS, GatewayProcess, descendants, start_gateway
 from tests.test_overload import CLIENT_TIMEOUT, WIDTH, inflight, metric, rest_body, wait_until
 
 #: Bytes of each model's weight (6 Mi FP32 values).
@@ -207,11 +208,18 @@ def test_a_load_waits_for_a_busy_version_to_go_idle(busy_root: Path, tmp_path: P
         gateway.stop()
 
 
-def test_the_budget_is_shared_evenly_by_the_workers(tmp_path: Path) -> None:
-    settings = GatewaySettings(workers=4, memory_budget_bytes=1000, http_port=8000, grpc_port=8001)
-    assert settings.worker_memory_budget_bytes == 250
+def test_whole_gateways_share_the_budget_evenly(tmp_path: Path) -> None:
+    def four_workers(model_runners: bool | None) -> GatewaySettings:
+        return GatewaySettings(
+            workers=4, memory_budget_bytes=1000, http_port=8000, grpc_port=8001, model_runners=model_runners
+        )
+
+    assert four_workers(model_runners=False).worker_memory_budget_bytes == 250
     assert GatewaySettings().worker_memory_budget_bytes is None
-    # Two workers under 1.5 models' bytes: each worker's half cannot hold one model.
+    # With model runners (the default with several workers) the supervisor holds the whole budget.
+    assert four_workers(model_runners=None).uses_model_runners
+    assert four_workers(model_runners=None).worker_memory_budget_bytes is None
+    # Two whole gateways under 1.5 models' bytes: each worker's half cannot hold one model.
     write_weighty_model(tmp_path / "repository" / "a" / "1" / "model.onnx", 1.0)
     budget = int(1.5 * WEIGHT_BYTES)
     gateway = start_gateway(
@@ -222,10 +230,116 @@ def test_the_budget_is_shared_evenly_by_the_workers(tmp_path: Path) -> None:
         "--model-load-on-request",
         "--memory-budget-bytes",
         str(budget),
+        env={"GATEWAY_MODEL_RUNNERS": "false"},
     )
     try:
         response = infer(gateway, "a", 1.0)
         assert response.status_code == 503, response.text
         assert f"more than the whole memory budget of {budget // 2} bytes" in response.json()["error"]
+    finally:
+        gateway.stop()
+
+
+# With model runners (several front ends) the supervisor holds one budget for the machine. A runner counts
+# what its process holds of its own: its version and ONNX Runtime's and the interpreter's pages (about 2.7
+# WEIGHT_BYTES in all for a weighty model on the 2-core VM). A first load reserves twice its file; later
+# loads twice their file plus what the last runner held above its own (about 3.7 WEIGHT_BYTES).
+RUNNER_BUDGET = 8 * WEIGHT_BYTES  # a runner and a load fit (6.4), two runners and a load do not (9.1)
+RUNNER_STARTED = r"model runner of model (\w+) version 1 started \(pid (\d+)\)"
+
+
+def runners_alive(gateway: GatewayProcess) -> list[str]:
+    """The models whose runner processes are alive now (one entry per runner)."""
+    alive = descendants(gateway.process.pid)
+    return [name for name, pid in re.findall(RUNNER_STARTED, gateway.logs()) if int(pid) in alive]
+
+
+def answer_on_a_new_connection(gateway: GatewayProcess, model: str, x: float) -> float:
+    """:func:`answer` over a connection of its own, which the kernel gives to either front end."""
+    response = httpx.post(f"{gateway.http_url}/v2/models/{model}/infer", json=rest_body(x), timeout=CLIENT_TIMEOUT)
+    assert response.status_code == 200, response.text
+    return float(response.json()["outputs"][0]["data"][0])
+
+
+@pytest.fixture(scope="module")
+def runners_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models a, b, c (scales 1, 2, 3), the slow model (scale 1), and one larger than the runners' budget."""
+    root = tmp_path_factory.mktemp("runners-budget-repository")
+    for scale, name in enumerate("abc", start=1):
+        write_weighty_model(root / name / "1" / "model.onnx", float(scale))
+    write_weighty_model(root / "slow" / "1" / "model.onnx", 1.0, layers=SLOW_LAYERS)
+    (root / "slow" / "config.yaml").write_text(SLOW_CONFIG)
+    write_weighty_model(root / "huge" / "1" / "model.onnx", 5.0, weight_bytes=9 * WEIGHT_BYTES)
+    return root
+
+
+def start_with_runners(root: Path, log: Path, budget: int) -> GatewayProcess:
+    return start_gateway(root, log, "--workers", "2", "--model-load-on-request", "--memory-budget-bytes", str(budget))
+
+
+def test_model_runners_share_one_budget_and_the_least_recently_used_idle_runner_goes(
+    runners_root: Path, tmp_path: Path
+) -> None:
+    gateway = start_with_runners(runners_root, tmp_path / "gateway.log", RUNNER_BUDGET)
+    try:
+        for round_number in range(3):
+            for scale, name in enumerate("abc", start=1):
+                x = float(round_number + 1)
+                assert answer_on_a_new_connection(gateway, name, x) == x * scale
+                alive = runners_alive(gateway)
+                assert len(alive) <= 2 and name in alive, alive  # the runners are the machine's, not a front end's
+                assert total(gateway, "gateway_model_resident_bytes") <= RUNNER_BUDGET
+        # Each load after the second evicts the least recently used runner: the one of two requests ago.
+        assert sorted(runners_alive(gateway)) == ["b", "c"]
+        evicted = re.findall(r"model runner of model (\w+) version 1 evicted to make room", gateway.logs())
+        assert evicted == ["a", "b", "c", "a", "b", "c", "a"]
+        assert total(gateway, "gateway_model_evictions_total") == len(evicted)  # once each, not once per front end
+        assert metric(gateway, "gateway_model_evictions_total", "a", version="1") == 3
+
+        response = httpx.post(f"{gateway.http_url}/v2/models/huge/infer", json=rest_body(1.0))
+        assert response.status_code == 503, response.text
+        assert f"more than the whole memory budget of {RUNNER_BUDGET} bytes" in response.json()["error"]
+        assert sorted(runners_alive(gateway)) == ["b", "c"]  # nothing was evicted for it
+    finally:
+        gateway.stop()
+
+
+def test_a_runner_with_a_request_in_flight_is_never_evicted(runners_root: Path, tmp_path: Path) -> None:
+    # The slow runner and one other fit, with room for the other's load; two others do not.
+    gateway = start_with_runners(runners_root, tmp_path / "gateway.log", RUNNER_BUDGET)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(answer_on_a_new_connection, gateway, "slow", 5.0)
+            wait_until(lambda: inflight(gateway, "slow") == 1, what="the slow request running")
+            assert answer_on_a_new_connection(gateway, "b", 1.0) == 2.0
+            # c needs room: slow is the least recently used runner, but busy, so b's goes.
+            assert answer_on_a_new_connection(gateway, "c", 1.0) == 3.0
+            assert inflight(gateway, "slow") == 1, "the slow request ended too soon for the test to tell"
+            assert slow.result(timeout=CLIENT_TIMEOUT) == 5.0
+        assert sorted(runners_alive(gateway)) == ["c", "slow"]
+        assert metric(gateway, "gateway_model_evictions_total", "b", version="1") == 1
+        assert metric(gateway, "gateway_model_evictions_total", "slow") == 0
+    finally:
+        gateway.stop()
+
+
+def test_a_runner_load_waits_for_a_busy_runner_to_go_idle(runners_root: Path, tmp_path: Path) -> None:
+    gateway = start_with_runners(runners_root, tmp_path / "gateway.log", 5 * WEIGHT_BYTES)  # one runner and no load
+    try:
+        finished: dict[str, float] = {}
+
+        def call(model: str, x: float, expected: float) -> None:
+            assert answer_on_a_new_connection(gateway, model, x) == expected
+            finished[model] = time.monotonic()
+
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(call, "slow", 5.0, 5.0)
+            wait_until(lambda: inflight(gateway, "slow") == 1, what="the slow request running")
+            waiting = pool.submit(call, "b", 1.0, 2.0)
+            slow.result(timeout=CLIENT_TIMEOUT)
+            waiting.result(timeout=CLIENT_TIMEOUT)
+        assert finished["b"] > finished["slow"]  # b loaded only once slow was idle, and slow then went
+        assert runners_alive(gateway) == ["b"]
+        assert metric(gateway, "gateway_model_evictions_total", "slow", version="1") == 1
     finally:
         gateway.stop()

@@ -16,7 +16,10 @@ With model runners (:mod:`gateway.process.runner_pool`), a worker (a front end) 
 sends :class:`RunnerWanted`; the supervisor starts the version's runner unless one already runs for
 the same files and config, and answers :class:`RunnerAnswer` once the runner is loaded (or failed);
 the worker sends :class:`RunnerUnwanted` when it no longer serves that version. A runner tells the
-supervisor :class:`RunnerLoaded` or :class:`RunnerFailed` over its own pipe.
+supervisor :class:`RunnerLoaded` or :class:`RunnerFailed` over its own pipe. With a memory budget the
+supervisor evicts an idle runner to make room for a load: it sends :class:`RunnerEvicted` to the runner
+(which counts the eviction) and to each worker that uses it (each takes the version out of service,
+drains it, and sends :class:`RunnerUnwanted`; the runner stops once none uses it).
 """
 
 from __future__ import annotations
@@ -135,9 +138,11 @@ class RunnerWanted:
 
 @dataclass(frozen=True, slots=True)
 class RunnerUnwanted:
-    """Worker -> supervisor: this worker no longer serves the version of runner ``key`` (once per wanted)."""
+    """Worker -> supervisor: this worker no longer serves the version of the runner listening on ``socket_path``
+    (once per :class:`RunnerAnswer` that gave it; the socket path names one runner, an evicted one
+    apart from its successor for the same key)."""
 
-    key: str
+    socket_path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +155,26 @@ class RunnerAnswer:
     outcome: RunnerLoaded | RunnerFailed
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerEvicted:
+    """Supervisor -> worker and runner: a runner is evicted to make room within the memory budget.
+
+    Attributes:
+        socket_path: the runner's socket (what names it in :class:`RunnerAnswer`).
+        budget_bytes: the memory budget.
+        resident_bytes: the bytes the runner held.
+        idle_seconds: seconds since its last request began.
+    """
+
+    socket_path: str
+    budget_bytes: int
+    resident_bytes: int
+    idle_seconds: float
+
+
 #: What a worker sends to the supervisor.
 WorkerMessage = FollowRequest | Applied | RunnerWanted | RunnerUnwanted
 #: What the supervisor sends to a worker.
-SupervisorMessage = FollowDone | ApplyRequest | RunnerAnswer
+SupervisorMessage = FollowDone | ApplyRequest | RunnerAnswer | RunnerEvicted
 #: What a model runner sends to the supervisor.
 RunnerMessage = RunnerLoaded | RunnerFailed

@@ -3,7 +3,8 @@
 :class:`PeerWorkers` is the :class:`gateway.core.repository_control.Peers` the server hands to
 repository control in a worker process: :meth:`PeerWorkers.follow` asks every other worker to do what
 this one just did, and the supervisor's requests that this worker follow another are applied to its
-repository as they arrive. The messages are those of :mod:`gateway.process.messages`.
+repository as they arrive, as are the evictions of the model runners its versions run in (the
+supervisor's memory budget). The messages are those of :mod:`gateway.process.messages`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ import asyncio
 import itertools
 import logging
 import os
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 
 from gateway.core.repository_control import PeerAction
 from gateway.errors import GatewayError, NotFoundError, UnavailableError
-from gateway.process.messages import Applied, ApplyRequest, FollowDone, FollowRequest, RunnerAnswer, WorkerMessage
+from gateway.process.messages import (
+    Applied,
+    ApplyRequest,
+    FollowDone,
+    FollowRequest,
+    RunnerAnswer,
+    RunnerEvicted,
+    WorkerMessage,
+)
 from gateway.process.runner_host import RunnerHost
 from gateway.repository.model_repository import ModelRepository
 
@@ -79,10 +89,12 @@ class PeerWorkers:
                         answer.set_result(message.failures)
                 elif isinstance(message, RunnerAnswer) and self._runners is not None:
                     self._runners.on_answer(message)
+                elif isinstance(message, RunnerEvicted) and self._runners is not None:
+                    client = self._runners.client(message.socket_path)
+                    if client is not None:
+                        self._start(self._repository.evict_hosted(client, message.resident_bytes))
                 elif isinstance(message, ApplyRequest):
-                    task = asyncio.create_task(self._apply(message))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._start(self._apply(message))
         except (EOFError, OSError):  # the supervisor is gone: nothing more will come
             asyncio.get_running_loop().remove_reader(self._connection.fileno())
             if self._runners is not None:
@@ -90,6 +102,11 @@ class PeerWorkers:
             for answer in self._waiting.values():
                 if not answer.done():
                     answer.set_exception(UnavailableError("the worker supervisor is gone"))
+
+    def _start(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _apply(self, request: ApplyRequest) -> None:
         failure = None

@@ -10,14 +10,22 @@ is told as :class:`~gateway.process.messages.RunnerFailed`, and the process exit
 instances (:func:`runner_cpu_cores`: the machine's cores less one per front end, divided among the
 version's instances).
 
+Its resident bytes, told in ``RunnerLoaded`` and published as ``gateway_model_resident_bytes``, are
+what the process holds of its own once loaded (:func:`private_bytes`: the version, the runtime's
+allocations, the interpreter's pages it changed), never less than the version's measured growth; that
+is what the supervisor's memory budget accounts for, and what stopping the runner gives back.
+
 SIGTERM (the supervisor sends it once no front end needs the runner, or once the front ends have
 stopped; SIGINT is ignored): stop listening, let the requests queued or running finish (up to the exit timeout), exit 0.
-The runner exits too when the supervisor goes away (its pipe closes).
+The runner exits too when the supervisor goes away (its pipe closes). The supervisor's one message
+to a runner, :class:`~gateway.process.messages.RunnerEvicted`, is counted in ``gateway_model_evictions_total``
+(once per machine, whatever the number of front ends).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -25,15 +33,17 @@ import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from backends import ModelLoadError
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.process.loops import event_loop_factory
-from gateway.process.messages import RUNNER_LOAD_FAILED, RunnerFailed, RunnerLoaded, RunnerSpec
+from gateway.process.messages import RUNNER_LOAD_FAILED, RunnerEvicted, RunnerFailed, RunnerLoaded, RunnerSpec
 from gateway.repository.config import ModelConfigError
 from gateway.repository.version_loader import HostedVersion, InProcessHost
 from gateway.runtime.memory_budget import MemoryBudgetError
-from gateway.runtime.runner_server import RunnerServer
+from gateway.runtime.runner_server import RunnerActivity, RunnerServer
 from gateway.runtime.scheduler import Scheduler
 from gateway.runtime.warmup import WarmupError
 from gateway.settings import GatewaySettings
@@ -41,7 +51,9 @@ from gateway.settings import GatewaySettings
 logger = logging.getLogger(__name__)
 
 
-def run_runner(settings: GatewaySettings, spec: RunnerSpec, socket_path: str, connection: Connection) -> None:
+def run_runner(
+    settings: GatewaySettings, spec: RunnerSpec, socket_path: str, connection: Connection, activity: RunnerActivity
+) -> None:
     """A model runner process's entry point: load ``spec``'s version, serve it on ``socket_path`` until SIGTERM.
 
     Args:
@@ -49,6 +61,7 @@ def run_runner(settings: GatewaySettings, spec: RunnerSpec, socket_path: str, co
         spec: the version to load.
         socket_path: the Unix socket to listen on.
         connection: this runner's pipe to the supervisor.
+        activity: where its requests queued or running are counted, for the supervisor's memory budget.
     """
     configure_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the supervisor stops the runners last
@@ -70,9 +83,13 @@ def run_runner(settings: GatewaySettings, spec: RunnerSpec, socket_path: str, co
         logger.exception("unexpected error loading %s version %s", spec.model, spec.version)
         connection.send(RunnerFailed("ModelLoadError", f"unexpected error: {error!r}"))
         sys.exit(RUNNER_LOAD_FAILED)
+    own_bytes = private_bytes()
+    if own_bytes > hosted.resident_bytes:  # the process's own pages beyond the version's growth count too
+        extra = own_bytes - hosted.resident_bytes
+        hosted = dataclasses.replace(hosted, resident_bytes=own_bytes, peak_bytes=hosted.peak_bytes + extra)
     metrics.resident_bytes.labels(spec.model, str(spec.version)).set(hosted.resident_bytes)  # gone when it exits
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(_serve(settings, hosted, Path(socket_path), connection))
+        runner.run(_serve(settings, spec, hosted, Path(socket_path), connection, activity, metrics))
 
 
 def runner_cpu_cores(settings: GatewaySettings) -> int:
@@ -85,15 +102,42 @@ def runner_cpu_cores(settings: GatewaySettings) -> int:
     return max(1, len(os.sched_getaffinity(0)) - settings.workers)
 
 
-async def _serve(settings: GatewaySettings, hosted: HostedVersion, socket_path: Path, connection: Connection) -> None:
+def private_bytes() -> int:
+    """The bytes this process holds of its own: the pages it wrote that no other process maps, resident or
+    in swap (``Private_Dirty`` and ``Swap`` of ``/proc/self/smaps_rollup``; 0 where it cannot be read).
+
+    Pages shared with the fork server (the preloaded modules) count once the process writes to them.
+    Clean file pages (a library's code) do not count: the page cache holds them once for every process
+    that maps them, and the kernel may drop them."""
+    total = 0
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith((b"Private_Dirty:", b"Swap:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
+async def _serve(
+    settings: GatewaySettings,
+    spec: RunnerSpec,
+    hosted: HostedVersion,
+    socket_path: Path,
+    connection: Connection,
+    activity: RunnerActivity,
+    metrics: Metrics,
+) -> None:
     scheduler = hosted.scheduler
     assert isinstance(scheduler, Scheduler)  # the in-process loader's
-    server = RunnerServer(scheduler, socket_path)
+    server = RunnerServer(scheduler, socket_path, activity)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_reader(connection.fileno(), _on_supervisor_message, connection, stop)
+    evictions = metrics.evictions.labels(spec.model, str(spec.version))
+    loop.add_reader(connection.fileno(), _on_supervisor_message, connection, stop, evictions)
     connection.send(
         RunnerLoaded(
             hosted.platform, hosted.config, hosted.backend_parameters, hosted.resident_bytes, hosted.peak_bytes
@@ -105,10 +149,14 @@ async def _serve(settings: GatewaySettings, hosted: HostedVersion, socket_path: 
     scheduler.close()
 
 
-def _on_supervisor_message(connection: Connection, stop: asyncio.Event) -> None:
-    """The supervisor sends nothing to a runner: a readable pipe means it closed (the supervisor is gone)."""
+def _on_supervisor_message(connection: Connection, stop: asyncio.Event, evictions: Counter) -> None:
+    """The supervisor's :class:`RunnerEvicted` (counted; the front ends release the runner, then SIGTERM
+    stops it), or the pipe's end: the supervisor is gone, and so goes the runner."""
     try:
-        connection.recv()
+        message = connection.recv()
     except (EOFError, OSError):
         asyncio.get_running_loop().remove_reader(connection.fileno())
         stop.set()
+        return
+    if isinstance(message, RunnerEvicted):
+        evictions.inc()

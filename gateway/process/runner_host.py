@@ -7,7 +7,8 @@ and waits for the answer; the supervisor starts one runner per version for all f
 :class:`~gateway.runtime.runner_client.RunnerClient` connected to the runner's socket; closing it
 (the version unloaded, replaced or evicted) tells the supervisor
 (:class:`~gateway.process.messages.RunnerUnwanted`). An upload's trial load runs in a one-off runner
-too, so that a front end never imports a framework.
+too, so that a front end never imports a framework. When the supervisor's memory budget evicts a
+runner, :meth:`RunnerHost.client` tells which of this front end's versions it ran.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from gateway.process.messages import (
 )
 from gateway.repository.config import ModelConfig, ModelConfigError
 from gateway.repository.version_loader import Fingerprint, HostedVersion
-from gateway.runtime.memory_budget import LargerThanBudgetError
+from gateway.runtime.memory_budget import LargerThanBudgetError, NoRoomError
 from gateway.runtime.runner_client import RunnerClient
 from gateway.runtime.warmup import WarmupError
 
 #: The load errors a runner reports, by class name (anything else is a ModelLoadError).
 _LOAD_ERRORS: dict[str, type[Exception]] = {
-    error.__name__: error for error in (ModelLoadError, ModelConfigError, WarmupError, LargerThanBudgetError)
+    error.__name__: error
+    for error in (ModelLoadError, ModelConfigError, WarmupError, LargerThanBudgetError, NoRoomError)
 }
 
 
@@ -57,6 +59,7 @@ class RunnerHost:
         self._loop = loop
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[RunnerAnswer]] = {}
+        self._clients: dict[str, RunnerClient] = {}  # by socket path: the runners this front end uses
 
     def load(
         self,
@@ -72,8 +75,9 @@ class RunnerHost:
         config), connected.
 
         Raises:
-            ModelLoadError, ModelConfigError, WarmupError, LargerThanBudgetError: the runner's load failed
-                (a ModelLoadError too when the supervisor or the runner cannot be reached).
+            ModelLoadError, ModelConfigError, WarmupError: the runner's load failed (a ModelLoadError too when
+                the supervisor or the runner cannot be reached).
+            LargerThanBudgetError, NoRoomError: the supervisor's memory budget has no room for it.
         """
         key = _runner_key(name, version, path, config, fingerprint)
         spec = RunnerSpec(key, name, version, str(path), config, model_bytes)
@@ -84,12 +88,12 @@ class RunnerHost:
         if outcome.config is None:  # only a check answers without one
             raise ModelLoadError("the model runner answered without a config")
         client = RunnerClient(
-            Path(socket_path), f"model '{name}' version {version}", lambda: self._unwanted(spec.key), metrics
+            Path(socket_path), f"model '{name}' version {version}", lambda: self._unwanted(socket_path), metrics
         )
         try:
-            asyncio.run_coroutine_threadsafe(client.connect(), self._loop).result()
+            asyncio.run_coroutine_threadsafe(self._connect(socket_path, client), self._loop).result()
         except UnavailableError as error:
-            self._loop.call_soon_threadsafe(self._unwanted, spec.key)
+            self._loop.call_soon_threadsafe(self._unwanted, socket_path)
             raise ModelLoadError(error.message) from None
         return HostedVersion(
             config=outcome.config,
@@ -110,6 +114,10 @@ class RunnerHost:
         config = config.model_copy(update={"instance_count": 1})
         key = _runner_key("", 0, path, config, ())  # a staging folder's path is its own
         self._ask(RunnerSpec(key, path.name, 0, str(path), config, 0, check_only=True))
+
+    def client(self, socket_path: str) -> RunnerClient | None:
+        """This front end's client of the runner on ``socket_path``, or None when it uses none there."""
+        return self._clients.get(socket_path)
 
     def on_answer(self, answer: RunnerAnswer) -> None:
         """The supervisor's answer to a :class:`RunnerWanted` (on the event loop)."""
@@ -139,9 +147,14 @@ class RunnerHost:
         self._send(RunnerWanted(request_id, spec))
         return await answer
 
-    def _unwanted(self, key: str) -> None:
+    async def _connect(self, socket_path: str, client: RunnerClient) -> None:
+        await client.connect()
+        self._clients[socket_path] = client
+
+    def _unwanted(self, socket_path: str) -> None:
+        self._clients.pop(socket_path, None)
         with contextlib.suppress(UnavailableError):  # the supervisor is gone, and its runners with it
-            self._send(RunnerUnwanted(key))
+            self._send(RunnerUnwanted(socket_path))
 
     def _send(self, message: WorkerMessage) -> None:
         try:

@@ -9,8 +9,22 @@ same socket path (after :data:`RESTART_DELAY_SECONDS`, doubling up to :data:`MAX
 while its loads keep failing); the front ends fail its in-flight requests at once and connect again
 when it is back (:class:`~gateway.runtime.runner_client.RunnerClient`).
 
+With a memory budget (``--memory-budget-bytes``) the pool accounts for the bytes of every runner, once
+per machine: a runner's resident bytes are what its process holds of its own (its private pages,
+measured once it has loaded: its version, the runtime's allocations, the interpreter's pages it
+changed); a runner that is loading holds a reservation for its load's peak (measured at the last load
+of the same key, else twice its files' bytes, plus what the last load held above its files). A
+runner starts only once the runners alive fit the budget with its reservation; to make room, the pool
+evicts the least recently used idle runners of other models (:class:`~gateway.runtime.runner_server.RunnerActivity`:
+none with a request queued or running) and waits for them to exit. Each front end that uses an evicted
+runner takes the version out of service, lets its requests in flight finish and releases it; its next
+request loads it again. A runner that cannot get room within
+:data:`~gateway.runtime.memory_budget.DEFAULT_ROOM_WAIT_SECONDS` fails its load with ``NoRoomError``;
+one larger than the whole budget with ``LargerThanBudgetError``.
+
 The pool is driven by the supervisor's loop (:mod:`gateway.process.supervisor`): :meth:`RunnerPool.waitables`
-lists the pipes and process sentinels to wait on, and :meth:`RunnerPool.tick` starts restarts that are due.
+lists the pipes and process sentinels to wait on, and :meth:`RunnerPool.tick` starts restarts that are due
+and the loads that now have room.
 """
 
 from __future__ import annotations
@@ -33,12 +47,15 @@ from prometheus_client.multiprocess import mark_process_dead
 from gateway.process.children import children_context
 from gateway.process.messages import (
     RunnerAnswer,
+    RunnerEvicted,
     RunnerFailed,
     RunnerLoaded,
     RunnerSpec,
     RunnerWanted,
     SupervisorMessage,
 )
+from gateway.runtime.memory_budget import DEFAULT_ROOM_WAIT_SECONDS
+from gateway.runtime.runner_server import RunnerActivity
 from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -47,10 +64,13 @@ logger = logging.getLogger(__name__)
 RESTART_DELAY_SECONDS = 0.5
 #: Longest wait between two restarts of a runner whose load keeps failing.
 MAX_RESTART_DELAY_SECONDS = 30.0
+#: Seconds between two looks at the runners' activity while a load waits for a busy runner to go idle.
+ROOM_CHECK_SECONDS = 0.05
 
 #: A model runner process's entry point (:func:`gateway.process.runner.run_runner`): it loads the spec's
-#: version, listens on the socket path, and tells the supervisor over the connection. Module-level (spawned).
-RunnerMain = Callable[[GatewaySettings, RunnerSpec, str, Connection], None]
+#: version, listens on the socket path, counts its requests in the activity, and tells the supervisor
+#: over the connection. Module-level (started by the fork server).
+RunnerMain = Callable[[GatewaySettings, RunnerSpec, str, Connection, RunnerActivity], None]
 #: Sends a message to the worker of the given index.
 SendToWorker = Callable[[int, SupervisorMessage], None]
 
@@ -68,6 +88,12 @@ class _Runner:
     waiting: list[tuple[int, int]] = field(default_factory=list)
     restart_at: float | None = None
     failed_restarts: int = 0
+    # Its requests queued or running and its last use, written by the runner (made at each start).
+    activity: RunnerActivity | None = None
+    # What it holds of the memory budget: the reservation for its load, then its resident bytes.
+    held_bytes: int = 0
+    # Since when it waits for room within the budget (time.monotonic()); None: not waiting.
+    room_since: float | None = None
 
     @property
     def label(self) -> str:
@@ -78,7 +104,8 @@ class RunnerPool:
     """The model runner processes of one machine, started and stopped as the front ends need them.
 
     Args:
-        settings: the server settings, handed to every runner.
+        settings: the server settings, handed to every runner; its ``memory_budget_bytes`` is the budget
+            of all the runners together.
         runner_main: each runner process's entry point.
         send: how to answer a worker.
     """
@@ -90,9 +117,13 @@ class RunnerPool:
         self.context = children_context()
         self.socket_dir = Path(tempfile.mkdtemp(prefix="gateway-runners-"))
         self.runners: dict[str, _Runner] = {}  # by key: the runner the front ends get
-        self.stopping: list[_Runner] = []  # no longer wanted, not yet exited
+        self.stopping: list[_Runner] = []  # no longer given to front ends (evicted, unwanted), not yet exited
         self._sockets = 0
         self.closing = False
+        self.budget_bytes = settings.memory_budget_bytes
+        self.waiting_for_room: list[_Runner] = []  # in the order they asked
+        self._measured: dict[str, RunnerLoaded] = {}  # by key: its last load's figures
+        self._overhead_bytes = 0  # what the last load held above its files' bytes
 
     def __bool__(self) -> bool:
         """Whether any runner process is still alive (the supervisor waits for them before it exits)."""
@@ -106,36 +137,43 @@ class RunnerPool:
             self.send(worker, RunnerAnswer(message.request_id, "", stopping))
             return
         runner = self.runners.get(spec.key)
+        if runner is not None and runner.loaded is not None and runner.process is not None:
+            runner.users[worker] += 1
+            self.send(worker, RunnerAnswer(message.request_id, runner.socket_path, runner.loaded))
+            return
         if runner is None:
             self._sockets += 1
             runner = _Runner(spec, str(self.socket_dir / f"runner-{self._sockets}.sock"))
-            if not spec.check_only:
-                self.runners[spec.key] = runner
-            else:
+            runner.waiting.append((worker, message.request_id))
+            if spec.check_only:
                 self.stopping.append(runner)  # a check answers once and exits by itself
-            self._start(runner)
-        if runner.loaded is not None and runner.process is not None:
-            runner.users[worker] += 1
-            self.send(worker, RunnerAnswer(message.request_id, runner.socket_path, runner.loaded))
+                self._start(runner)
+            else:
+                self.runners[spec.key] = runner
+                self._start_within_budget(runner)
         else:
             runner.waiting.append((worker, message.request_id))
 
-    def unwanted(self, worker: int, key: str) -> None:
-        """A worker no longer serves the version of ``key``; the runner stops when no worker does."""
-        runner = self.runners.get(key)
-        if runner is None:
-            return
-        runner.users[worker] -= 1
-        if runner.users[worker] <= 0:
-            del runner.users[worker]
-        self._stop_if_unused(runner)
+    def unwanted(self, worker: int, socket_path: str) -> None:
+        """A worker no longer serves the version of the runner on ``socket_path``; it stops when no worker does."""
+        for runner in [*self.runners.values(), *self.stopping]:
+            if runner.socket_path == socket_path:
+                runner.users[worker] -= 1
+                if runner.users[worker] <= 0:
+                    del runner.users[worker]
+                self._stop_if_unused(runner)
+                return
 
     def worker_exited(self, worker: int) -> None:
         """A worker is gone: it uses no runner any more (a restarted worker asks again as it loads)."""
-        for runner in list(self.runners.values()):
+        for runner in [*self.runners.values(), *self.stopping]:
             runner.users.pop(worker, None)
             runner.waiting = [(index, request) for index, request in runner.waiting if index != worker]
             self._stop_if_unused(runner)
+
+    def wait_seconds(self) -> float:
+        """How long the supervisor's loop may wait for a pipe or a process before :meth:`tick` is due."""
+        return ROOM_CHECK_SECONDS if self.waiting_for_room else 0.5
 
     def waitables(self) -> dict[object, Callable[[], None]]:
         """The runners' pipes and process sentinels to wait on, each with what to do when it is ready."""
@@ -148,16 +186,18 @@ class RunnerPool:
         return ready
 
     def tick(self) -> None:
-        """Start the restarts that are due."""
+        """Start the restarts that are due, and the loads that have room now (or fail those that waited too long)."""
         now = time.monotonic()
-        for runner in self.runners.values():
+        for runner in list(self.runners.values()):
             if runner.restart_at is not None and runner.restart_at <= now and not self.closing:
                 runner.restart_at = None
-                self._start(runner)
+                self._start_within_budget(runner)
+        self._admit()
 
     def close(self) -> None:
         """Stop every runner (SIGTERM): the front ends are gone."""
         self.closing = True
+        self.waiting_for_room.clear()
         for runner in list(self.runners.values()):
             self._terminate(runner)
         self.runners.clear()
@@ -178,11 +218,120 @@ class RunnerPool:
                 entry.unlink()
             self.socket_dir.rmdir()
 
+    def _start_within_budget(self, runner: _Runner) -> None:
+        """Start ``runner`` now, or, with a budget, once the runners alive leave room for its load."""
+        if self.budget_bytes is None:
+            self._start(runner)
+            return
+        runner.held_bytes = self._needed_bytes(runner.spec)
+        if runner.held_bytes > self.budget_bytes:
+            message = (
+                f"model '{runner.spec.model}' needs about {runner.held_bytes} bytes, more than the whole memory "
+                f"budget of {self.budget_bytes} bytes"
+            )
+            self._failed(runner, RunnerFailed("LargerThanBudgetError", message))
+            return
+        runner.room_since = time.monotonic()
+        self.waiting_for_room.append(runner)
+        self._admit()
+
+    def _needed_bytes(self, spec: RunnerSpec) -> int:
+        """The bytes a load of ``spec`` reserves: what it will hold at its peak (at most the whole budget), and
+        never less than what it will keep (measured at the last load of the key, else estimated from its files)."""
+        assert self.budget_bytes is not None
+        measured = self._measured.get(spec.key)
+        if measured is not None:
+            kept, peak = measured.resident_bytes, measured.peak_bytes
+        else:
+            kept, peak = spec.model_bytes + self._overhead_bytes, 2 * spec.model_bytes + self._overhead_bytes
+        return max(kept, min(peak, self.budget_bytes))
+
+    def _admit(self) -> None:
+        """Start the runners waiting for room, in order, while they fit; fail those that waited too long."""
+        while self.waiting_for_room:
+            runner = self.waiting_for_room[0]
+            if self.runners.get(runner.spec.key) is not runner or self.closing:
+                self.waiting_for_room.pop(0)  # no longer wanted
+                runner.room_since = None
+                continue
+            if self._make_room(runner.spec.model, runner.held_bytes):
+                self.waiting_for_room.pop(0)
+                runner.room_since = None
+                self._start(runner)
+                continue
+            assert runner.room_since is not None
+            if time.monotonic() - runner.room_since < DEFAULT_ROOM_WAIT_SECONDS:
+                return
+            self.waiting_for_room.pop(0)
+            runner.room_since = None
+            self._no_room(runner)
+
+    def _make_room(self, model: str, needed_bytes: int) -> bool:
+        """Whether ``needed_bytes`` more fit the budget now; if not, evict the least recently used idle runners
+        of other models until they will once the runners leaving have exited."""
+        assert self.budget_bytes is not None
+        alive = [r for r in [*self.runners.values(), *self.stopping] if r.process is not None]
+        used = sum(r.held_bytes for r in alive)
+        if used + needed_bytes <= self.budget_bytes:
+            return True
+        leaving = sum(r.held_bytes for r in alive if r in self.stopping)
+        idle = [
+            r
+            for r in self.runners.values()
+            if r.process is not None
+            and r.loaded is not None
+            and r.spec.model != model
+            and r.activity is not None
+            and r.activity.inflight == 0
+        ]
+        for runner in sorted(idle, key=lambda r: r.activity.last_used if r.activity is not None else 0.0):
+            if used - leaving + needed_bytes <= self.budget_bytes:
+                break
+            self._evict(runner)
+            leaving += runner.held_bytes
+        return False
+
+    def _evict(self, runner: _Runner) -> None:
+        """Take an idle runner from the front ends to make room: each lets its requests finish, then releases it."""
+        assert self.budget_bytes is not None and runner.activity is not None
+        del self.runners[runner.spec.key]
+        self.stopping.append(runner)
+        idle_seconds = time.monotonic() - runner.activity.last_used
+        evicted = RunnerEvicted(runner.socket_path, self.budget_bytes, runner.held_bytes, idle_seconds)
+        logger.info(
+            "model runner of %s evicted to make room within the memory budget of %d bytes: it held %d bytes and was "
+            "last used %.1f s ago",
+            runner.label,
+            self.budget_bytes,
+            runner.held_bytes,
+            idle_seconds,
+        )
+        if runner.connection is not None:
+            with contextlib.suppress(OSError):  # it is exiting; its sentinel tells the rest
+                runner.connection.send(evicted)
+        for worker in runner.users:
+            self.send(worker, evicted)
+        self._stop_if_unused(runner)
+
+    def _no_room(self, runner: _Runner) -> None:
+        """A runner that waited too long for room: its load fails (a restart is tried again later)."""
+        assert self.budget_bytes is not None
+        busy = ", ".join(sorted(r.label for r in self.runners.values() if r.spec.model != runner.spec.model))
+        message = (
+            f"model '{runner.spec.model}' needs about {runner.held_bytes} bytes; the memory budget's "
+            f"{self.budget_bytes} bytes are held by model runners that stayed busy ({busy or 'its own versions'}); "
+            "retry later"
+        )
+        self._failed(runner, RunnerFailed("NoRoomError", message))
+        if runner.users:
+            runner.restart_at = time.monotonic() + MAX_RESTART_DELAY_SECONDS
+
     def _start(self, runner: _Runner) -> None:
+        runner.activity = RunnerActivity(self.context.RawArray("d", 2))  # a fresh count: a dead runner's may be off
         parent_end, child_end = self.context.Pipe()
         process = self.context.Process(
             target=self.runner_main,
-            args=(self.settings, runner.spec, runner.socket_path, child_end),
+            args=(self.settings, runner.spec, runner.socket_path, child_end, runner.activity),
             name=f"gateway-runner-{runner.spec.model}-{runner.spec.version}",
             daemon=False,
         )
@@ -207,6 +356,13 @@ class RunnerPool:
     def _loaded(self, runner: _Runner, loaded: RunnerLoaded) -> None:
         runner.loaded = loaded
         runner.failed_restarts = 0
+        if self.budget_bytes is not None and not runner.spec.check_only:
+            assert runner.activity is not None
+            runner.activity.touch()
+            runner.held_bytes = loaded.resident_bytes
+            self._measured[runner.spec.key] = loaded
+            self._overhead_bytes = max(0, loaded.resident_bytes - runner.spec.model_bytes)
+            self._make_room(runner.spec.model, 0)  # it measured more than reserved: back within the budget
         if runner.users:
             logger.info("model runner of %s is back", runner.label)
         for worker, request_id in runner.waiting:
@@ -224,7 +380,8 @@ class RunnerPool:
             logger.error("model runner of %s could not load the version again: %s", runner.label, failure.message)
         elif self.runners.get(runner.spec.key) is runner:
             del self.runners[runner.spec.key]  # a first load that failed: nobody uses it
-            self.stopping.append(runner)
+            if runner.process is not None:
+                self.stopping.append(runner)
 
     def _exited(self, runner: _Runner) -> None:
         process = runner.process
@@ -240,6 +397,7 @@ class RunnerPool:
         runner.process = None
         if runner in self.stopping:
             self.stopping.remove(runner)
+            self._admit()  # its bytes are free
             return
         if runner.waiting:  # died during its first load without a word
             exited = RunnerFailed("ModelLoadError", f"its model runner exited with status {process.exitcode}")

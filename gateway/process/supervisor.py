@@ -153,10 +153,12 @@ class _Supervisor:
             for worker in self.workers.values():
                 by_object[worker.connection] = worker
                 by_object[worker.process.sentinel] = worker
+            timeout = 0.5
             if runners is not None:
                 runners.tick()
                 by_object.update(runners.waitables())
-            for ready in wait(list(by_object), timeout=0.5):
+                timeout = runners.wait_seconds()
+            for ready in wait(list(by_object), timeout=timeout):
                 target = by_object[ready]
                 if not isinstance(target, _Worker):
                     target()  # a runner's pipe or sentinel
@@ -178,7 +180,7 @@ class _Supervisor:
                 elif isinstance(message, RunnerWanted) and self.runners is not None:
                     self.runners.want(worker.index, message)
                 elif isinstance(message, RunnerUnwanted) and self.runners is not None:
-                    self.runners.unwanted(worker.index, message.key)
+                    self.runners.unwanted(worker.index, message.socket_path)
         except (EOFError, OSError):
             pass  # the worker is exiting; its sentinel tells the rest
 

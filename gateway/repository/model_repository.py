@@ -446,17 +446,20 @@ class ModelRepository:
                     fingerprint = await asyncio.to_thread(_fingerprint, path)
                 async with self._load_lock:
                     reserve = self._reserver(name, deadline)
-                    outcome = await asyncio.to_thread(
-                        self._load_versions, name, path, record.versions, record.override, reserve
+                    outcome = await asyncio.to_thread(  # a copy: an eviction may take a version out meanwhile
+                        self._load_versions, name, path, dict(record.versions), record.override, reserve
                     )
                     await self._back_within_budget(name)
             finally:
                 record.loading = False
-            retired = _retired(record.versions, outcome.versions)
-            new = _retired(outcome.versions, record.versions)
-            record.versions = outcome.versions
+            # A version its host evicted during the load (evict_hosted) stays out, among the evicted.
+            evicted = {version for version, loaded in outcome.versions.items() if not loaded.usage.serving}
+            versions = {version: loaded for version, loaded in outcome.versions.items() if version not in evicted}
+            retired = _retired(record.versions, versions)
+            new = _retired(versions, record.versions)
+            record.versions = versions
             record.failures = outcome.failures
-            record.evicted = outcome.no_room
+            record.evicted = outcome.no_room | evicted
             if outcome.traffic is not None:
                 record.traffic = outcome.traffic
             record.loaded = True
@@ -854,9 +857,6 @@ class ModelRepository:
         loaded = record.versions.get(usage.version) if record is not None else None
         if record is None or loaded is None or loaded.usage is not usage:
             return  # no longer serving: it is being released, which frees its bytes
-        del record.versions[usage.version]
-        record.evicted.add(usage.version)
-        self._publish_ready(usage.model)
         self.metrics.evictions.labels(usage.model, str(usage.version)).inc()
         logger.info(
             "model %s version %d evicted to make room within the memory budget of %s bytes: it held %d bytes and "
@@ -867,6 +867,36 @@ class ModelRepository:
             usage.resident_bytes,
             time.monotonic() - usage.last_used,
         )
+        await self._take_out_evicted(record, loaded)
+
+    async def evict_hosted(self, scheduler: VersionScheduler, resident_bytes: int) -> None:
+        """The host evicted the version that ``scheduler`` runs (its model runner, to make room within the
+        supervisor's memory budget): take it out of service as :meth:`_evict` does; return once drained.
+
+        The eviction is counted and logged where it was decided (the runner, the supervisor), once per machine.
+
+        Args:
+            scheduler: the version's scheduler (a runner's client); nothing happens if no version has it.
+            resident_bytes: the bytes its runner held.
+        """
+        for record in self._records.values():
+            for loaded in list(record.versions.values()):
+                if loaded.scheduler is scheduler:
+                    loaded.usage.serving = False
+                    logger.info(
+                        "model %s version %d evicted by the model runners' memory budget (it held %d bytes)",
+                        loaded.name,
+                        loaded.version,
+                        resident_bytes,
+                    )
+                    await self._take_out_evicted(record, loaded)
+                    return
+
+    async def _take_out_evicted(self, record: _ModelRecord, loaded: LoadedVersion) -> None:
+        """Out of routing, kept among the model's evicted versions (its next request loads it again), drained."""
+        del record.versions[loaded.version]
+        record.evicted.add(loaded.version)
+        self._publish_ready(loaded.name)
         await self._drain(loaded)
 
     def _reserver(self, name: str, deadline: float | None) -> Callable[[int, int], None] | None:

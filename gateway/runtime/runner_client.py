@@ -353,5 +353,7 @@ class RunnerClient:
             self._reconnecting.cancel()
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.writer.close()  # its reader fails what is still in flight
+            connection.writer.close()
+            if connection.task is not None:  # its reader fails what is still in flight (the loop holds it till then)
+                connection.task.cancel()
         self._release()

@@ -6,16 +6,19 @@ arena named in a ``hello``), then sends ``run`` and ``withdraw`` messages
 :class:`~gateway.runtime.scheduler.Scheduler` of the version, so its dynamic batcher merges the
 requests of all front ends. The inputs are read as views of the front end's shared memory (the
 batcher's merge is the one copy), and the outputs are written back into the request's slot, or into
-a one-off arena when they do not fit.
+a one-off arena when they do not fit. How busy the runner is goes into a :class:`RunnerActivity` that
+the supervisor reads (its memory budget evicts idle runners only).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +38,59 @@ from gateway.runtime.shared_tensors import (
 logger = logging.getLogger(__name__)
 
 
+class RunnerActivity:
+    """How busy a model runner is, in memory shared with the supervisor, which reads it to choose the least
+    recently used idle runner to evict (:mod:`gateway.process.runner_pool`).
+
+    Args:
+        values: two doubles in shared memory (a ``multiprocessing`` ``RawArray("d", 2)`` the supervisor
+            made and handed the runner): the requests queued or running in the runner, and when the last
+            one began (``time.monotonic()`` seconds: on Linux the same clock in every process). Written
+            by the runner's event loop only; an aligned double is read whole.
+    """
+
+    def __init__(self, values: ctypes.Array[ctypes.c_double]) -> None:
+        self._values = values
+
+    @property
+    def inflight(self) -> int:
+        """Requests queued or running in the runner now."""
+        return int(self._values[0])
+
+    @property
+    def last_used(self) -> float:
+        """When a request last began in the runner, or when it loaded (``time.monotonic()`` seconds)."""
+        return float(self._values[1])
+
+    def touch(self) -> None:
+        """Make the runner the most recently used (its load has just ended)."""
+        self._values[1] = time.monotonic()
+
+    def enter(self) -> None:
+        """A request begins: it is busy, and the most recently used."""
+        self._values[0] += 1
+        self._values[1] = time.monotonic()
+
+    def leave(self) -> None:
+        """A request has ended (answered, failed or withdrawn)."""
+        self._values[0] -= 1
+
+
 class RunnerServer:
     """Serves ``scheduler`` to the front ends on the Unix socket ``socket_path``.
 
     Args:
         scheduler: the version's scheduler (its instances loaded and warmed up).
         socket_path: where to listen; a stale socket file there is replaced.
+        activity: where the requests queued or running are counted (None: nowhere).
     """
 
-    def __init__(self, scheduler: Scheduler, socket_path: Path) -> None:
+    def __init__(self, scheduler: Scheduler, socket_path: Path, activity: RunnerActivity | None = None) -> None:
         self.scheduler = scheduler
         self.socket_path = socket_path
+        self.activity = activity
         self._server: asyncio.AbstractServer | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def start(self) -> None:
         """Listen on the socket.
@@ -60,17 +103,23 @@ class RunnerServer:
         self._server = await asyncio.start_unix_server(self._serve_front_end, self.socket_path)
 
     async def stop(self, timeout_seconds: float) -> bool:
-        """Stop listening, wait up to ``timeout_seconds`` for the requests queued or running; whether they finished."""
+        """Stop listening, wait up to ``timeout_seconds`` for the requests queued or running, then close the
+        front ends' connections; whether the requests finished."""
         if self._server is not None:
             self._server.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        return await self.scheduler.wait_idle(timeout_seconds)
+        finished = await self.scheduler.wait_idle(timeout_seconds)
+        for writer in self._connections.values():
+            writer.close()  # each connection's task then ends on its own (not cancelled by the loop's close)
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=1.0)
+        return finished
 
     async def _serve_front_end(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = writer
         requests: dict[int, asyncio.Task[None]] = {}
         arena: Arena | None = None
         try:
@@ -99,12 +148,14 @@ class RunnerServer:
             writer.close()
             if arena is not None:
                 arena.close()
-            self._connections.discard(task)
+            self._connections.pop(task, None)
 
     async def _run(self, message: dict[str, Any], arena: Arena, answers: FrameWriter) -> None:
         """Run one request through the scheduler and answer it (outputs, or the error's class and message)."""
         request_id = message["id"]
         own = None
+        if self.activity is not None:
+            self.activity.enter()
         try:
             if "arena" in message:  # inputs too large for a slot
                 own = Arena.attach(str(message["arena"]))
@@ -134,6 +185,8 @@ class RunnerServer:
         finally:
             if own is not None:
                 own.close()
+            if self.activity is not None:
+                self.activity.leave()
         answers.send(answer)
 
     @staticmethod
