@@ -343,3 +343,25 @@ def test_a_runner_load_waits_for_a_busy_runner_to_go_idle(runners_root: Path, tm
         assert metric(gateway, "gateway_model_evictions_total", "slow", version="1") == 1
     finally:
         gateway.stop()
+
+
+def test_a_runner_load_that_only_its_own_model_keeps_from_room_fails_at_once(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    for version in (1, 2):
+        write_weighty_model(root / "two" / str(version) / "model.onnx", float(version))
+    (root / "two" / "config.yaml").write_text("version_policy: {all: {}}\n")
+    gateway = start_with_runners(root, tmp_path / "gateway.log", 5 * WEIGHT_BYTES)  # one runner and no load
+    try:
+        # Version 1 loads; version 2 would need version 1's room, which its own model's load never takes:
+        # it fails at once (not after the 30 s wait for busy runners), and version 1 answers.
+        # (One connection, so one front end, for the request and the index: each front end has its own index.)
+        response = gateway.http.post("/v2/models/two/infer", json=rest_body(3.0), timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["model_version"] == "1"
+        entries = gateway.http.post("/v2/repository/index").json()
+        version_2 = next(entry for entry in entries if entry["name"] == "two" and entry["version"] == "2")
+        assert version_2["state"] == "UNAVAILABLE"
+        assert "held by its own model's runners" in version_2["reason"], version_2
+        assert runners_alive(gateway) == ["two"]
+    finally:
+        gateway.stop()

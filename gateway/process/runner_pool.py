@@ -260,8 +260,12 @@ class RunnerPool:
                 self._start(runner)
                 continue
             assert runner.room_since is not None
-            if time.monotonic() - runner.room_since < DEFAULT_ROOM_WAIT_SECONDS:
-                return
+            others = any(
+                r.process is not None and r.spec.model != runner.spec.model
+                for r in [*self.runners.values(), *self.stopping]
+            )
+            if others and time.monotonic() - runner.room_since < DEFAULT_ROOM_WAIT_SECONDS:
+                return  # an eviction under way, or a busy runner, may make room
             self.waiting_for_room.pop(0)
             runner.room_since = None
             self._no_room(runner)
@@ -314,13 +318,18 @@ class RunnerPool:
         self._stop_if_unused(runner)
 
     def _no_room(self, runner: _Runner) -> None:
-        """A runner that waited too long for room: its load fails (a restart is tried again later)."""
+        """A runner that waited too long for room, or that only its own model's runners keep from room: its load
+        fails (a restart is tried again later)."""
         assert self.budget_bytes is not None
-        busy = ", ".join(sorted(r.label for r in self.runners.values() if r.spec.model != runner.spec.model))
+        busy = sorted(
+            r.label
+            for r in self.runners.values()
+            if r.spec.model != runner.spec.model and r.activity is not None and r.activity.inflight > 0
+        )
+        held_by = f"model runners that stayed busy ({', '.join(busy)})" if busy else "its own model's runners"
         message = (
             f"model '{runner.spec.model}' needs about {runner.held_bytes} bytes; the memory budget's "
-            f"{self.budget_bytes} bytes are held by model runners that stayed busy ({busy or 'its own versions'}); "
-            "retry later"
+            f"{self.budget_bytes} bytes are held by {held_by}; retry later"
         )
         self._failed(runner, RunnerFailed("NoRoomError", message))
         if runner.users:
