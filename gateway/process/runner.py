@@ -11,9 +11,10 @@ instances (:func:`runner_cpu_cores`: the machine's cores less one per front end,
 version's instances).
 
 Its resident bytes, told in ``RunnerLoaded`` and published as ``gateway_model_resident_bytes``, are
-what the process holds of its own once loaded (:func:`private_bytes`: the version, the runtime's
-allocations, the interpreter's pages it changed), never less than the version's measured growth; that
-is what the supervisor's memory budget accounts for, and what stopping the runner gives back.
+what the process holds of its own once loaded (:func:`~gateway.runtime.memory_budget.private_bytes`:
+the version, the runtime's allocations, the interpreter's pages it changed), never less than the
+version's measured growth; that is what the supervisor's memory budget accounts for, and what
+stopping the runner gives back.
 
 SIGTERM (the supervisor sends it once no front end needs the runner, or once the front ends have
 stopped; SIGINT is ignored): stop listening, let the requests queued or running finish (up to the exit timeout), exit 0.
@@ -42,7 +43,7 @@ from gateway.process.loops import event_loop_factory
 from gateway.process.messages import RUNNER_LOAD_FAILED, RunnerEvicted, RunnerFailed, RunnerLoaded, RunnerSpec
 from gateway.repository.config import ModelConfigError
 from gateway.repository.version_loader import HostedVersion, InProcessHost
-from gateway.runtime.memory_budget import MemoryBudgetError
+from gateway.runtime.memory_budget import MemoryBudgetError, private_bytes
 from gateway.runtime.runner_server import RunnerActivity, RunnerServer
 from gateway.runtime.scheduler import Scheduler
 from gateway.runtime.warmup import WarmupError
@@ -100,24 +101,6 @@ def runner_cpu_cores(settings: GatewaySettings) -> int:
     (a multi-threaded operator waits for its slowest thread, whose core a front end may hold).
     """
     return max(1, len(os.sched_getaffinity(0)) - settings.workers)
-
-
-def private_bytes() -> int:
-    """The bytes this process holds of its own: the pages it wrote that no other process maps, resident or
-    in swap (``Private_Dirty`` and ``Swap`` of ``/proc/self/smaps_rollup``; 0 where it cannot be read).
-
-    Pages shared with the fork server (the preloaded modules) count once the process writes to them.
-    Clean file pages (a library's code) do not count: the page cache holds them once for every process
-    that maps them, and the kernel may drop them."""
-    total = 0
-    try:
-        with open("/proc/self/smaps_rollup", "rb") as rollup:
-            for line in rollup:
-                if line.startswith((b"Private_Dirty:", b"Swap:")):
-                    total += int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0
-    return total
 
 
 async def _serve(
