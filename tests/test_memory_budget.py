@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -186,21 +186,28 @@ def test_a_version_with_a_request_in_flight_is_never_evicted(busy_root: Path, tm
         gateway.stop()
 
 
+def slow_then_b(gateway: GatewayProcess, ask: Callable[[GatewayProcess, str, float], float]) -> dict[str, float]:
+    """A request to the slow model (x = 5), then, while it runs, one to b (x = 1), each asked with ``ask`` and
+    its answer checked; when each finished (``time.monotonic()``), by model."""
+    finished: dict[str, float] = {}
+
+    def call(model: str, x: float, expected: float) -> None:
+        assert ask(gateway, model, x) == expected
+        finished[model] = time.monotonic()
+
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(call, "slow", 5.0, 5.0)
+        wait_until(lambda: inflight(gateway, "slow") == 1, what="the slow request running")
+        waiting = pool.submit(call, "b", 1.0, 2.0)
+        slow.result(timeout=CLIENT_TIMEOUT)
+        waiting.result(timeout=CLIENT_TIMEOUT)
+    return finished
+
+
 def test_a_load_waits_for_a_busy_version_to_go_idle(busy_root: Path, tmp_path: Path) -> None:
     gateway = start_busy(busy_root, tmp_path / "gateway.log", int(2.7 * WEIGHT_BYTES))  # the slow model alone
     try:
-        finished: dict[str, float] = {}
-
-        def call(model: str, x: float, expected: float) -> None:
-            assert answer(gateway, model, x) == expected
-            finished[model] = time.monotonic()
-
-        with ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(call, "slow", 5.0, 5.0)
-            wait_until(lambda: inflight(gateway, "slow") == 1, what="the slow request running")
-            waiting = pool.submit(call, "b", 1.0, 2.0)
-            slow.result(timeout=CLIENT_TIMEOUT)
-            waiting.result(timeout=CLIENT_TIMEOUT)
+        finished = slow_then_b(gateway, answer)
         assert finished["b"] > finished["slow"]  # b loaded only once slow was idle, and slow then went
         assert metric(gateway, "gateway_model_evictions_total", "slow", version="1") == 1
         assert metric(gateway, "gateway_inference_queue_duration_seconds_sum", "b") > 0.2  # the wait, counted
@@ -326,18 +333,7 @@ def test_a_runner_with_a_request_in_flight_is_never_evicted(runners_root: Path, 
 def test_a_runner_load_waits_for_a_busy_runner_to_go_idle(runners_root: Path, tmp_path: Path) -> None:
     gateway = start_with_runners(runners_root, tmp_path / "gateway.log", 5 * WEIGHT_BYTES)  # one runner and no load
     try:
-        finished: dict[str, float] = {}
-
-        def call(model: str, x: float, expected: float) -> None:
-            assert answer_on_a_new_connection(gateway, model, x) == expected
-            finished[model] = time.monotonic()
-
-        with ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(call, "slow", 5.0, 5.0)
-            wait_until(lambda: inflight(gateway, "slow") == 1, what="the slow request running")
-            waiting = pool.submit(call, "b", 1.0, 2.0)
-            slow.result(timeout=CLIENT_TIMEOUT)
-            waiting.result(timeout=CLIENT_TIMEOUT)
+        finished = slow_then_b(gateway, answer_on_a_new_connection)
         assert finished["b"] > finished["slow"]  # b loaded only once slow was idle, and slow then went
         assert runners_alive(gateway) == ["b"]
         assert metric(gateway, "gateway_model_evictions_total", "slow", version="1") == 1
