@@ -302,6 +302,13 @@ def test_model_runners_share_one_budget_and_the_least_recently_used_idle_runner_
         assert evicted == ["a", "b", "c", "a", "b", "c", "a"]
         assert total(gateway, "gateway_model_evictions_total") == len(evicted)  # once each, not once per front end
         assert metric(gateway, "gateway_model_evictions_total", "a", version="1") == 3
+        # Calls for b reach both front ends: the one whose call did not start b's runner joins it, and each
+        # runner's load is counted once, by the front end whose call started it.
+        for _ in range(16):
+            assert answer_on_a_new_connection(gateway, "b", 1.0) == 2.0
+        started = re.findall(RUNNER_STARTED, gateway.logs())
+        assert total(gateway, "gateway_model_loads_on_request_total") == len(started) == 9
+        assert "model b version 1 joined its model runner on request" in gateway.logs()
 
         response = httpx.post(f"{gateway.http_url}/v2/models/huge/infer", json=rest_body(1.0))
         assert response.status_code == 503, response.text

@@ -148,11 +148,18 @@ class RunnerUnwanted:
 @dataclass(frozen=True, slots=True)
 class RunnerAnswer:
     """Supervisor -> worker: the runner asked for by :class:`RunnerWanted` ``request_id`` listens on
-    ``socket_path``, or its load failed."""
+    ``socket_path``, or its load failed.
+
+    ``started`` is true for the one want whose answer ends the runner's first load (the first of the
+    wants that waited for it); false for the wants that joined a runner another want had started, and
+    after a restart. A front end counts a load only when it is true, so a load is counted once
+    however many front ends use the runner.
+    """
 
     request_id: int
     socket_path: str
     outcome: RunnerLoaded | RunnerFailed
+    started: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,11 +82,12 @@ class RunnerHost:
         key = _runner_key(name, version, path, config, fingerprint)
         spec = RunnerSpec(key, name, version, str(path), config, model_bytes)
         try:
-            outcome, socket_path = self._ask(spec)
+            outcome, answer = self._ask(spec)
         except UnavailableError as error:
             raise ModelLoadError(error.message) from None
         if outcome.config is None:  # only a check answers without one
             raise ModelLoadError("the model runner answered without a config")
+        socket_path = answer.socket_path
         client = RunnerClient(
             Path(socket_path), f"model '{name}' version {version}", lambda: self._unwanted(socket_path), metrics
         )
@@ -102,6 +103,7 @@ class RunnerHost:
             scheduler=client,
             resident_bytes=outcome.resident_bytes,
             peak_bytes=outcome.peak_bytes,
+            joined=not answer.started,
         )
 
     def check(self, path: Path, config: ModelConfig) -> None:
@@ -132,13 +134,13 @@ class RunnerHost:
                 waiting.set_exception(UnavailableError("the supervisor of the model runners is gone"))
         self._waiting.clear()
 
-    def _ask(self, spec: RunnerSpec) -> tuple[RunnerLoaded, str]:
-        """Blocking: send :class:`RunnerWanted` and wait for the runner's outcome and socket path."""
+    def _ask(self, spec: RunnerSpec) -> tuple[RunnerLoaded, RunnerAnswer]:
+        """Blocking: send :class:`RunnerWanted` and wait for the runner's outcome, and the supervisor's answer."""
         answer = asyncio.run_coroutine_threadsafe(self._want(spec), self._loop).result()
         outcome = answer.outcome
         if isinstance(outcome, RunnerFailed):
             raise _LOAD_ERRORS.get(outcome.error, ModelLoadError)(outcome.message)
-        return outcome, answer.socket_path
+        return outcome, answer
 
     async def _want(self, spec: RunnerSpec) -> RunnerAnswer:
         request_id = next(self._ids)

@@ -372,11 +372,13 @@ class RunnerPool:
             self._measured[runner.spec.key] = loaded
             self._overhead_bytes = max(0, loaded.resident_bytes - runner.spec.model_bytes)
             self._make_room(runner.spec.model, 0)  # it measured more than reserved: back within the budget
-        if runner.users:
+        restarted = bool(runner.users)
+        if restarted:
             logger.info("model runner of %s is back", runner.label)
-        for worker, request_id in runner.waiting:
+        for index, (worker, request_id) in enumerate(runner.waiting):
             runner.users[worker] += 1
-            self.send(worker, RunnerAnswer(request_id, runner.socket_path, loaded))
+            started = index == 0 and not restarted
+            self.send(worker, RunnerAnswer(request_id, runner.socket_path, loaded, started))
         runner.waiting.clear()
         if runner.spec.check_only:
             runner.users.clear()

@@ -138,6 +138,7 @@ class LoadedVersion:
         parity: the conversion's parity figures (``parity.json``), or None.
         quantization: the price of the push's compression (``quantization.json``), or None.
         backend_parameters: how the backend runs the version (e.g. its execution providers), for metadata.
+        joined: its load joined the model runner another front end had started (not counted as a load).
         steps: a pipeline's steps in the order they run (:mod:`gateway.repository.pipelines`); empty
             for a model that runs itself.
     """
@@ -157,6 +158,7 @@ class LoadedVersion:
     parity: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
     backend_parameters: dict[str, Any] = field(default_factory=dict)
+    joined: bool = False
     steps: tuple[PipelineStep, ...] = ()
 
 
@@ -468,8 +470,11 @@ class ModelRepository:
             self._retire(retired)
         if on_request:
             for loaded in new:
-                self.metrics.loads_on_request.labels(name, str(loaded.version)).inc()
-                logger.info("model %s version %d loaded on request", name, loaded.version)
+                if loaded.joined:  # another front end's request loaded it: counted there
+                    logger.info("model %s version %d joined its model runner on request", name, loaded.version)
+                else:
+                    self.metrics.loads_on_request.labels(name, str(loaded.version)).inc()
+                    logger.info("model %s version %d loaded on request", name, loaded.version)
         for version, reason in outcome.failures.items():
             logger.warning("model %s%s failed to load: %s", name, _version_suffix(version), reason)
         if outcome.versions:
@@ -1119,6 +1124,7 @@ class ModelRepository:
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
             backend_parameters=hosted.backend_parameters,
+            joined=hosted.joined,
         )
 
     def _load_pipeline(

@@ -65,6 +65,8 @@ class HostedVersion:
         scheduler: runs the version's requests (in process, or through its model runner).
         resident_bytes: bytes the version holds once loaded, measured at the load.
         peak_bytes: bytes the load held at its peak above its start (at least ``resident_bytes``).
+        joined: nothing was loaded for this call: it joined the model runner another front end's call had
+            started (not counted as a load).
     """
 
     config: ModelConfig
@@ -73,6 +75,7 @@ class HostedVersion:
     scheduler: VersionScheduler
     resident_bytes: int
     peak_bytes: int
+    joined: bool = False
 
 
 class VersionHost(Protocol):
