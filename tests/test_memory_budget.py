@@ -308,6 +308,7 @@ def test_model_runners_share_one_budget_and_the_least_recently_used_idle_runner_
             assert answer_on_a_new_connection(gateway, "b", 1.0) == 2.0
         started = re.findall(RUNNER_STARTED, gateway.logs())
         assert total(gateway, "gateway_model_loads_on_request_total") == len(started) == 9
+        assert total(gateway, "gateway_model_load_duration_seconds_count") == 9
         assert "model b version 1 joined its model runner on request" in gateway.logs()
 
         response = httpx.post(f"{gateway.http_url}/v2/models/huge/infer", json=rest_body(1.0))

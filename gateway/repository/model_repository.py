@@ -1057,7 +1057,8 @@ class ModelRepository:
                 started = time.perf_counter()
                 metrics = self.metrics.for_version(name, version)
                 loaded = self._load_version(name, version, version_path, config, fingerprint, metrics, model_bytes)
-                self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
+                if not loaded.joined:  # a front end joining a runner another one started waited, it did not load
+                    self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
                 if loaded.scheduler is not None:
                     self.budget.add(loaded.usage)
                     self._measured[(name, version)] = (fingerprint, loaded.usage)
