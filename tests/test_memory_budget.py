@@ -27,11 +27,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
 
 from bench.models import write_weighty_model as write_weighty
 from gateway.settings import GatewaySettings
 from tests.conftest import ADMIN_HEADERS, GatewayProcess, descendants, start_gateway
-from tests.test_overload import CLIENT_TIMEOUT, WIDTH, inflight, metric, rest_body, wait_until
+from tests.test_overload import CLIENT_TIMEOUT, WIDTH, grpc_inputs, inflight, metric, rest_body, wait_until
 
 #: Bytes of each model's weight (6 Mi FP32 values).
 WEIGHT_BYTES = 24 * 1024 * 1024
@@ -346,6 +348,34 @@ def test_a_runner_load_waits_for_a_busy_runner_to_go_idle(runners_root: Path, tm
         assert runners_alive(gateway) == ["b"]
         assert metric(gateway, "gateway_model_evictions_total", "slow", version="1") == 1
     finally:
+        gateway.stop()
+
+
+def test_a_runner_load_waits_for_room_no_longer_than_the_request_that_asked_for_it(
+    runners_root: Path, tmp_path: Path
+) -> None:
+    gateway = start_with_runners(runners_root, tmp_path / "gateway.log", 5 * WEIGHT_BYTES)  # one runner and no load
+    client = triton_grpc.InferenceServerClient(gateway.grpc_address)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(answer_on_a_new_connection, gateway, "slow", 5.0)
+            wait_until(lambda: inflight(gateway, "slow") == 1, what="the slow request running")
+            # b needs the busy slow runner's room: its request's gRPC deadline passes first, and the supervisor
+            # stops waiting for room at that deadline too (not after its own 30 s).
+            with pytest.raises(InferenceServerException, match="Deadline"):
+                client.infer("b", grpc_inputs(1.0), client_timeout=0.1)
+            wait_until(
+                lambda: "held by model runners that stayed busy (model slow version 1)" in gateway.logs(),
+                what="b's load to fail for want of room",
+            )
+            assert inflight(gateway, "slow") == 1, "the slow request ended too soon for the test to tell"
+            assert slow.result(timeout=CLIENT_TIMEOUT) == 5.0
+        # Nobody waits for b any more: slow going idle starts nothing, and slow is not evicted.
+        time.sleep(1.0)
+        assert [name for name, _ in re.findall(RUNNER_STARTED, gateway.logs())] == ["slow"]
+        assert runners_alive(gateway) == ["slow"]
+    finally:
+        client.close()
         gateway.stop()
 
 

@@ -130,10 +130,16 @@ class RunnerFailed:
 
 @dataclass(frozen=True, slots=True)
 class RunnerWanted:
-    """Worker -> supervisor: this worker serves the version of ``spec``; answer ``request_id`` once its runner is up."""
+    """Worker -> supervisor: this worker serves the version of ``spec``; answer ``request_id`` once its runner is up.
+
+    ``room_wait_seconds``: how long, from its arrival, a load this starts may wait for room within the
+    memory budget (the time left until the deadline of the request that asked for it); None for
+    :data:`~gateway.runtime.memory_budget.DEFAULT_ROOM_WAIT_SECONDS`.
+    """
 
     request_id: int
     spec: RunnerSpec
+    room_wait_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

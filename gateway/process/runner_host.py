@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -70,9 +71,11 @@ class RunnerHost:
         model_bytes: int,
         metrics: VersionMetrics,
         fingerprint: Fingerprint,
+        room_deadline: float | None = None,
     ) -> HostedVersion:
         """Blocking: the version's runner (started, or shared with the front ends that give the same files and
-        config), connected.
+        config), connected. The supervisor waits for room in its budget until ``room_deadline``
+        (``time.perf_counter()`` seconds; None: its default wait).
 
         Raises:
             ModelLoadError, ModelConfigError, WarmupError: the runner's load failed (a ModelLoadError too when
@@ -81,8 +84,9 @@ class RunnerHost:
         """
         key = _runner_key(name, version, path, config, fingerprint)
         spec = RunnerSpec(key, name, version, str(path), config, model_bytes)
+        room_wait_seconds = None if room_deadline is None else max(0.0, room_deadline - time.perf_counter())
         try:
-            outcome, answer = self._ask(spec)
+            outcome, answer = self._ask(spec, room_wait_seconds)
         except UnavailableError as error:
             raise ModelLoadError(error.message) from None
         if outcome.config is None:  # only a check answers without one
@@ -115,7 +119,7 @@ class RunnerHost:
         """
         config = config.model_copy(update={"instance_count": 1})
         key = _runner_key("", 0, path, config, ())  # a staging folder's path is its own
-        self._ask(RunnerSpec(key, path.name, 0, str(path), config, 0, check_only=True))
+        self._ask(RunnerSpec(key, path.name, 0, str(path), config, 0, check_only=True), None)
 
     def client(self, socket_path: str) -> RunnerClient | None:
         """This front end's client of the runner on ``socket_path``, or None when it uses none there."""
@@ -134,19 +138,19 @@ class RunnerHost:
                 waiting.set_exception(UnavailableError("the supervisor of the model runners is gone"))
         self._waiting.clear()
 
-    def _ask(self, spec: RunnerSpec) -> tuple[RunnerLoaded, RunnerAnswer]:
+    def _ask(self, spec: RunnerSpec, room_wait_seconds: float | None) -> tuple[RunnerLoaded, RunnerAnswer]:
         """Blocking: send :class:`RunnerWanted` and wait for the runner's outcome, and the supervisor's answer."""
-        answer = asyncio.run_coroutine_threadsafe(self._want(spec), self._loop).result()
+        answer = asyncio.run_coroutine_threadsafe(self._want(spec, room_wait_seconds), self._loop).result()
         outcome = answer.outcome
         if isinstance(outcome, RunnerFailed):
             raise _LOAD_ERRORS.get(outcome.error, ModelLoadError)(outcome.message)
         return outcome, answer
 
-    async def _want(self, spec: RunnerSpec) -> RunnerAnswer:
+    async def _want(self, spec: RunnerSpec, room_wait_seconds: float | None) -> RunnerAnswer:
         request_id = next(self._ids)
         answer: asyncio.Future[RunnerAnswer] = self._loop.create_future()
         self._waiting[request_id] = answer
-        self._send(RunnerWanted(request_id, spec))
+        self._send(RunnerWanted(request_id, spec, room_wait_seconds))
         return await answer
 
     async def _connect(self, socket_path: str, client: RunnerClient) -> None:

@@ -18,9 +18,10 @@ runner starts only once the runners alive fit the budget with its reservation; t
 evicts the least recently used idle runners of other models (:class:`~gateway.runtime.runner_server.RunnerActivity`:
 none with a request queued or running) and waits for them to exit. Each front end that uses an evicted
 runner takes the version out of service, lets its requests in flight finish and releases it; its next
-request loads it again. A runner that cannot get room within
-:data:`~gateway.runtime.memory_budget.DEFAULT_ROOM_WAIT_SECONDS` fails its load with ``NoRoomError``;
-one larger than the whole budget with ``LargerThanBudgetError``.
+request loads it again. A runner that cannot get room before the deadline of the request that wants it
+(of the most patient one, when several do; :data:`~gateway.runtime.memory_budget.DEFAULT_ROOM_WAIT_SECONDS`
+for a load no request waits on) fails its load with ``NoRoomError``; one larger than the whole budget
+with ``LargerThanBudgetError``.
 
 The pool is driven by the supervisor's loop (:mod:`gateway.process.supervisor`): :meth:`RunnerPool.waitables`
 lists the pipes and process sentinels to wait on, and :meth:`RunnerPool.tick` starts restarts that are due
@@ -92,8 +93,8 @@ class _Runner:
     activity: RunnerActivity | None = None
     # What it holds of the memory budget: the reservation for its load, then its resident bytes.
     held_bytes: int = 0
-    # Since when it waits for room within the budget (time.monotonic()); None: not waiting.
-    room_since: float | None = None
+    # Until when it may wait for room within the budget (time.monotonic()); None: not waiting.
+    room_deadline: float | None = None
 
     @property
     def label(self) -> str:
@@ -150,9 +151,11 @@ class RunnerPool:
                 self._start(runner)
             else:
                 self.runners[spec.key] = runner
-                self._start_within_budget(runner)
+                self._start_within_budget(runner, message.room_wait_seconds)
         else:
             runner.waiting.append((worker, message.request_id))
+            if runner.room_deadline is not None:  # waiting for room: as long as its most patient want
+                runner.room_deadline = max(runner.room_deadline, _room_deadline(message.room_wait_seconds))
 
     def unwanted(self, worker: int, socket_path: str) -> None:
         """A worker no longer serves the version of the runner on ``socket_path``; it stops when no worker does."""
@@ -218,8 +221,9 @@ class RunnerPool:
                 entry.unlink()
             self.socket_dir.rmdir()
 
-    def _start_within_budget(self, runner: _Runner) -> None:
-        """Start ``runner`` now, or, with a budget, once the runners alive leave room for its load."""
+    def _start_within_budget(self, runner: _Runner, room_wait_seconds: float | None = None) -> None:
+        """Start ``runner`` now, or, with a budget, once the runners alive leave room for its load (waiting
+        ``room_wait_seconds`` at most; None: :data:`DEFAULT_ROOM_WAIT_SECONDS`)."""
         if self.budget_bytes is None:
             self._start(runner)
             return
@@ -231,7 +235,7 @@ class RunnerPool:
             )
             self._failed(runner, RunnerFailed("LargerThanBudgetError", message))
             return
-        runner.room_since = time.monotonic()
+        runner.room_deadline = _room_deadline(room_wait_seconds)
         self.waiting_for_room.append(runner)
         self._admit()
 
@@ -252,22 +256,22 @@ class RunnerPool:
             runner = self.waiting_for_room[0]
             if self.runners.get(runner.spec.key) is not runner or self.closing:
                 self.waiting_for_room.pop(0)  # no longer wanted
-                runner.room_since = None
+                runner.room_deadline = None
                 continue
             if self._make_room(runner.spec.model, runner.held_bytes):
                 self.waiting_for_room.pop(0)
-                runner.room_since = None
+                runner.room_deadline = None
                 self._start(runner)
                 continue
-            assert runner.room_since is not None
+            assert runner.room_deadline is not None
             others = any(
                 r.process is not None and r.spec.model != runner.spec.model
                 for r in [*self.runners.values(), *self.stopping]
             )
-            if others and time.monotonic() - runner.room_since < DEFAULT_ROOM_WAIT_SECONDS:
+            if others and time.monotonic() < runner.room_deadline:
                 return  # an eviction under way, or a busy runner, may make room
             self.waiting_for_room.pop(0)
-            runner.room_since = None
+            runner.room_deadline = None
             self._no_room(runner)
 
     def _make_room(self, model: str, needed_bytes: int) -> bool:
@@ -447,3 +451,8 @@ class RunnerPool:
         if runner.process.pid is not None and runner.process.is_alive():
             logger.info("stopping the model runner of %s (pid %s)", runner.label, runner.process.pid)
             os.kill(runner.process.pid, signal.SIGTERM)
+
+
+def _room_deadline(room_wait_seconds: float | None) -> float:
+    """Until when (``time.monotonic()``) a load may wait for room: ``room_wait_seconds`` from now, None: the default."""
+    return time.monotonic() + (DEFAULT_ROOM_WAIT_SECONDS if room_wait_seconds is None else room_wait_seconds)

@@ -449,7 +449,7 @@ class ModelRepository:
                 async with self._load_lock:
                     reserve = self._reserver(name, deadline)
                     outcome = await asyncio.to_thread(  # a copy: an eviction may take a version out meanwhile
-                        self._load_versions, name, path, dict(record.versions), record.override, reserve
+                        self._load_versions, name, path, dict(record.versions), record.override, reserve, deadline
                     )
                     await self._back_within_budget(name)
             finally:
@@ -992,13 +992,16 @@ class ModelRepository:
         current: dict[int, LoadedVersion],
         override: ModelConfig | None,
         reserve: Callable[[int, int], None] | None = None,
+        room_deadline: float | None = None,
     ) -> _LoadOutcome:
         """Runs in a worker thread: read the config (or take the override) and load each selected version.
 
         ``reserve`` (with a budget limit) is called before a version loads with the bytes it is expected
         to keep and the bytes its load is expected to hold at its peak: those measured at its last load
         of the same files, else its files' bytes and twice them (a runtime holds the parsed file and the
-        built weights at once).
+        built weights at once). ``room_deadline`` goes to the host, for a budget it holds itself (the
+        supervisor's, with model runners): until when (``time.perf_counter()`` seconds) a load may wait
+        for room, None for the default wait.
         """
         try:
             config = self._model_config(name, path, override)
@@ -1056,7 +1059,9 @@ class ModelRepository:
                         reserve(model_bytes, 2 * model_bytes)
                 started = time.perf_counter()
                 metrics = self.metrics.for_version(name, version)
-                loaded = self._load_version(name, version, version_path, config, fingerprint, metrics, model_bytes)
+                loaded = self._load_version(
+                    name, version, version_path, config, fingerprint, metrics, model_bytes, room_deadline
+                )
                 if not loaded.joined:  # a front end joining a runner another one started waited, it did not load
                     self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
                 if loaded.scheduler is not None:
@@ -1091,8 +1096,10 @@ class ModelRepository:
         fingerprint: Fingerprint,
         metrics: VersionMetrics,
         model_bytes: int,
+        room_deadline: float | None = None,
     ) -> LoadedVersion:
-        """Load one version's instances, warm them up, and measure the bytes they hold.
+        """Load one version's instances, warm them up, and measure the bytes they hold (``room_deadline``:
+        see :meth:`VersionHost.load`).
 
         Raises:
             ModelLoadError, ModelConfigError: the files do not load, or the config does not fit them.
@@ -1102,7 +1109,7 @@ class ModelRepository:
         """
         if config.pipeline is not None:
             return self._load_pipeline(name, version, config, fingerprint, metrics)
-        hosted = self.host.load(name, version, path, config, model_bytes, metrics, fingerprint)
+        hosted = self.host.load(name, version, path, config, model_bytes, metrics, fingerprint, room_deadline)
         completed = hosted.config
         max_batch_size = completed.max_batch_size or 0
 

@@ -90,6 +90,7 @@ class VersionHost(Protocol):
         model_bytes: int,
         metrics: VersionMetrics,
         fingerprint: Fingerprint,
+        room_deadline: float | None = None,
     ) -> HostedVersion:
         """Blocking (a loading thread): load version ``version`` of model ``name`` from ``path``.
 
@@ -101,6 +102,9 @@ class VersionHost(Protocol):
             metrics: the version's metric children, where its batches are recorded.
             fingerprint: the files it is loaded from, as the repository saw them: a host may share one
                 load among callers that give the same version, config and fingerprint.
+            room_deadline: until when (``time.perf_counter()`` seconds) the load may wait for room in a
+                memory budget the host holds itself (the supervisor's, with model runners); None for
+                :data:`~gateway.runtime.memory_budget.DEFAULT_ROOM_WAIT_SECONDS`.
 
         Raises:
             ModelLoadError, ModelConfigError: the files do not load, or the config does not fit them.
@@ -151,10 +155,12 @@ class InProcessHost:
         model_bytes: int,
         metrics: VersionMetrics,
         fingerprint: Fingerprint = (),
+        room_deadline: float | None = None,
     ) -> HostedVersion:
         """Load one version's instances, warm them up, and measure the bytes they hold (see :class:`VersionHost`).
 
-        Each call loads its own instances (``fingerprint`` is not used).
+        Each call loads its own instances (``fingerprint`` is not used). ``room_deadline`` is not used
+        either: in process, the repository makes room in its budget before it calls this.
 
         The resident bytes are the process's growth over the load, warmup included, each end taken
         once what was freed (e.g. the parsed model file) is handed back to the system; never less
