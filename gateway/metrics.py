@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -282,12 +283,12 @@ class InferenceStatistics:
         by_size.compute_output.add(output_seconds)
 
 
-@dataclass(frozen=True, slots=True)
-class RunShare:
+class RunShare(NamedTuple):
     """One request's part in the model run (batch) that answered it, for Triton's statistics elsewhere.
 
-    A model runner sends it with each answer, so that the front end that received the request keeps
-    the version's :class:`InferenceStatistics` (the runner's scheduler records the Prometheus metrics).
+    A model runner sends it with each answer, as a JSON array (a tuple, so that it needs no conversion),
+    so that the front end that received the request keeps the version's :class:`InferenceStatistics`
+    (the runner's scheduler records the Prometheus metrics).
 
     Attributes:
         queue_seconds: how long the request waited in the queue.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import dataclasses
 import functools
 import logging
 import time
@@ -175,7 +174,7 @@ class RunnerServer:
             del inputs
             answer = self._place_outputs(request_id, outputs, arena, message.get("output_space"))
             if shares:
-                answer["run"] = dataclasses.astuple(shares[0])
+                answer["run"] = shares[0]
         except asyncio.CancelledError:
             answer = {"id": request_id, "error": "CancelledError", "message": "withdrawn"}
         except GatewayError as error:
