@@ -244,16 +244,18 @@ def gateway(
     workers: int = 1,
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    launcher: list[str] | None = None,
 ) -> Iterator[tuple[httpx.Client, int]]:
     """A gateway serving ``repository`` (pinned to ``core``, unless None) until the block ends: its HTTP client and pid.
 
-    ``extra_args`` are added to ``gateway serve``'s, ``env`` to its environment.
+    ``extra_args`` are added to ``gateway serve``'s, ``env`` to its environment; ``launcher`` is the
+    command that takes ``serve`` and its arguments (default: ``python -m gateway``).
     """
     log = repository.parent / "gateway.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
             [
-                *pinned(core), sys.executable, "-m", "gateway", "serve",
+                *pinned(core), *(launcher or [sys.executable, "-m", "gateway"]), "serve",
                 "--model-repository", str(repository), "--http-port", str(http_port),
                 "--grpc-port", str(grpc_port), "--log-level", "warning", "--workers", str(workers), *extra_args,
             ],
