@@ -92,11 +92,21 @@ def children_named(gateway: GatewayProcess, started: str) -> list[int]:
     """The live child processes of a supervisor whose start its log tells with the pattern ``started``.
 
     ``started`` has one group, the pid (e.g. ``worker \\d+ started \\(pid (\\d+)\\)``); a pid is kept while
-    it is still a process under the gateway process (the supervisor's fork server forks them).
+    it is still a process under the gateway process (the supervisor's fork server forks them) and has not
+    exited (a process killed but not yet reaped by its parent is not live).
     """
-    alive = descendants(gateway.process.pid)
+    alive = {pid for pid in descendants(gateway.process.pid) if not has_exited(pid)}
     pids = re.findall(started, gateway.log_path.read_text(errors="replace"))
     return [int(pid) for pid in dict.fromkeys(pids) if int(pid) in alive]
+
+
+def has_exited(pid: int) -> bool:
+    """Whether process ``pid`` has exited: gone, or a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"  # the state follows the command name in parentheses
 
 
 class GatewayProcess:

@@ -227,17 +227,21 @@ def test_a_killed_runner_fails_its_requests_only_then_serves_again(front_ends: G
     (victim,) = runner_pids(front_ends, "digits")
     digits = sample_requests()["digits"]
     pair = sample_requests()["pair"]
+    reconnected = "model 'digits' version 1: the model runner is back"  # each front end logs it once reconnected
+    reconnected_before = front_ends.logs().count(reconnected)
     killed = threading.Event()
-    statuses: dict[str, list[tuple[int, str, bool]]] = {"digits": [], "pair": []}
+    # status, text, whether the answer came after the kill began, when the request was sent (time.monotonic())
+    statuses: dict[str, list[tuple[int, str, bool, float]]] = {"digits": [], "pair": []}
     stop = threading.Event()
 
     def traffic(model: str, body: dict[str, Any]) -> None:
         while not stop.is_set():
+            sent = time.monotonic()
             try:
                 response = rest_infer(front_ends, model, body, timeout=20)
-                statuses[model].append((response.status_code, response.text, killed.is_set()))
+                statuses[model].append((response.status_code, response.text, killed.is_set(), sent))
             except httpx.HTTPError as error:  # a hang or a dropped connection: the test fails below
-                statuses[model].append((0, repr(error), killed.is_set()))
+                statuses[model].append((0, repr(error), killed.is_set(), sent))
 
     threads = [
         threading.Thread(target=traffic, args=(m, b)) for m, b in [("digits", digits)] * 4 + [("pair", pair)] * 2
@@ -246,25 +250,25 @@ def test_a_killed_runner_fails_its_requests_only_then_serves_again(front_ends: G
         thread.start()
     try:
         time.sleep(1)
+        killed.set()  # before the kill: an answer marked before it certainly came from the old runner
         os.kill(victim, signal.SIGKILL)
-        killed.set()
         deadline = time.monotonic() + 60
-        while not runner_pids(front_ends, "digits") or not any(
-            status == 200 and after for status, _, after in statuses["digits"][-5:]
-        ):
+        while front_ends.logs().count(reconnected) < reconnected_before + FRONT_ENDS:
             assert time.monotonic() < deadline, front_ends.logs()[-3000:]
-            time.sleep(0.2)
+            time.sleep(0.1)
+        every_front_end_back = time.monotonic()
         time.sleep(0.5)
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-    assert statuses["pair"] and all(status == 200 for status, _, _ in statuses["pair"]), statuses["pair"][:3]
-    before = [status for status, _, after in statuses["digits"] if not after]
+    assert statuses["pair"] and all(status == 200 for status, *_ in statuses["pair"]), statuses["pair"][:3]
+    before = [status for status, _, after, _ in statuses["digits"] if not after]
     assert before and all(status == 200 for status in before)
-    failed = [(status, text) for status, text, after in statuses["digits"] if status != 200]
+    failed = [(status, text) for status, text, _, _ in statuses["digits"] if status != 200]
     assert failed, "no request was in flight or sent while the runner was down"
     assert all(status == 503 and "model runner" in text for status, text in failed), failed[:3]
-    assert statuses["digits"][-1][0] == 200
+    served_again = [(status, text) for status, text, _, sent in statuses["digits"] if sent > every_front_end_back]
+    assert served_again and all(status == 200 for status, _ in served_again), served_again[:3]
     (restarted,) = runner_pids(front_ends, "digits")
     assert restarted != victim
