@@ -104,7 +104,7 @@ def has_exited(pid: int) -> bool:
     """Whether process ``pid`` has exited: gone, or a zombie waiting for its parent to reap it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped meanwhile
         return True
     return stat[stat.rindex(")") + 2] == "Z"  # the state follows the command name in parentheses
 
