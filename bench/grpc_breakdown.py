@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -41,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.serving import (  # noqa: E402
+    cpu_seconds,
     free_port,
     gateway,
     grpc_frame,
@@ -99,12 +101,9 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """User + system CPU seconds of each thread of ``pid``, by thread id (``main`` for the process's first)."""
     seconds = {}
     for thread in os.listdir(f"/proc/{pid}/task"):
-        try:
-            fields = Path(f"/proc/{pid}/task/{thread}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended
-            continue
         key = "main" if int(thread) == pid else thread
-        seconds[key] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with contextlib.suppress(OSError):  # the thread ended
+            seconds[key] = cpu_seconds(Path(f"/proc/{pid}/task/{thread}/stat"))
     return seconds
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.serving import free_port, grpc_frame, pinned, run_h2load  # noqa: E402
+from bench.serving import cpu_seconds, free_port, grpc_frame, pinned, run_h2load  # noqa: E402
 from protos import inference as pb  # noqa: E402
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -111,12 +110,6 @@ class _Route(grpc.GenericRpcHandler):
         return self._handler if handler_call_details.method == METHOD else None
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds process ``pid`` has used (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5)
@@ -140,10 +133,10 @@ def main() -> None:
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 grpc.channel_ready_future(channel).result(timeout=30)
-            before = cpu_seconds(process.pid)
+            before = cpu_seconds(Path(f"/proc/{process.pid}/stat"))
             started = time.monotonic()
             figure = run_h2load(args.client_core, f"127.0.0.1:{port}", frame, args.concurrency, args.seconds, folder)
-            used = cpu_seconds(process.pid) - before
+            used = cpu_seconds(Path(f"/proc/{process.pid}/stat")) - before
             calls = figure.requests_per_second * (args.seconds + 1)  # h2load's warm-up second is as busy
             elapsed = time.monotonic() - started
             per_call = used / calls * 1e6 if calls else float("nan")

@@ -175,6 +175,17 @@ def failures(http: httpx.Client, model: str) -> tuple[float, float]:
     return success, failed
 
 
+def cpu_seconds(stat_file: Path) -> float:
+    """User + system CPU seconds from a ``/proc`` stat file: ``/proc/<pid>/stat`` for a process (all its
+    threads), ``/proc/<pid>/task/<tid>/stat`` for one thread.
+
+    Raises:
+        OSError: the process or thread is gone.
+    """
+    fields = stat_file.read_text().rsplit(")", 1)[1].split()  # the fields after the command name
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pinned(core: int | None) -> list[str]:
     """The ``taskset`` prefix that pins a command to ``core``; none for None (every core)."""
     return [] if core is None else ["taskset", "-c", str(core)]
