@@ -8,6 +8,9 @@ the models round robin over REST (one client, one request at a time, a new model
 every 10 ms; ``VmHWM`` (the kernel's own peak) is read at the end, but it covers only the time since
 the last load began: the gateway resets it at each load to measure that load's peak.
 
+``--scope gateway`` serves with ``--memory-budget-scope gateway``: the budget then bounds the whole
+gateway, its own processes included, not the versions' bytes alone.
+
 With ``--workers N`` (N front ends and model runners: the budget is the machine's, held by the
 supervisor) the figure is the proportional set size (PSS, ``/proc/<pid>/smaps_rollup``) summed over
 the supervisor and all its children (front ends, runners, the fork server), sampled every 20 ms: the
@@ -21,6 +24,7 @@ load time. The target (issue 16): the resident set stays under budget + 15% and 
 succeeds; the exit status is 1 when it is missed.
 
     .venv/bin/python bench/memory_budget.py [--seconds 60] [--models 6] [--model-mb 200] [--budget-mb 700] [--workers 1]
+        [--scope models|gateway]
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ def main() -> int:
     parser.add_argument("--model-mb", type=int, default=200, help="MB of weights per model (default 200)")
     parser.add_argument("--budget-mb", type=int, default=700, help="memory budget in MB (default 700)")
     parser.add_argument("--workers", type=int, default=1, help="front ends; more than 1: model runners (default 1)")
+    parser.add_argument(
+        "--scope", choices=["models", "gateway"], default="models", help="--memory-budget-scope (default models)"
+    )
     options = parser.parse_args()
     budget = options.budget_mb * MB
     names = [f"m{k}" for k in range(1, options.models + 1)]
@@ -83,14 +90,14 @@ def main() -> int:
                     sys.executable, "-m", "gateway", "serve", "--model-repository", str(repository),
                     "--http-port", str(http_port), "--grpc-port", str(free_port()),
                     "--model-load-on-request", "--memory-budget-bytes", str(budget),
-                    "--workers", str(options.workers),
+                    "--workers", str(options.workers), "--memory-budget-scope", options.scope,
                 ],
                 cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT,
                 env={**os.environ, "GATEWAY_ADMIN_TOKEN": "benchmark"},
             )  # fmt: skip
             http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120)
             try:
-                return run(process, http, names, budget, options.seconds, options.workers)
+                return run(process, http, names, budget, options.seconds, options.workers, options.scope)
             finally:
                 http.close()
                 process.terminate()
@@ -103,7 +110,13 @@ def resident(pid: int, workers: int) -> int:
 
 
 def run(
-    process: subprocess.Popen[bytes], http: httpx.Client, names: list[str], budget: int, seconds: float, workers: int
+    process: subprocess.Popen[bytes],
+    http: httpx.Client,
+    names: list[str],
+    budget: int,
+    seconds: float,
+    workers: int,
+    scope: str,
 ) -> int:
     """Wait for the gateway, then the round robin with memory sampling; print the figures; 0 when the target is met."""
     deadline = time.monotonic() + 60
@@ -157,7 +170,7 @@ def run(
     load_sum = metric_total(http, "gateway_model_load_duration_seconds_sum")
     load_count = metric_total(http, "gateway_model_load_duration_seconds_count")
     ceiling = budget * 1.15
-    print(f"budget {budget / MB:.0f} MB, ceiling (budget + 15%) {ceiling / MB:.0f} MB")
+    print(f"budget {budget / MB:.0f} MB ({scope}), ceiling (budget + 15%) {ceiling / MB:.0f} MB")
     if workers == 1:
         print(f"resident set: baseline {baseline / MB:.0f} MB before the first request")
         print(f"  peak (sampled every 10 ms) {peak[0] / MB:.0f} MB, VmHWM since the last load began {hwm / MB:.0f} MB")

@@ -55,6 +55,7 @@ from bench.serving import (  # noqa: E402
     write_mlp_repository,
 )
 from gateway.process.runner import runner_cpu_cores  # noqa: E402
+from gateway.runtime.memory_budget import process_tree  # noqa: E402
 from gateway.settings import GatewaySettings  # noqa: E402
 
 MB = 1_000_000
@@ -84,24 +85,10 @@ def runner_threads(workers: int) -> int:
     return runner_cpu_cores(GatewaySettings(workers=workers, model_runners=True))
 
 
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants."""
-    pids = [pid]
-    for index in range(len(pids) + 10_000):
-        if index >= len(pids):
-            break
-        try:
-            children = Path(f"/proc/{pids[index]}/task/{pids[index]}/children").read_text().split()
-        except FileNotFoundError:
-            continue
-        pids += [int(child) for child in children]
-    return pids
-
-
 def memory(pid: int) -> tuple[int, int, int]:
     """Summed over ``pid``'s tree, in bytes: PSS, RSS; and how many processes."""
     pss = rss = count = 0
-    for member in tree(pid):
+    for member in process_tree(pid):
         try:
             rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
         except (FileNotFoundError, ProcessLookupError):

@@ -35,6 +35,15 @@ class ModelControlMode(StrEnum):
     EXPLICIT = "explicit"
 
 
+class MemoryBudgetScope(StrEnum):
+    """What ``--memory-budget-bytes`` bounds."""
+
+    #: The bytes the loaded versions hold, each measured at its load.
+    MODELS = "models"
+    #: All the gateway's memory: the versions get the budget less what the gateway's own processes hold.
+    GATEWAY = "gateway"
+
+
 #: URI schemes of a shared model repository (fsspec's protocols): followed through a local cache.
 STORE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "file")
 
@@ -117,6 +126,13 @@ class GatewaySettings(StoreSettings):
         "idle versions of other models; never one with requests queued or running. With model runners the budget "
         "is the machine's, for all runners together (each counted with its process's own pages); with several "
         "whole gateways (model-runners off), each worker gets an equal share. None by default: no budget.",
+    )
+    memory_budget_scope: MemoryBudgetScope = Field(
+        default=MemoryBudgetScope.MODELS,
+        description="What memory-budget-bytes bounds. models: the loaded versions' bytes. gateway: all the gateway's "
+        "memory, e.g. a container's memory limit: the versions may hold the budget less what the gateway's own "
+        "processes hold, measured at each load (in process: its resident set less the versions'; with model runners: "
+        "the proportional set size of the supervisor, the fork server and the front ends).",
     )
     repository_poll_seconds: float = Field(
         default=15.0, gt=0, description="Seconds between two scans of the repository in poll mode."
@@ -224,6 +240,8 @@ class GatewaySettings(StoreSettings):
             raise ValueError("a shared model repository (URI) is served by one worker per replica: scale with replicas")
         if self.model_runners and self.store_uri is not None:
             raise ValueError("a shared model repository (URI) is served without model runners: scale with replicas")
+        if self.memory_budget_scope is MemoryBudgetScope.GATEWAY and self.memory_budget_bytes is None:
+            raise ValueError("memory-budget-scope gateway needs memory-budget-bytes")
         return self
 
     @property

@@ -399,3 +399,107 @@ def test_a_runner_load_that_only_its_own_model_keeps_from_room_fails_at_once(tmp
         assert runners_alive(gateway) == ["two"]
     finally:
         gateway.stop()
+
+
+# --memory-budget-scope gateway: the budget bounds the whole gateway, its own processes included.
+OWN_IN_PROCESS = r"memory budget: the gateway holds (\d+) bytes of its own"
+OWN_BESIDES_RUNNERS = r"memory budget: the gateway holds (\d+) bytes besides its model runners"
+
+
+def own_bytes_logged(gateway: GatewayProcess, pattern: str) -> list[int]:
+    """What the gateway said it holds of its own at each room decision, in order."""
+    return [int(figure) for figure in re.findall(pattern, gateway.logs())]
+
+
+def test_a_budget_of_the_whole_gateway_leaves_the_models_what_the_gateway_does_not_hold(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="memory-budget-scope gateway needs memory-budget-bytes"):
+        GatewaySettings(memory_budget_scope="gateway")
+    # Models of twice the usual weight: each keeps about 2 WEIGHT_BYTES (2.4 the first, with ONNX Runtime's
+    # one-off allocations) and its load reserves about 4.
+    root = tmp_path / "repository"
+    for scale, name in enumerate("abc", start=1):
+        write_weighty_model(root / name / "1" / "model.onnx", float(scale), weight_bytes=2 * WEIGHT_BYTES)
+    scope = ("--model-load-on-request", "--memory-budget-scope", "gateway", "--memory-budget-bytes")
+    # Under a budget the gateway alone fills, no model loads, and the error says why; the same budget for the
+    # models alone holds one.
+    small = start_gateway(root, tmp_path / "small.log", *scope, str(5 * WEIGHT_BYTES))
+    try:
+        response = infer(small, "a", 1.0)
+        assert response.status_code == 503, response.text
+        assert (
+            f"the memory budget of {5 * WEIGHT_BYTES} bytes leaves to the models (the gateway's own processes hold "
+            "the rest)" in response.json()["error"]
+        )
+    finally:
+        small.stop()
+    models_only = start_busy(root, tmp_path / "models.log", 5 * WEIGHT_BYTES)
+    try:
+        assert answer(models_only, "a", 1.0) == 1.0
+    finally:
+        models_only.stop()
+
+    # What the gateway holds of its own, as it says before its loads: the versions it holds are not counted in it.
+    measuring = start_gateway(root, tmp_path / "measuring.log", *scope, str(100 * WEIGHT_BYTES))
+    try:
+        assert answer(measuring, "a", 1.0) == 1.0
+        assert answer(measuring, "b", 1.0) == 2.0
+        before_a, before_b = own_bytes_logged(measuring, OWN_IN_PROCESS)
+        assert held_bytes(measuring) > 4 * WEIGHT_BYTES
+        assert abs(before_b - before_a) < WEIGHT_BYTES, (before_a, before_b)
+    finally:
+        measuring.stop()
+    # With room for one load beside what the gateway holds (5.5 WEIGHT_BYTES; the gateway's own bytes grow by
+    # about half of one as ONNX Runtime keeps its one-off allocations after the first version goes), and not
+    # for a version and a load (6), each load evicts the version before it; the same budget for the models
+    # alone would hold every one.
+    budget = before_a + int(5.5 * WEIGHT_BYTES)
+    gateway = start_gateway(root, tmp_path / "gateway.log", *scope, str(budget))
+    try:
+        for round_number in range(2):
+            for scale, name in enumerate("abc", start=1):
+                assert answer(gateway, name, float(round_number)) == float(round_number * scale)
+                states = {model: entry["state"] for model, entry in index(gateway).items()}
+                assert states == {model: "READY" if model == name else "UNAVAILABLE" for model in "abc"}
+        assert total(gateway, "gateway_model_evictions_total") == 5
+        own = own_bytes_logged(gateway, OWN_IN_PROCESS)
+        assert len(own) == 6 and all(abs(figure - before_a) < WEIGHT_BYTES for figure in own), (before_a, own)
+    finally:
+        gateway.stop()
+
+
+def test_model_runners_under_a_budget_of_the_whole_gateway(runners_root: Path, tmp_path: Path) -> None:
+    scope = ("--memory-budget-scope", "gateway")
+    measuring = start_gateway(
+        runners_root, tmp_path / "measuring.log", "--workers", "2", "--model-load-on-request",
+        "--memory-budget-bytes", str(100 * WEIGHT_BYTES), *scope,
+    )  # fmt: skip
+    try:
+        assert answer_on_a_new_connection(measuring, "a", 1.0) == 1.0
+        # The supervisor, the fork server and two front ends: more than one runner's version, and counted.
+        (before_a,) = own_bytes_logged(measuring, OWN_BESIDES_RUNNERS)
+        assert before_a > 2 * WEIGHT_BYTES
+    finally:
+        measuring.stop()
+    # RUNNER_BUDGET for the runners beside what the gateway holds: at most two runners, as with the models'
+    # scope; the same budget for the runners alone would hold all three.
+    gateway = start_gateway(
+        runners_root, tmp_path / "gateway.log", "--workers", "2", "--model-load-on-request",
+        "--memory-budget-bytes", str(before_a + RUNNER_BUDGET), *scope,
+    )  # fmt: skip
+    try:
+        for round_number in range(2):
+            for scale, name in enumerate("abc", start=1):
+                x = float(round_number + 1)
+                assert answer_on_a_new_connection(gateway, name, x) == x * scale
+                alive = runners_alive(gateway)
+                assert len(alive) <= 2 and name in alive, alive
+        evicted = re.findall(r"model runner of model (\w+) version 1 evicted to make room", gateway.logs())
+        assert evicted == ["a", "b", "c", "a"]
+        own = own_bytes_logged(gateway, OWN_BESIDES_RUNNERS)
+        assert len(own) == 6 and all(abs(figure - before_a) < WEIGHT_BYTES for figure in own), (before_a, own)
+
+        response = httpx.post(f"{gateway.http_url}/v2/models/huge/infer", json=rest_body(1.0))
+        assert response.status_code == 503, response.text
+        assert "leaves to the models (the gateway's own processes hold the rest)" in response.json()["error"]
+    finally:
+        gateway.stop()

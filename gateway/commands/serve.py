@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from gateway.logs import LogFormat, configure_logging
-from gateway.settings import ENV_PREFIX, GatewaySettings, ModelControlMode
+from gateway.settings import ENV_PREFIX, GatewaySettings, MemoryBudgetScope, ModelControlMode
 
 
 def _option(
@@ -66,6 +66,9 @@ def serve(
     ] = None,
     memory_budget_bytes: Annotated[
         int | None, _option("memory_budget_bytes", "--memory-budget-bytes", default_text="none")
+    ] = None,
+    memory_budget_scope: Annotated[
+        MemoryBudgetScope | None, _option("memory_budget_scope", "--memory-budget-scope", metavar="SCOPE")
     ] = None,
     repository_poll_seconds: Annotated[
         float | None, _option("repository_poll_seconds", "--repository-poll-seconds")

@@ -14,7 +14,10 @@ per machine: a runner's resident bytes are what its process holds of its own (it
 measured once it has loaded: its version, the runtime's allocations, the interpreter's pages it
 changed); a runner that is loading holds a reservation for its load's peak (measured at the last load
 of the same key, else twice its files' bytes, plus what the last load held above its files). A
-runner starts only once the runners alive fit the budget with its reservation; to make room, the pool
+runner starts only once the runners alive fit the budget with its reservation (with
+``--memory-budget-scope gateway``, the budget less what the gateway's other processes hold: the
+proportional set size of the supervisor, the fork server and the front ends, measured at each look);
+to make room, the pool
 evicts the least recently used idle runners of other models (:class:`~gateway.runtime.runner_server.RunnerActivity`:
 none with a request queued or running) and waits for them to exit. Each front end that uses an evicted
 runner takes the version out of service, lets its requests in flight finish and releases it; its next
@@ -55,9 +58,15 @@ from gateway.process.messages import (
     RunnerWanted,
     SupervisorMessage,
 )
-from gateway.runtime.memory_budget import DEFAULT_ROOM_WAIT_SECONDS
+from gateway.runtime.memory_budget import (
+    DEFAULT_ROOM_WAIT_SECONDS,
+    budget_share,
+    more_than_share,
+    process_tree,
+    proportional_set_bytes,
+)
 from gateway.runtime.runner_server import RunnerActivity
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, MemoryBudgetScope
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +131,7 @@ class RunnerPool:
         self._sockets = 0
         self.closing = False
         self.budget_bytes = settings.memory_budget_bytes
+        self.budget_counts_gateway = settings.memory_budget_scope is MemoryBudgetScope.GATEWAY
         self.waiting_for_room: list[_Runner] = []  # in the order they asked
         self._measured: dict[str, RunnerLoaded] = {}  # by key: its last load's figures
         self._overhead_bytes = 0  # what the last load held above its files' bytes
@@ -221,17 +231,28 @@ class RunnerPool:
                 entry.unlink()
             self.socket_dir.rmdir()
 
+    def runners_budget_bytes(self) -> int:
+        """The bytes the runners may hold together now: the budget, less what the gateway's other processes hold
+        (their proportional set sizes) when the budget counts the whole gateway; at least 0."""
+        assert self.budget_bytes is not None
+        if not self.budget_counts_gateway:
+            return self.budget_bytes
+        runners = {r.process.pid for r in [*self.runners.values(), *self.stopping] if r.process is not None}
+        own = sum(proportional_set_bytes(pid) for pid in process_tree(os.getpid()) if pid not in runners)
+        return max(self.budget_bytes - own, 0)
+
     def _start_within_budget(self, runner: _Runner, room_wait_seconds: float | None = None) -> None:
         """Start ``runner`` now, or, with a budget, once the runners alive leave room for its load (waiting
         ``room_wait_seconds`` at most; None: :data:`DEFAULT_ROOM_WAIT_SECONDS`)."""
         if self.budget_bytes is None:
             self._start(runner)
             return
-        runner.held_bytes = self._needed_bytes(runner.spec)
-        if runner.held_bytes > self.budget_bytes:
+        share = self.runners_budget_bytes()
+        runner.held_bytes = self._needed_bytes(runner.spec, share)
+        if runner.held_bytes > share:
             message = (
-                f"model '{runner.spec.model}' needs about {runner.held_bytes} bytes, more than the whole memory "
-                f"budget of {self.budget_bytes} bytes"
+                f"model '{runner.spec.model}' needs about {runner.held_bytes} bytes, "
+                f"{more_than_share(share, self.budget_bytes)}"
             )
             self._failed(runner, RunnerFailed("LargerThanBudgetError", message))
             return
@@ -239,16 +260,16 @@ class RunnerPool:
         self.waiting_for_room.append(runner)
         self._admit()
 
-    def _needed_bytes(self, spec: RunnerSpec) -> int:
-        """The bytes a load of ``spec`` reserves: what it will hold at its peak (at most the whole budget), and
-        never less than what it will keep (measured at the last load of the key, else estimated from its files)."""
-        assert self.budget_bytes is not None
+    def _needed_bytes(self, spec: RunnerSpec, share: int) -> int:
+        """The bytes a load of ``spec`` reserves: what it will hold at its peak (at most ``share``, the runners'
+        budget), and never less than what it will keep (measured at the last load of the key, else estimated from
+        its files)."""
         measured = self._measured.get(spec.key)
         if measured is not None:
             kept, peak = measured.resident_bytes, measured.peak_bytes
         else:
             kept, peak = spec.model_bytes + self._overhead_bytes, 2 * spec.model_bytes + self._overhead_bytes
-        return max(kept, min(peak, self.budget_bytes))
+        return max(kept, min(peak, share))
 
     def _admit(self) -> None:
         """Start the runners waiting for room, in order, while they fit; fail those that waited too long."""
@@ -261,6 +282,16 @@ class RunnerPool:
             if self._make_room(runner.spec.model, runner.held_bytes):
                 self.waiting_for_room.pop(0)
                 runner.room_deadline = None
+                if self.budget_counts_gateway:
+                    assert self.budget_bytes is not None
+                    share = self.runners_budget_bytes()
+                    logger.info(
+                        "memory budget: the gateway holds %d bytes besides its model runners; the runners may hold %d "
+                        "of the %d-byte budget",
+                        self.budget_bytes - share,
+                        share,
+                        self.budget_bytes,
+                    )
                 self._start(runner)
                 continue
             assert runner.room_deadline is not None
@@ -277,10 +308,10 @@ class RunnerPool:
     def _make_room(self, model: str, needed_bytes: int) -> bool:
         """Whether ``needed_bytes`` more fit the budget now; if not, evict the least recently used idle runners
         of other models until they will once the runners leaving have exited."""
-        assert self.budget_bytes is not None
+        share = self.runners_budget_bytes()
         alive = [r for r in [*self.runners.values(), *self.stopping] if r.process is not None]
         used = sum(r.held_bytes for r in alive)
-        if used + needed_bytes <= self.budget_bytes:
+        if used + needed_bytes <= share:
             return True
         leaving = sum(r.held_bytes for r in alive if r in self.stopping)
         idle = [
@@ -293,7 +324,7 @@ class RunnerPool:
             and r.activity.inflight == 0
         ]
         for runner in sorted(idle, key=lambda r: r.activity.last_used if r.activity is not None else 0.0):
-            if used - leaving + needed_bytes <= self.budget_bytes:
+            if used - leaving + needed_bytes <= share:
                 break
             self._evict(runner)
             leaving += runner.held_bytes
@@ -331,9 +362,10 @@ class RunnerPool:
             if r.spec.model != runner.spec.model and r.activity is not None and r.activity.inflight > 0
         )
         held_by = f"model runners that stayed busy ({', '.join(busy)})" if busy else "its own model's runners"
+        share = budget_share(self.runners_budget_bytes(), self.budget_bytes)
         message = (
-            f"model '{runner.spec.model}' needs about {runner.held_bytes} bytes; the memory budget's "
-            f"{self.budget_bytes} bytes are held by {held_by}; retry later"
+            f"model '{runner.spec.model}' needs about {runner.held_bytes} bytes; {share} are held by {held_by}; "
+            "retry later"
         )
         self._failed(runner, RunnerFailed("NoRoomError", message))
         if runner.users:

@@ -44,7 +44,7 @@ from gateway.process.runner_host import RunnerHost
 from gateway.repository.model_repository import ModelRepository
 from gateway.repository.store import RepositoryFollower, RepositoryStore, StoreError
 from gateway.repository.tfserving_config import read_model_server_config
-from gateway.settings import GatewaySettings, ModelControlMode
+from gateway.settings import GatewaySettings, MemoryBudgetScope, ModelControlMode
 from gateway.transports.grpc.server import HealthStatus, create_grpc_server, set_serving
 from gateway.transports.rest.app import create_rest_app
 
@@ -236,6 +236,7 @@ def _model_repository(settings: GatewaySettings, runners: RunnerHost | None) -> 
             memory_budget_bytes=settings.worker_memory_budget_bytes,
             load_on_request=settings.model_load_on_request,
             host=runners,
+            memory_budget_counts_process=settings.memory_budget_scope is MemoryBudgetScope.GATEWAY,
         )
     except ValueError as error:  # ModelServerConfigError, or a name both configured and in the repository
         raise StartupError(str(error)) from None

@@ -230,6 +230,8 @@ class ModelRepository:
             ``models.config``); uploads and deletes leave them alone (their files are their owner's).
         memory_budget_bytes: bytes the loaded versions may hold together (None: no limit); see
             :mod:`gateway.runtime.memory_budget`.
+        memory_budget_counts_process: whether the budget bounds this process's whole resident set (the
+            versions get what the process leaves of it), not the versions' bytes alone.
         host: where versions' instances are loaded and run (default: in this process,
             :class:`~gateway.repository.version_loader.InProcessHost`; a front end of several hands
             a host whose versions run in model runner processes).
@@ -250,6 +252,7 @@ class ModelRepository:
         memory_budget_bytes: int | None = None,
         load_on_request: bool = False,
         host: VersionHost | None = None,
+        memory_budget_counts_process: bool = False,
     ) -> None:
         self.root = root
         self.configured_models = dict(configured_models or {})
@@ -264,7 +267,9 @@ class ModelRepository:
         self.metrics = metrics if metrics is not None else Metrics()
         # gateway_model_resident_bytes is published by the process holding the versions: this one, or each
         # version's model runner (a front end publishing it too would count every version once per front end).
-        self.budget = MemoryBudget(memory_budget_bytes, self.metrics if host is None else None)
+        self.budget = MemoryBudget(
+            memory_budget_bytes, self.metrics if host is None else None, memory_budget_counts_process
+        )
         self.host: VersionHost = (
             host
             if host is not None
@@ -908,19 +913,19 @@ class ModelRepository:
         """With a budget limit, what a loading thread calls before a version loads, with the bytes the
         version is expected to keep and to hold at its load's peak.
 
-        Room is made for the peak (at most the whole budget); a version expected to keep more than the
-        whole budget raises :class:`LargerThanBudgetError`. The call blocks the thread while the event
-        loop evicts (:meth:`MemoryBudget.make_room`), and raises what that raises.
+        Room is made for the peak (at most the whole budget, or what the process leaves of it when the
+        budget counts the process); a version expected to keep more raises :class:`LargerThanBudgetError`.
+        The call blocks the thread while the event loop evicts (:meth:`MemoryBudget.make_room`), and
+        raises what that raises.
         """
-        limit = self.budget.limit_bytes
-        if limit is None:
+        if self.budget.limit_bytes is None:
             return None
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = time.perf_counter() + DEFAULT_ROOM_WAIT_SECONDS
 
         def reserve(kept_bytes: int, peak_bytes: int) -> None:
-            needed_bytes = max(kept_bytes, min(peak_bytes, limit))
+            needed_bytes = max(kept_bytes, min(peak_bytes, self.budget.models_limit_bytes() or 0))
             room = self.budget.make_room(name, needed_bytes, self._evict, deadline)
             asyncio.run_coroutine_threadsafe(room, loop).result()
 

@@ -12,6 +12,11 @@ other models: room for the load's peak, not only for what it keeps, so that the 
 set stays within the budget during loads too. A version with requests queued or running is never
 evicted: the load waits for such versions to go idle, up to its deadline.
 
+The budget counts the versions only by default. A budget that counts the process too
+(``--memory-budget-scope gateway``: the whole gateway within a container's memory limit) leaves the
+versions the limit less what the process holds of its own, measured at each room decision: its
+resident set less the versions' bytes (the interpreter, the libraries, the servers, requests' buffers).
+
 Busy is counted by :meth:`MemoryBudget.enter` and :meth:`MemoryBudget.leave` around each run of a
 version (:func:`gateway.core.pipeline.run_version`); a request takes its version from the repository
 and enters it with no ``await`` between the two, so an eviction (which runs on the same event loop)
@@ -96,10 +101,13 @@ class MemoryBudget:
         limit_bytes: bytes the versions may hold together; None: no limit (versions are still
             accounted, so that their resident bytes are shown).
         metrics: where ``gateway_model_resident_bytes`` is published (None: nowhere).
+        counts_process: whether ``limit_bytes`` bounds the process's whole resident set: then the
+            versions may hold the limit less what the process holds of its own (:meth:`models_limit_bytes`).
     """
 
-    def __init__(self, limit_bytes: int | None, metrics: Metrics | None = None) -> None:
+    def __init__(self, limit_bytes: int | None, metrics: Metrics | None = None, counts_process: bool = False) -> None:
         self.limit_bytes = limit_bytes
+        self.counts_process = counts_process
         if limit_bytes is not None:
             mallopt = _libc_function("mallopt")
             if mallopt is not None:
@@ -114,6 +122,17 @@ class MemoryBudget:
         """Bytes the accounted versions hold together (those serving, and those retired but not yet released)."""
         with self._lock:
             return sum(usage.resident_bytes for usage in self._usages)
+
+    def own_bytes(self) -> int:
+        """The bytes the process holds of its own: its resident set less the accounted versions' bytes (at least 0)."""
+        return max(resident_bytes() - self.used_bytes(), 0)
+
+    def models_limit_bytes(self) -> int | None:
+        """The bytes the versions may hold together now: the limit, less :meth:`own_bytes` when the budget counts
+        the process (at least 0); None without a limit."""
+        if self.limit_bytes is None or not self.counts_process:
+            return self.limit_bytes
+        return max(self.limit_bytes - self.own_bytes(), 0)
 
     def add(self, usage: VersionUsage) -> None:
         """Account for a version that has just loaded (may be called from a loading thread)."""
@@ -165,17 +184,28 @@ class MemoryBudget:
             deadline: until when to wait for busy versions, in ``time.perf_counter()`` seconds (None:
                 :data:`DEFAULT_ROOM_WAIT_SECONDS` from now).
 
+        When the budget counts the process, the versions' share (:meth:`models_limit_bytes`) is taken
+        again after each eviction.
+
         Raises:
-            LargerThanBudgetError: ``needed_bytes`` exceeds the whole budget.
+            LargerThanBudgetError: ``needed_bytes`` exceeds the whole budget (less what the process holds
+                of its own, when the budget counts it).
             NoRoomError: the deadline passed with too few bytes free, or only ``model``'s own versions
                 hold the rest of the budget.
         """
-        limit = self.limit_bytes
-        if limit is None:
+        budget, limit = self.limit_bytes, self.models_limit_bytes()
+        if budget is None or limit is None:
             return
         if needed_bytes > limit:
             raise LargerThanBudgetError(
-                f"model '{model}' needs about {needed_bytes} bytes, more than the whole memory budget of {limit} bytes"
+                f"model '{model}' needs about {needed_bytes} bytes, {more_than_share(limit, budget)}"
+            )
+        if self.counts_process and needed_bytes > 0:
+            logger.info(
+                "memory budget: the gateway holds %d bytes of its own; the models may hold %d of the %d-byte budget",
+                self.own_bytes(),
+                limit,
+                budget,
             )
         if deadline is None:
             deadline = time.perf_counter() + DEFAULT_ROOM_WAIT_SECONDS
@@ -185,18 +215,18 @@ class MemoryBudget:
             idle = [usage for usage in others if usage.serving and usage.inflight == 0]
             if idle:
                 await evict(min(idle, key=lambda usage: usage.last_used))
-                continue
-            if not others:
+            elif not others:
                 raise NoRoomError(
-                    f"model '{model}' needs about {needed_bytes} bytes and {used} of the memory budget's {limit} "
-                    f"bytes are held by its own versions"
+                    f"model '{model}' needs about {needed_bytes} bytes and {used} of {budget_share(limit, budget)} "
+                    f"are held by its own versions"
                 )
-            busy = ", ".join(sorted({f"{usage.model} version {usage.version}" for usage in others}))
-            if not await self._wait_for_change(deadline):
+            elif not await self._wait_for_change(deadline):
+                busy = ", ".join(sorted({f"{usage.model} version {usage.version}" for usage in others}))
                 raise NoRoomError(
-                    f"model '{model}' needs about {needed_bytes} bytes; {used} of the memory budget's {limit} bytes "
-                    f"are held by versions that stayed busy ({busy}); retry later"
+                    f"model '{model}' needs about {needed_bytes} bytes; {used} of {budget_share(limit, budget)} are "
+                    f"held by versions that stayed busy ({busy}); retry later"
                 )
+            limit = self.models_limit_bytes() or 0  # what the process holds of its own changes as versions go
 
     async def _wait_for_change(self, deadline: float) -> bool:
         """Wait until a version goes idle or is released, or until ``deadline``; whether one did."""
@@ -227,6 +257,21 @@ class MemoryBudget:
         self._metrics.resident_bytes.labels(usage.model, str(usage.version)).set(total)
 
 
+def budget_share(share_bytes: int, budget_bytes: int) -> str:
+    """How a message names the bytes the models may hold: the whole budget, or what the gateway leaves of it
+    (``share_bytes`` less than ``budget_bytes``, with ``--memory-budget-scope gateway``)."""
+    if share_bytes >= budget_bytes:
+        return f"the memory budget's {budget_bytes} bytes"
+    return f"the {share_bytes} bytes the memory budget of {budget_bytes} bytes leaves to the models"
+
+
+def more_than_share(share_bytes: int, budget_bytes: int) -> str:
+    """The end of a :class:`LargerThanBudgetError`'s message: more than the models may hold (:func:`budget_share`)."""
+    if share_bytes >= budget_bytes:
+        return f"more than the whole memory budget of {budget_bytes} bytes"
+    return f"more than {budget_share(share_bytes, budget_bytes)} (the gateway's own processes hold the rest)"
+
+
 def resident_bytes() -> int:
     """This process's resident set size now, in bytes (``/proc/self/statm``; 0 where it cannot be read)."""
     try:
@@ -253,6 +298,38 @@ def private_bytes() -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return total
+
+
+def proportional_set_bytes(pid: int) -> int:
+    """The proportional set size of process ``pid`` in bytes: its resident pages, each divided by the number of
+    processes mapping it, so that the figures of several processes add up (``Pss`` of
+    ``/proc/<pid>/smaps_rollup``; 0 where it cannot be read, e.g. the process has exited)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (children, their children...), from ``/proc/<pid>/task/*/children``;
+    a process that exits meanwhile is left out with what is under it."""
+    found = [pid]
+    for parent in found:  # grows as children are found
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", "rb") as children:
+                    found += [int(child) for child in children.read().split()]
+            except (OSError, ValueError):
+                continue
+    return found
 
 
 def reset_peak_resident() -> None:
