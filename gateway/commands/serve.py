@@ -117,13 +117,13 @@ def serve(
     except ValidationError as error:
         raise typer.BadParameter(str(error)) from None
     configure_logging(settings.log_level, settings.log_format)
-    from gateway.process.server import StartupError, run_gateway, run_worker
-
-    if settings.workers > 1 or settings.uses_model_runners:
-        from gateway.process.runner import run_runner
+    if settings.workers > 1 or settings.uses_model_runners:  # the supervisor: its children import the server
+        from gateway.process.children import runner_entry, worker_entry
         from gateway.process.supervisor import run_supervisor
 
-        raise typer.Exit(run_supervisor(settings, run_worker, run_runner if settings.uses_model_runners else None))
+        raise typer.Exit(run_supervisor(settings, worker_entry, runner_entry if settings.uses_model_runners else None))
+
+    from gateway.process.server import StartupError, run_gateway
 
     try:
         run_gateway(settings)

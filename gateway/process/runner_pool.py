@@ -233,12 +233,17 @@ class RunnerPool:
 
     def runners_budget_bytes(self) -> int:
         """The bytes the runners may hold together now: the budget, less what the gateway's other processes hold
-        (their proportional set sizes) when the budget counts the whole gateway; at least 0."""
+        (their proportional set sizes, an upload's trial runner among them) when the budget counts the whole
+        gateway; at least 0."""
         assert self.budget_bytes is not None
         if not self.budget_counts_gateway:
             return self.budget_bytes
-        runners = {r.process.pid for r in [*self.runners.values(), *self.stopping] if r.process is not None}
-        own = sum(proportional_set_bytes(pid) for pid in process_tree(os.getpid()) if pid not in runners)
+        accounted = {
+            r.process.pid
+            for r in [*self.runners.values(), *self.stopping]
+            if r.process is not None and not r.spec.check_only
+        }
+        own = sum(proportional_set_bytes(pid) for pid in process_tree(os.getpid()) if pid not in accounted)
         return max(self.budget_bytes - own, 0)
 
     def _start_within_budget(self, runner: _Runner, room_wait_seconds: float | None = None) -> None:

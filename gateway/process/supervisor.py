@@ -4,7 +4,8 @@
 starts N worker processes (forked from a fork server that imported their modules once,
 :mod:`gateway.process.children`), restarts one that dies, and stops them all on SIGTERM or SIGINT.
 Each worker runs the worker entry point the caller hands in
-(:func:`gateway.process.server.run_worker`; this module never imports the server): the REST and gRPC
+(:func:`gateway.process.children.worker_entry`, which runs :func:`gateway.process.server.run_worker`;
+this process never imports the server): the REST and gRPC
 servers, the core and the repository. With model runners (the default with several workers), its
 versions run in runner processes that the supervisor starts, shares among the workers, restarts and
 stops (:mod:`gateway.process.runner_pool`); without, each worker loads every model with its own
@@ -254,9 +255,9 @@ def run_supervisor(settings: GatewaySettings, worker_main: WorkerMain, runner_ma
 
     Args:
         settings: the server settings, given to every worker.
-        worker_main: each worker process's entry point (:func:`gateway.process.server.run_worker`).
+        worker_main: each worker process's entry point (:func:`gateway.process.children.worker_entry`).
         runner_main: with model runners, each runner process's entry point
-            (:func:`gateway.process.runner.run_runner`); the workers are then front ends whose versions
+            (:func:`gateway.process.children.runner_entry`); the workers are then front ends whose versions
             run in runners (:mod:`gateway.process.runner_pool`), stopped after the workers.
 
     Returns:
