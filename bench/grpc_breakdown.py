@@ -1,4 +1,4 @@
-"""Where a gRPC call's CPU goes in the gateway: grpc.aio's part against ours (issue 16).
+"""Where a gRPC call's CPU goes in the gateway: the gRPC server's part against ours (issue 16).
 
 The gateway serves the small MLP (64-128-10) in one process pinned to ``--server-core``; h2load
 (nghttp2-client) pinned to ``--client-core`` sends ``ModelInfer`` with raw contents over one HTTP/2
@@ -8,15 +8,18 @@ connection at concurrency 32 for ``--seconds``. Three runs of the same server:
 - ``probe``: the same with ``InferenceServicer.ModelInfer`` wrapped to sum the CPU seconds of the
   event loop's thread (``time.thread_time()``) spent inside it; the small MLP runs inline, so the call
   never suspends and the sum is our handler's own CPU (decode, checks, metrics, the model, encode);
-- ``constant``: ``ModelInfer`` replaced by one returning a pre-built answer: grpc.aio's cost in the
-  gateway's server (its options, health service, uvloop) with none of ours.
+- ``constant``: ``ModelInfer`` replaced by one returning a pre-built answer: the gRPC server's cost in
+  the gateway (its options, health service, the hop to the event loop) with none of ours.
+
+The ``gateway`` server is also measured at concurrency 1 (calls/s, p50 and p99 latency).
 
 For each: calls/s, and CPU microseconds per call of the whole process, of its event loop's thread,
-and of its other threads (gRPC's poller and event-engine threads), from ``/proc/<pid>/task/*/stat``.
-Then the same ``ModelInfer`` called in a loop in this process (parse and serialize included) for the
-handler's cost out of the server.
+and of its other threads (gRPC's poller and event-engine threads, and with the synchronous server its
+pool's), from ``/proc/<pid>/task/*/stat``. Then the same ``ModelInfer`` called in a loop in this
+process (parse and serialize included) for the handler's cost out of the server.
 
-Usage (``bash bench/run.sh`` installs h2load)::
+Usage (``bash bench/run.sh`` installs h2load; ``GATEWAY_GRPC_SERVER=threads`` measures the synchronous
+server, README "The gRPC server")::
 
     .venv/bin/python bench/grpc_breakdown.py [--seconds 5]
 
@@ -181,6 +184,8 @@ def main() -> int:
             after = thread_cpu_seconds(pid)
             time.sleep(0.6)
             probed = json.loads(probe_file.read_text()) if mode == "probe" else None
+            if mode == "gateway":
+                one_at_a_time = run_h2load(args.client_core, f"127.0.0.1:{ports[1]}", frame, 1, args.seconds, folder)
         if figure.failed:
             print(f"{mode:<10}  FAILED: {figure.failed}")
             continue
@@ -194,6 +199,14 @@ def main() -> int:
         print(
             f"{mode:<10}{figure.requests_per_second:>9,.0f}{(main_thread + others) / calls * 1e6:>13.0f}"
             f"{main_thread / calls * 1e6:>13.0f}{others / calls * 1e6:>15.0f}{handler:>12}"
+        )
+    if one_at_a_time.failed:
+        print(f"gateway at concurrency 1: FAILED: {one_at_a_time.failed}")
+    else:
+        assert one_at_a_time.p50 is not None and one_at_a_time.p99 is not None
+        print(
+            f"gateway at concurrency 1: {one_at_a_time.requests_per_second:,.0f} calls/s, "
+            f"p50 {one_at_a_time.p50 * 1e3:.3f} ms, p99 {one_at_a_time.p99 * 1e3:.3f} ms"
         )
     os.sched_setaffinity(0, {args.server_core})
     print(f"ModelInfer in a loop in this process: {in_a_loop(repository, 20_000):.0f} us of CPU per call")

@@ -44,6 +44,15 @@ class MemoryBudgetScope(StrEnum):
     GATEWAY = "gateway"
 
 
+class GrpcServerKind(StrEnum):
+    """Which of grpcio's servers serves the gRPC API (:mod:`gateway.transports.grpc.server`)."""
+
+    #: grpc.aio, on the event loop.
+    ASYNCIO = "asyncio"
+    #: The synchronous server with a thread pool, each call handed to the event loop.
+    THREADS = "threads"
+
+
 #: URI schemes of a shared model repository (fsspec's protocols): followed through a local cache.
 STORE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "file")
 
@@ -107,6 +116,18 @@ class GatewaySettings(StoreSettings):
     )
     http_port: int = Field(default=8000, ge=0, le=65535, description="Port of the REST API.")
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="Port of the gRPC API.")
+    grpc_server: GrpcServerKind = Field(
+        default=GrpcServerKind.ASYNCIO,
+        description="asyncio: grpc.aio on the event loop. threads: grpcio's synchronous server, each call handed to "
+        "the event loop: half the CPU per call when each gateway process keeps to one core (taskset, a cpuset), "
+        "slower than asyncio when its threads spread over several.",
+    )
+    grpc_threads: int = Field(
+        default=64,
+        ge=1,
+        description="With grpc-server threads: the server's threads (in each worker), the gRPC calls answered at "
+        "once; a call holds its thread until answered, and further calls wait for one.",
+    )
     model_control_mode: ModelControlMode = Field(
         default=ModelControlMode.NONE,
         description="none: load every model at start; poll: also rescan the repository every "

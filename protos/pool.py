@@ -17,11 +17,17 @@ from protos.messages import POOL, ProtoMessage, message_class
 __all__ = ["POOL", "ProtoMessage", "add_service", "message_class"]
 
 
-def add_service(server: grpc.aio.Server, service_name: str, servicer: object) -> None:
+def add_service(
+    server: grpc.Server | grpc.aio.Server,
+    service_name: str,
+    servicer: object,
+    adapt: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+) -> None:
     """Serve every method of service ``service_name`` (e.g. ``inference.GRPCInferenceService``) on ``server``.
 
-    Each method is answered by the servicer's coroutine of the same name, ``(request, context) ->
-    response``, with the request and response messages of :data:`POOL`.
+    Each method is answered by the servicer's method of the same name, ``(request, context) ->
+    response``, with the request and response messages of :data:`POOL`; ``adapt``, when given, turns
+    each such method into the behaviour the server calls (e.g. a coroutine into a blocking call).
 
     Raises:
         KeyError: no such service in the gateway's protos.
@@ -36,7 +42,7 @@ def add_service(server: grpc.aio.Server, service_name: str, servicer: object) ->
         if behaviour is None:
             raise TypeError(f"{type(servicer).__name__} does not implement {service_name}.{method.name}")
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            behaviour,
+            behaviour if adapt is None else adapt(behaviour),
             request_deserializer=message_class(method.input_type.full_name).FromString,
             response_serializer=message_class(method.output_type.full_name).SerializeToString,
         )

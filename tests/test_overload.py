@@ -131,8 +131,9 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "
         time.sleep(0.01)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+@pytest.fixture(scope="module", params=["asyncio", "threads"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The overloaded and the slow model, served with each kind of gRPC server (``--grpc-server``)."""
     root = tmp_path_factory.mktemp("overload-repository")
     write_scaled_model(
         root / "overloaded" / "1" / "model.onnx", scale=2.0, layers=200
@@ -140,7 +141,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]
     (root / "overloaded" / "config.yaml").write_text(OVERLOAD_CONFIG)
     write_scaled_model(root / "slow" / "1" / "model.onnx", scale=3.0, layers=SLOW_LAYERS)
     (root / "slow" / "config.yaml").write_text(QUEUED_CONFIG)
-    gateway = start_gateway(root, tmp_path_factory.mktemp("logs") / "gateway.log")
+    gateway = start_gateway(root, tmp_path_factory.mktemp("logs") / "gateway.log", "--grpc-server", request.param)
     yield gateway
     gateway.stop()
 

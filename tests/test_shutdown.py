@@ -59,11 +59,26 @@ def inflight(gateway: GatewayProcess) -> float:
     return 0.0
 
 
-def test_sigterm_drains_requests_in_flight_and_refuses_new_ones(slow_repository: Path, tmp_path: Path):
-    gateway = start_gateway(slow_repository, tmp_path / "gateway.log", "--exit-timeout-seconds", "120")
+def slow_grpc_request() -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(0.5)
+    return request
+
+
+@pytest.mark.parametrize("grpc_server", ["asyncio", "threads"])
+def test_sigterm_drains_requests_in_flight_and_refuses_new_ones(
+    slow_repository: Path, tmp_path: Path, grpc_server: str
+):
+    gateway = start_gateway(
+        slow_repository, tmp_path / "gateway.log", "--exit-timeout-seconds", "120", "--grpc-server", grpc_server
+    )
+    in_flight_channel = grpc.insecure_channel(gateway.grpc_address)
     try:
         threads, results = send_in_background(gateway, 3)
-        wait_for(lambda: inflight(gateway) == 3)  # one running on the one instance, two queued behind it
+        in_flight_call = service_pb2_grpc.GRPCInferenceServiceStub(in_flight_channel).ModelInfer.future(
+            slow_grpc_request(), timeout=120
+        )
+        wait_for(lambda: inflight(gateway) == 4)  # one running on the one instance, three queued behind it
         gateway.process.send_signal(signal.SIGTERM)
 
         # KServe v2: readiness false is a 4xx answer.
@@ -71,10 +86,8 @@ def test_sigterm_drains_requests_in_flight_and_refuses_new_ones(slow_repository:
         with grpc.insecure_channel(gateway.grpc_address) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
             assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            request = service_pb2.ModelInferRequest(model_name="slow")
-            request.inputs.add(name="x", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(0.5)
             with pytest.raises(grpc.RpcError) as refused:
-                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(slow_grpc_request(), timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         response = gateway.http.post("/v2/models/slow/infer", json=SLOW_REQUEST)
         assert response.status_code == 503
@@ -85,8 +98,10 @@ def test_sigterm_drains_requests_in_flight_and_refuses_new_ones(slow_repository:
         for thread in threads:
             thread.join(timeout=120)
         assert [getattr(result, "status_code", result) for result in results] == [200, 200, 200]
+        assert in_flight_call.result(timeout=120).model_name == "slow"  # the gRPC call in flight was answered
         assert gateway.process.wait(timeout=30) == 0
     finally:
+        in_flight_channel.close()
         gateway.stop()
     assert "requests in flight finished" in gateway.logs()
 

@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from gateway.logs import LogFormat, configure_logging
-from gateway.settings import ENV_PREFIX, GatewaySettings, MemoryBudgetScope, ModelControlMode
+from gateway.settings import ENV_PREFIX, GatewaySettings, GrpcServerKind, MemoryBudgetScope, ModelControlMode
 
 
 def _option(
@@ -58,6 +58,8 @@ def serve(
     host: Annotated[str | None, _option("host", "--host")] = None,
     http_port: Annotated[int | None, _option("http_port", "--http-port")] = None,
     grpc_port: Annotated[int | None, _option("grpc_port", "--grpc-port")] = None,
+    grpc_server: Annotated[GrpcServerKind | None, _option("grpc_server", "--grpc-server", metavar="KIND")] = None,
+    grpc_threads: Annotated[int | None, _option("grpc_threads", "--grpc-threads")] = None,
     model_control_mode: Annotated[
         ModelControlMode | None, _option("model_control_mode", "--model-control-mode", metavar="MODE")
     ] = None,

@@ -1,4 +1,4 @@
-"""One gateway process: REST (uvicorn) and gRPC (grpc.aio) on one event loop, over one core.
+"""One gateway process: REST (uvicorn) and gRPC (grpcio) answered on one event loop, over one core.
 
 This is the one place that wires the layers together: the model repository, the core's data plane
 and repository control, the transports, and (in a worker process) the link to the other workers.
@@ -44,8 +44,8 @@ from gateway.process.runner_host import RunnerHost
 from gateway.repository.model_repository import ModelRepository
 from gateway.repository.store import RepositoryFollower, RepositoryStore, StoreError
 from gateway.repository.tfserving_config import read_model_server_config
-from gateway.settings import GatewaySettings, MemoryBudgetScope, ModelControlMode
-from gateway.transports.grpc.server import HealthStatus, create_grpc_server, set_serving
+from gateway.settings import GatewaySettings, GrpcServerKind, MemoryBudgetScope, ModelControlMode
+from gateway.transports.grpc.server import GrpcServer, create_grpc_server
 from gateway.transports.rest.app import create_rest_app
 
 logger = logging.getLogger(__name__)
@@ -152,11 +152,12 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
         if peers is not None:
             peers.start()
         try:
-            grpc_server, health_servicer = create_grpc_server(
+            grpc_server = create_grpc_server(
                 dataplane,
                 control,
                 f"{settings.host}:{settings.grpc_port}",
                 settings.max_request_bytes,
+                settings.grpc_threads if settings.grpc_server is GrpcServerKind.THREADS else None,
                 credentials=_grpc_credentials(settings),
                 reuse_port=shared_ports,
             )
@@ -197,7 +198,7 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
             settings.model_control_mode,
             ", TLS" if scheme == "https" else "",
         )
-        running = asyncio.create_task(_load_and_poll(settings, repository, follower, dataplane, health_servicer))
+        running = asyncio.create_task(_load_and_poll(settings, repository, follower, dataplane, grpc_server))
         stop_task = asyncio.create_task(stop_requested.wait())
         try:
             await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -206,7 +207,7 @@ async def serve(settings: GatewaySettings, peers_connection: Connection | None =
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            drained = await _drain(dataplane, health_servicer, settings.exit_timeout_seconds)
+            drained = await _drain(dataplane, grpc_server, settings.exit_timeout_seconds)
             http_server.should_exit = True
             await grpc_server.stop(CLOSE_GRACE_SECONDS)
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,7 +270,7 @@ async def _load_and_poll(
     repository: ModelRepository,
     follower: RepositoryFollower | None,
     dataplane: DataPlane,
-    health_servicer: HealthStatus,
+    grpc_server: GrpcServer,
 ) -> None:
     """Load the repository and turn ready; in poll mode, then rescan the repository until cancelled.
 
@@ -281,7 +282,7 @@ async def _load_and_poll(
     if settings.model_control_mode is not ModelControlMode.EXPLICIT and not settings.model_load_on_request:
         await repository.load_all()
     dataplane.mark_ready()
-    await set_serving(health_servicer, True)
+    await grpc_server.set_serving(True)
     logger.info("server ready")
     while settings.model_control_mode is ModelControlMode.POLL:
         await asyncio.sleep(settings.repository_poll_seconds)
@@ -294,14 +295,14 @@ async def _load_and_poll(
             logger.exception("repository poll failed")
 
 
-async def _drain(dataplane: DataPlane, health_servicer: HealthStatus, exit_timeout_seconds: float) -> bool:
+async def _drain(dataplane: DataPlane, grpc_server: GrpcServer, exit_timeout_seconds: float) -> bool:
     """Turn not ready, refuse new inference requests, and wait up to the exit timeout for those in flight.
 
     Returns:
         Whether they all finished.
     """
     dataplane.start_draining()
-    await set_serving(health_servicer, False)
+    await grpc_server.set_serving(False)
     started = time.monotonic()
     if await dataplane.wait_idle(exit_timeout_seconds):
         logger.info("requests in flight finished in %.3f s", time.monotonic() - started)

@@ -12,8 +12,8 @@ one table.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -34,7 +34,25 @@ REQUEST_ID_KEY = "x-request-id"
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+class Context(Protocol):
+    """What the servicers use of a call's context: that much of ``grpc.aio.ServicerContext``'s API, which
+    :class:`gateway.transports.grpc.server.LoopContext` gives a call of the synchronous server."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None:
+        """The call's metadata (lower-case keys)."""
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the call's deadline; None without one."""
+
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str]]) -> None:
+        """Metadata sent with the call's status."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        """End the call with ``code`` and ``details``; raises (the call is over)."""
+
+
 _Method = Callable[[Any, _Request, Context], Awaitable[_Response]]
 
 
@@ -142,7 +160,7 @@ class InferenceServicer:
 
         The call's gRPC deadline (``context.time_remaining()``) bounds the request, with Triton's
         ``timeout`` parameter and the server's request timeout: past it, DEADLINE_EXCEEDED and queued
-        work is dropped. A client that cancels has grpc.aio cancel this coroutine, which takes the
+        work is dropped. A client that cancels has the server cancel this coroutine, which takes the
         request off the model's queue (see :meth:`gateway.runtime.scheduler.Scheduler.run`).
         """
         raw = bool(request.raw_input_contents) or any(REGION in tensor.parameters for tensor in request.inputs)
