@@ -286,18 +286,26 @@ def start_with_runners(root: Path, log: Path, budget: int) -> GatewayProcess:
     return start_gateway(root, log, "--workers", "2", "--model-load-on-request", "--memory-budget-bytes", str(budget))
 
 
+def round_robin_with_two_runners_at_most(gateway: GatewayProcess, rounds: int, most_bytes: int | None = None) -> None:
+    """Call a, b and c in turn, ``rounds`` times, each over a new connection (either front end); after each
+    call, check its answer and that at most two runners are alive, the called model's among them (the runners
+    are the machine's, not a front end's), and that they hold ``most_bytes`` at most (when given)."""
+    for round_number in range(rounds):
+        for scale, name in enumerate("abc", start=1):
+            x = float(round_number + 1)
+            assert answer_on_a_new_connection(gateway, name, x) == x * scale
+            alive = runners_alive(gateway)
+            assert len(alive) <= 2 and name in alive, alive
+            if most_bytes is not None:
+                assert total(gateway, "gateway_model_resident_bytes") <= most_bytes
+
+
 def test_model_runners_share_one_budget_and_the_least_recently_used_idle_runner_goes(
     runners_root: Path, tmp_path: Path
 ) -> None:
     gateway = start_with_runners(runners_root, tmp_path / "gateway.log", RUNNER_BUDGET)
     try:
-        for round_number in range(3):
-            for scale, name in enumerate("abc", start=1):
-                x = float(round_number + 1)
-                assert answer_on_a_new_connection(gateway, name, x) == x * scale
-                alive = runners_alive(gateway)
-                assert len(alive) <= 2 and name in alive, alive  # the runners are the machine's, not a front end's
-                assert total(gateway, "gateway_model_resident_bytes") <= RUNNER_BUDGET
+        round_robin_with_two_runners_at_most(gateway, rounds=3, most_bytes=RUNNER_BUDGET)
         # Each load after the second evicts the least recently used runner: the one of two requests ago.
         assert sorted(runners_alive(gateway)) == ["b", "c"]
         evicted = re.findall(r"model runner of model (\w+) version 1 evicted to make room", gateway.logs())
@@ -487,12 +495,7 @@ def test_model_runners_under_a_budget_of_the_whole_gateway(runners_root: Path, t
         "--memory-budget-bytes", str(before_a + RUNNER_BUDGET), *scope,
     )  # fmt: skip
     try:
-        for round_number in range(2):
-            for scale, name in enumerate("abc", start=1):
-                x = float(round_number + 1)
-                assert answer_on_a_new_connection(gateway, name, x) == x * scale
-                alive = runners_alive(gateway)
-                assert len(alive) <= 2 and name in alive, alive
+        round_robin_with_two_runners_at_most(gateway, rounds=2)
         evicted = re.findall(r"model runner of model (\w+) version 1 evicted to make room", gateway.logs())
         assert evicted == ["a", "b", "c", "a"]
         own = own_bytes_logged(gateway, OWN_BESIDES_RUNNERS)
