@@ -304,14 +304,7 @@ def proportional_set_bytes(pid: int) -> int:
     """The proportional set size of process ``pid`` in bytes: its resident pages, each divided by the number of
     processes mapping it, so that the figures of several processes add up (``Pss`` of
     ``/proc/<pid>/smaps_rollup``; 0 where it cannot be read, e.g. the process has exited)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
-            for line in rollup:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _kilobytes_field(f"/proc/{pid}/smaps_rollup", b"Pss:")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -344,10 +337,16 @@ def reset_peak_resident() -> None:
 def peak_resident_bytes() -> int:
     """This process's peak resident set size since start or :func:`reset_peak_resident`, in bytes
     (``VmHWM`` in ``/proc/self/status``; 0 where it cannot be read)."""
+    return _kilobytes_field("/proc/self/status", b"VmHWM:")
+
+
+def _kilobytes_field(path: str, field: bytes) -> int:
+    """The ``field`` line (e.g. ``b"VmHWM:"``, a figure in kB) of the /proc file ``path``, in bytes; 0 where the
+    file or the field cannot be read."""
     try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
+        with open(path, "rb") as lines:
+            for line in lines:
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
