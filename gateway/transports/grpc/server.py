@@ -11,7 +11,7 @@ Their methods are coroutines on the gateway's event loop, served by one of grpci
   gateway (``bench/grpc_breakdown.py``, small MLP, concurrency 32): with the process on one core, a call
   costs 194 us of CPU against 430 through grpc.aio, twice the calls per second; with its threads free
   to run on several cores it is slower than grpc.aio (the GIL passes between the loop's thread and the
-  call's on every call, and passing it between cores costs more than the call), so it pays where each
+  call's on every call, and passing it between cores costs more than the server saves), so it pays where each
   gateway process has a core of its own (``taskset``, a cpuset, several busy workers).
 
 Either way deadlines are the servicers' to honour (``context.time_remaining()``); a call that ends
