@@ -126,7 +126,9 @@ class GatewaySettings(StoreSettings):
         default=64,
         ge=1,
         description="With grpc-server threads: the server's threads (in each worker), the gRPC calls answered at "
-        "once; a call holds its thread until answered, and further calls wait for one.",
+        "once; a call holds its thread until answered, and further calls wait for one. Fewer threads cost less CPU "
+        "per call (8 served 20-30% more short calls than 64 on 2 cores); more keep calls to slow models from "
+        "holding up the rest.",
     )
     model_control_mode: ModelControlMode = Field(
         default=ModelControlMode.NONE,
