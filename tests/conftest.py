@@ -25,6 +25,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from gateway.runtime.memory_budget import process_tree
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The admin token every test gateway is started with (unless a test gives its own environment).
 ADMIN_TOKEN = "test-admin-token"
@@ -75,17 +77,7 @@ def free_port() -> int:
 
 def descendants(pid: int) -> set[int]:
     """The processes under ``pid`` (children, their children...)."""
-    found: set[int] = set()
-    parents = [pid]
-    while parents:
-        parent = parents.pop()
-        try:
-            children = [int(child) for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
-        except FileNotFoundError:  # exited meanwhile
-            continue
-        found.update(children)
-        parents += children
-    return found
+    return set(process_tree(pid)) - {pid}
 
 
 def children_named(gateway: GatewayProcess, started: str) -> list[int]:
