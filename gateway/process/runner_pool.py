@@ -287,16 +287,6 @@ class RunnerPool:
             if self._make_room(runner.spec.model, runner.held_bytes):
                 self.waiting_for_room.pop(0)
                 runner.room_deadline = None
-                if self.budget_counts_gateway:
-                    assert self.budget_bytes is not None
-                    share = self.runners_budget_bytes()
-                    logger.info(
-                        "memory budget: the gateway holds %d bytes besides its model runners; the runners may hold %d "
-                        "of the %d-byte budget",
-                        self.budget_bytes - share,
-                        share,
-                        self.budget_bytes,
-                    )
                 self._start(runner)
                 continue
             assert runner.room_deadline is not None
@@ -312,11 +302,21 @@ class RunnerPool:
 
     def _make_room(self, model: str, needed_bytes: int) -> bool:
         """Whether ``needed_bytes`` more fit the budget now; if not, evict the least recently used idle runners
-        of other models until they will once the runners leaving have exited."""
+        of other models until they will once the runners leaving have exited. With the gateway in the budget, a
+        load that fits logs what the gateway holds besides its runners."""
+        assert self.budget_bytes is not None
         share = self.runners_budget_bytes()
         alive = [r for r in [*self.runners.values(), *self.stopping] if r.process is not None]
         used = sum(r.held_bytes for r in alive)
         if used + needed_bytes <= share:
+            if self.budget_counts_gateway and needed_bytes > 0:  # a load about to start
+                logger.info(
+                    "memory budget: the gateway holds %d bytes besides its model runners; the runners may hold %d "
+                    "of the %d-byte budget",
+                    self.budget_bytes - share,
+                    share,
+                    self.budget_bytes,
+                )
             return True
         leaving = sum(r.held_bytes for r in alive if r in self.stopping)
         idle = [
