@@ -37,7 +37,7 @@ RUN set -eu; \
     done; \
     set -- ".${extras:+[$extras]}"; \
     if [ -n "$gpu" ]; then \
-        set -- "$@" "onnxruntime-gpu[cuda,cudnn]"; \
+        set -- "$@" "onnxruntime-gpu[cuda,cudnn]" "nvidia-ml-py>=12"; \
     elif [ -n "$torch" ]; then \
         set -- "$@" --extra-index-url https://download.pytorch.org/whl/cpu; \
     fi; \

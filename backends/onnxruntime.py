@@ -3,6 +3,11 @@
 ONNX Runtime is a core dependency of the gateway (it serves ONNX without any framework installed),
 so it is imported at module level.
 
+On a GPU (the CUDA or TensorRT execution provider first) calls run with ONNX Runtime's I/O binding:
+each input is copied once to the device and each output once from the device straight into the numpy
+array returned (``InferenceSession.run`` copies an output twice: from the device into a host tensor,
+then into a new numpy array). See ONNX Runtime's "I/O Binding" API docs (``IOBinding``).
+
 A model may keep tensors in external data files; :func:`check_external_data` lets it load only when
 each one is a regular file inside the version folder (checked at upload and again at every load).
 """
@@ -37,6 +42,9 @@ _PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
 }
+
+# Execution providers that run on a CUDA device, whose I/O binding binds outputs there.
+_CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 # ONNX Runtime's tensor type strings -> numpy dtypes.
 _ORT_TYPES: dict[str, np.dtype[Any]] = {
@@ -84,6 +92,12 @@ class OnnxRuntimeOptions(BaseModel):
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         default="all", description="ONNX Runtime graph optimizations applied at load."
+    )
+    io_binding: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Run calls with ONNX Runtime's I/O binding (inputs copied once to the device, outputs "
+        "once from it). auto: where the session runs on a GPU provider (CUDA, TensorRT); true: on the CPU "
+        "provider too (where it saves nothing); false: never. Never for a model with string tensors.",
     )
     provider_options: dict[str, dict[str, str]] = Field(
         default_factory=dict,
@@ -196,11 +210,17 @@ class OnnxRuntimeBackend(Backend):
         self._inputs = [_spec(arg) for arg in self._session.get_inputs()]
         self._outputs = [_spec(arg) for arg in self._session.get_outputs()]
         self._string_inputs = {spec.name for spec in self._inputs if spec.dtype == np.object_}
+        self._output_device = _output_device(self._providers[0], options)
+        strings = bool(self._string_inputs) or any(spec.dtype == np.object_ for spec in self._outputs)
+        self._io_binding = not strings and (
+            options.io_binding is True or (options.io_binding == "auto" and self._output_device[0] == "cuda")
+        )
 
     @property
     def metadata_parameters(self) -> dict[str, Any]:
-        """``{"execution_providers": [...]}``: the providers the session runs with, in order."""
-        return {"execution_providers": list(self._providers)}
+        """``{"execution_providers": [...], "io_binding": bool}``: the providers the session runs with, in order,
+        and whether calls run with I/O binding."""
+        return {"execution_providers": list(self._providers), "io_binding": self._io_binding}
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         """Run the session; BYTES inputs are decoded as UTF-8 for ONNX Runtime's string tensors.
@@ -215,7 +235,10 @@ class OnnxRuntimeBackend(Backend):
             except UnicodeDecodeError as error:
                 raise InferenceInputError(f"input '{name}': ONNX string tensors need UTF-8 ({error})") from None
         try:
-            results = self._session.run(list(output_names), feeds)
+            if self._io_binding:
+                results = self._run_bound(feeds, output_names)
+            else:
+                results = self._session.run(list(output_names), feeds)
         except self._runtime_errors as error:
             raise InferenceInputError(str(error)) from error
         outputs: dict[str, np.ndarray] = {}
@@ -225,6 +248,30 @@ class OnnxRuntimeBackend(Backend):
                 array = np.vectorize(str.encode, otypes=[np.object_])(array)
             outputs[name] = array
         return outputs
+
+    def _run_bound(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+        """One call with I/O binding: the host inputs bound as they are (ONNX Runtime copies each to the
+        session's device once), the outputs left on that device, then copied once into new numpy arrays."""
+        binding = self._session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        device_type, device_id = self._output_device
+        for name in output_names:
+            binding.bind_output(name, device_type, device_id)
+        try:
+            self._session.run_with_iobinding(binding)
+        except RuntimeError as error:  # ONNX Runtime wraps what the run raised (the same errors as run's)
+            raise InferenceInputError(str(error)) from error
+        outputs: list[np.ndarray] = binding.copy_outputs_to_cpu()
+        return outputs
+
+
+def _output_device(provider: str, options: OnnxRuntimeOptions) -> tuple[str, int]:
+    """Where the session's outputs are made: ``("cuda", device_id)`` under a CUDA provider (its ``device_id``
+    provider option, default 0), else ``("cpu", 0)``."""
+    if provider not in _CUDA_PROVIDERS:
+        return "cpu", 0
+    return "cuda", int(options.provider_options.get(provider, {}).get("device_id", 0))
 
 
 def _spec(arg: Any) -> TensorSpec:

@@ -159,6 +159,14 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=own_registry,
         )
+        self.gpu_bytes = Gauge(
+            "gateway_model_gpu_bytes",
+            "Bytes a loaded model version holds on a CUDA device (the device label: its CUDA number), measured at "
+            "its load (the device memory its process holds more, per NVML, warmup included); 0 once released.",
+            ["model", "version", "device"],
+            multiprocess_mode="livesum",
+            registry=own_registry,
+        )
         self.evictions = Counter(
             "gateway_model_evictions",
             "Idle model versions unloaded to make room for a load within the memory budget.",

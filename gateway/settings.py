@@ -157,6 +157,15 @@ class GatewaySettings(StoreSettings):
         "processes hold, measured at each load (in process: its resident set less the versions'; with model runners: "
         "the proportional set size of the supervisor, the fork server and the front ends).",
     )
+    gpu_memory_budget_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Bytes the loaded model versions may hold together on each CUDA device (the same budget for "
+        "every device), each version measured at its load (the device memory its process holds more, per NVML; "
+        "needs nvidia-ml-py, in the gpu extra). A load that would pass it first unloads the least recently used idle "
+        "versions of other models holding bytes on that device. With model runners the budget is the machine's; "
+        "with several whole gateways, each worker gets an equal share. None by default: no budget.",
+    )
     repository_poll_seconds: float = Field(
         default=15.0, gt=0, description="Seconds between two scans of the repository in poll mode."
     )
@@ -278,9 +287,17 @@ class GatewaySettings(StoreSettings):
     def worker_memory_budget_bytes(self) -> int | None:
         """The memory budget of one worker process: memory-budget-bytes divided evenly among the workers; None
         with model runners (the supervisor holds the budget of them all)."""
-        if self.memory_budget_bytes is None or self.uses_model_runners:
+        return self._worker_share(self.memory_budget_bytes)
+
+    @property
+    def worker_gpu_memory_budget_bytes(self) -> int | None:
+        """The GPU memory budget of one worker process, per device, shared as :attr:`worker_memory_budget_bytes`."""
+        return self._worker_share(self.gpu_memory_budget_bytes)
+
+    def _worker_share(self, budget_bytes: int | None) -> int | None:
+        if budget_bytes is None or self.uses_model_runners:
             return None
-        return self.memory_budget_bytes // self.workers
+        return budget_bytes // self.workers
 
     @property
     def store_uri(self) -> str | None:

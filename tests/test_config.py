@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from backends import create_backend
-from backends.base import Backend, TensorSpec
+from backends.base import Backend, InferenceInputError, TensorSpec
 from backends.onnxruntime import select_providers
 from gateway.repository.config import (
     CONFIG_FILE,
@@ -25,7 +26,7 @@ from gateway.repository.config import (
     full_shape,
     read_model_config,
 )
-from tests.conftest import write_identity_model
+from tests.conftest import write_identity_model, write_pair_model
 
 FP32 = np.dtype(np.float32)
 INT64 = np.dtype(np.int64)
@@ -403,7 +404,7 @@ def test_default_providers_fall_back_quietly(tmp_path: Path, caplog: pytest.LogC
         asked = ModelConfig.model_validate({"onnxruntime": {"execution_providers": ["CUDA", "CPU"]}})
         with caplog.at_level(logging.WARNING, logger="backends.onnxruntime"):
             backend = create_backend("onnxruntime", tmp_path, asked.onnxruntime)
-        assert backend.metadata_parameters == {"execution_providers": ["CPUExecutionProvider"]}
+        assert backend.metadata_parameters == {"execution_providers": ["CPUExecutionProvider"], "io_binding": False}
         assert "CUDAExecutionProvider is not available" in caplog.text
 
 
@@ -426,3 +427,28 @@ def test_declared_signature_adds_the_batch_dim_unless_max_batch_size_is_0() -> N
     assert batched.outputs == (TensorSpec("y", INT64, (-1, -1)),)
     unbatched = ModelConfig(max_batch_size=0, inputs=inputs, outputs=outputs).declared_signature()
     assert unbatched.inputs == (TensorSpec("x", FP32, (64,)),)
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_io_binding_gives_the_outputs_of_a_plain_run(tmp_path: Path, mode: str) -> None:
+    """I/O binding (auto: on a GPU; ``on``, YAML's true, binds on the CPU too) answers as ``InferenceSession.run`` does:
+    the outputs asked for, in their order, from inputs that need not be contiguous; bad inputs are input errors;
+    a model with string tensors runs without it."""
+    write_pair_model(tmp_path / "model.onnx", width=3)
+    options = ModelConfig.model_validate(yaml.safe_load(f"onnxruntime:\n  io_binding: {mode}\n")).onnxruntime
+    backend = create_backend("onnxruntime", tmp_path, options)
+    assert backend.metadata_parameters["io_binding"] is (mode == "on")
+    a = np.arange(12, dtype=np.float32).reshape(3, 4).T  # [4, 3], not C-contiguous
+    b = np.full((4, 3), 0.5, dtype=np.float32)
+    outputs = backend.run({"a": a, "b": b}, ["product", "sum"])
+    assert list(outputs) == ["product", "sum"]
+    np.testing.assert_array_equal(outputs["product"], a * 0.5)
+    np.testing.assert_array_equal(outputs["sum"], a + 0.5)
+    assert list(backend.run({"a": a, "b": b}, ["sum"])) == ["sum"]
+    with pytest.raises(InferenceInputError):
+        backend.run({"a": np.zeros((2, 5), np.float32), "b": np.zeros((2, 5), np.float32)}, ["sum"])
+    write_identity_model(tmp_path / "strings" / "model.onnx", "BYTES")
+    strings = create_backend("onnxruntime", tmp_path / "strings", options)
+    assert strings.metadata_parameters["io_binding"] is False
+    answer = strings.run({"input": np.array([[b"x", b"yz"]], dtype=np.object_)}, ["output"])
+    assert answer["output"].tolist() == [[b"x", b"yz"]]

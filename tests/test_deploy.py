@@ -70,6 +70,7 @@ GAUGES = {
     "gateway_inference_inflight_requests",
     "gateway_model_ready",
     "gateway_model_resident_bytes",
+    "gateway_model_gpu_bytes",
     "gateway_repository_stale",
     "gateway_repository_last_sync_timestamp_seconds",
 }

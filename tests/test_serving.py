@@ -164,7 +164,11 @@ def test_cuda_first_provider_list_falls_back_to_cpu_with_a_warning(gateway):
     parameters = gateway.http.get("/v2/models/digits_cuda_first").json()["parameters"]
     version_files = (gateway.repository / "digits_cuda_first" / "1").rglob("*")
     model_bytes = sum(path.stat().st_size for path in version_files if path.is_file())
-    assert parameters == {"execution_providers": ["CPUExecutionProvider"], "model_bytes": model_bytes}
+    assert parameters == {
+        "execution_providers": ["CPUExecutionProvider"],
+        "io_binding": False,
+        "model_bytes": model_bytes,
+    }
 
 
 def test_a_slow_model_does_not_stall_the_server(gateway, stub):

@@ -85,7 +85,7 @@ def status(
     typer.echo(f"model {model}: {_model_state(versions)}")
     rows = table("version", "state", "memory", "reason")
     for entry in versions:
-        rows.add_row(entry["version"] or "-", entry["state"], human_bytes(entry.get("resident_bytes")), entry["reason"])
+        rows.add_row(entry["version"] or "-", entry["state"], _memory(entry), entry["reason"])
     print_table(rows)
     if metadata is None or config is None:
         typer.echo("no version is serving: the reasons above say why")
@@ -102,6 +102,12 @@ def status(
     for key, value in _details(metadata, config):
         details.add_row(key, value)
     print_table(details)
+
+
+def _memory(entry: dict[str, Any]) -> str:
+    """An index entry's memory: its resident bytes, then its bytes on each GPU (e.g. ``16.8 MB, GPU 0 301.0 MB``)."""
+    gpu = entry.get("gpu_bytes") or {}
+    return ", ".join([human_bytes(entry.get("resident_bytes"))] + [f"GPU {d} {human_bytes(b)}" for d, b in gpu.items()])
 
 
 def _model_state(entries: list[dict[str, str]]) -> str:

@@ -72,6 +72,9 @@ def serve(
     memory_budget_scope: Annotated[
         MemoryBudgetScope | None, _option("memory_budget_scope", "--memory-budget-scope", metavar="SCOPE")
     ] = None,
+    gpu_memory_budget_bytes: Annotated[
+        int | None, _option("gpu_memory_budget_bytes", "--gpu-memory-budget-bytes", default_text="none")
+    ] = None,
     repository_poll_seconds: Annotated[
         float | None, _option("repository_poll_seconds", "--repository-poll-seconds")
     ] = None,

@@ -111,6 +111,7 @@ class RunnerLoaded:
         platform, backend_parameters: the backend's platform and how it runs the version.
         config: the completed config (None after a check only).
         resident_bytes, peak_bytes: the bytes the version holds, and held at its load's peak.
+        gpu_bytes: the bytes the runner holds on each CUDA device (device number -> bytes), measured at its load.
     """
 
     platform: str = ""
@@ -118,6 +119,7 @@ class RunnerLoaded:
     backend_parameters: dict[str, Any] = field(default_factory=dict)
     resident_bytes: int = 0
     peak_bytes: int = 0
+    gpu_bytes: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +176,11 @@ class RunnerEvicted:
 
     Attributes:
         socket_path: the runner's socket (what names it in :class:`RunnerAnswer`).
-        budget_bytes: the memory budget.
         resident_bytes: the bytes the runner held.
         idle_seconds: seconds since its last request began.
     """
 
     socket_path: str
-    budget_bytes: int
     resident_bytes: int
     idle_seconds: float
 

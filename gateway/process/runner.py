@@ -67,7 +67,12 @@ def run_runner(
     configure_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the supervisor stops the runners last
     metrics = Metrics()
-    host = InProcessHost(settings.default_max_batch_size, metrics, cpu_cores=runner_cpu_cores(settings))
+    host = InProcessHost(
+        settings.default_max_batch_size,
+        metrics,
+        cpu_cores=runner_cpu_cores(settings),
+        gpu_budget_limit_bytes=settings.gpu_memory_budget_bytes,
+    )
     path = Path(spec.path)
     try:
         if spec.check_only:
@@ -89,6 +94,8 @@ def run_runner(
         extra = own_bytes - hosted.resident_bytes
         hosted = dataclasses.replace(hosted, resident_bytes=own_bytes, peak_bytes=hosted.peak_bytes + extra)
     metrics.resident_bytes.labels(spec.model, str(spec.version)).set(hosted.resident_bytes)  # gone when it exits
+    for device, bytes_ in hosted.gpu_bytes.items():
+        metrics.gpu_bytes.labels(spec.model, str(spec.version), str(device)).set(bytes_)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(_serve(settings, spec, hosted, Path(socket_path), connection, activity, metrics))
 
@@ -123,7 +130,12 @@ async def _serve(
     loop.add_reader(connection.fileno(), _on_supervisor_message, connection, stop, evictions)
     connection.send(
         RunnerLoaded(
-            hosted.platform, hosted.config, hosted.backend_parameters, hosted.resident_bytes, hosted.peak_bytes
+            hosted.platform,
+            hosted.config,
+            hosted.backend_parameters,
+            hosted.resident_bytes,
+            hosted.peak_bytes,
+            hosted.gpu_bytes,
         )
     )
     await stop.wait()

@@ -107,6 +107,7 @@ class RunnerHost:
             scheduler=client,
             resident_bytes=outcome.resident_bytes,
             peak_bytes=outcome.peak_bytes,
+            gpu_bytes=outcome.gpu_bytes,
             joined=not answer.started,
         )
 

@@ -19,8 +19,11 @@ runner starts only once the runners alive fit the budget with its reservation (w
 proportional set size of the supervisor, the fork server and the front ends, measured at each look);
 to make room, the pool
 evicts the least recently used idle runners of other models (:class:`~gateway.runtime.runner_server.RunnerActivity`:
-none with a request queued or running) and waits for them to exit. Each front end that uses an evicted
-runner takes the version out of service, lets its requests in flight finish and releases it; its next
+none with a request queued or running) and waits for them to exit. A GPU budget (``--gpu-memory-budget-bytes``,
+per CUDA device) is kept the same way: a runner holds the GPU bytes its load measured (its reservation: what the
+last load of the same key measured, nothing before the first, whose runner evicts others once it has measured),
+and only runners holding bytes on a device over its budget are evicted for that device. Each front end that uses an
+evicted runner takes the version out of service, lets its requests in flight finish and releases it; its next
 request loads it again. A runner that cannot get room before the deadline of the request that wants it
 (of the most patient one, when several do; :data:`~gateway.runtime.memory_budget.DEFAULT_ROOM_WAIT_SECONDS`
 for a load no request waits on) fails its load with ``NoRoomError``; one larger than the whole budget
@@ -61,6 +64,9 @@ from gateway.process.messages import (
 from gateway.runtime.memory_budget import (
     DEFAULT_ROOM_WAIT_SECONDS,
     budget_share,
+    eviction_told,
+    gpu_devices_over,
+    more_than_gpu_budget,
     more_than_share,
     process_tree,
     proportional_set_bytes,
@@ -102,6 +108,8 @@ class _Runner:
     activity: RunnerActivity | None = None
     # What it holds of the memory budget: the reservation for its load, then its resident bytes.
     held_bytes: int = 0
+    # What it holds of the GPU budget on each device: the reservation for its load, then what it measured.
+    held_gpu: dict[int, int] = field(default_factory=dict)
     # Until when it may wait for room within the budget (time.monotonic()); None: not waiting.
     room_deadline: float | None = None
 
@@ -115,7 +123,7 @@ class RunnerPool:
 
     Args:
         settings: the server settings, handed to every runner; its ``memory_budget_bytes`` is the budget
-            of all the runners together.
+            of all the runners together, its ``gpu_memory_budget_bytes`` theirs on each CUDA device.
         runner_main: each runner process's entry point.
         send: how to answer a worker.
     """
@@ -131,6 +139,7 @@ class RunnerPool:
         self._sockets = 0
         self.closing = False
         self.budget_bytes = settings.memory_budget_bytes
+        self.gpu_budget_bytes = settings.gpu_memory_budget_bytes
         self.budget_counts_gateway = settings.memory_budget_scope is MemoryBudgetScope.GATEWAY
         self.waiting_for_room: list[_Runner] = []  # in the order they asked
         self._measured: dict[str, RunnerLoaded] = {}  # by key: its last load's figures
@@ -231,12 +240,11 @@ class RunnerPool:
                 entry.unlink()
             self.socket_dir.rmdir()
 
-    def runners_budget_bytes(self) -> int:
+    def runners_budget_bytes(self) -> int | None:
         """The bytes the runners may hold together now: the budget, less what the gateway's other processes hold
         (their proportional set sizes, an upload's trial runner among them) when the budget counts the whole
-        gateway; at least 0."""
-        assert self.budget_bytes is not None
-        if not self.budget_counts_gateway:
+        gateway; at least 0. None without a memory budget."""
+        if self.budget_bytes is None or not self.budget_counts_gateway:
             return self.budget_bytes
         accounted = {
             r.process.pid
@@ -249,17 +257,24 @@ class RunnerPool:
     def _start_within_budget(self, runner: _Runner, room_wait_seconds: float | None = None) -> None:
         """Start ``runner`` now, or, with a budget, once the runners alive leave room for its load (waiting
         ``room_wait_seconds`` at most; None: :data:`DEFAULT_ROOM_WAIT_SECONDS`)."""
-        if self.budget_bytes is None:
+        if self.budget_bytes is None and self.gpu_budget_bytes is None:
             self._start(runner)
             return
         share = self.runners_budget_bytes()
-        runner.held_bytes = self._needed_bytes(runner.spec, share)
-        if runner.held_bytes > share:
-            message = (
-                f"model '{runner.spec.model}' needs about {runner.held_bytes} bytes, "
-                f"{more_than_share(share, self.budget_bytes)}"
-            )
-            self._failed(runner, RunnerFailed("LargerThanBudgetError", message))
+        model, measured = runner.spec.model, self._measured.get(runner.spec.key)
+        runner.held_gpu = dict(measured.gpu_bytes) if measured is not None else {}
+        too_large = [
+            f"model '{model}' needs about {bytes_} bytes on GPU {device}, {more_than_gpu_budget(self.gpu_budget_bytes)}"
+            for device, bytes_ in runner.held_gpu.items()
+            if self.gpu_budget_bytes is not None and bytes_ > self.gpu_budget_bytes
+        ]
+        if share is not None and self.budget_bytes is not None:
+            runner.held_bytes = self._needed_bytes(runner.spec, share)
+            if runner.held_bytes > share:
+                too_large.insert(0, f"model '{model}' needs about {runner.held_bytes} bytes, ")
+                too_large[0] += more_than_share(share, self.budget_bytes)
+        if too_large:
+            self._failed(runner, RunnerFailed("LargerThanBudgetError", too_large[0]))
             return
         runner.room_deadline = _room_deadline(room_wait_seconds)
         self.waiting_for_room.append(runner)
@@ -284,7 +299,7 @@ class RunnerPool:
                 self.waiting_for_room.pop(0)  # no longer wanted
                 runner.room_deadline = None
                 continue
-            if self._make_room(runner.spec.model, runner.held_bytes):
+            if self._make_room(runner.spec.model, runner.held_bytes, runner.held_gpu):
                 self.waiting_for_room.pop(0)
                 runner.room_deadline = None
                 self._start(runner)
@@ -300,16 +315,23 @@ class RunnerPool:
             runner.room_deadline = None
             self._no_room(runner)
 
-    def _make_room(self, model: str, needed_bytes: int) -> bool:
-        """Whether ``needed_bytes`` more fit the budget now; if not, evict the least recently used idle runners
-        of other models until they will once the runners leaving have exited. With the gateway in the budget, a
-        load that fits logs what the gateway holds besides its runners."""
-        assert self.budget_bytes is not None
+    def _make_room(self, model: str, needed_bytes: int, needed_gpu: dict[int, int]) -> bool:
+        """Whether ``needed_bytes`` more fit the budget now, and ``needed_gpu`` more (bytes by CUDA device) the GPU
+        budget; if not, evict the least recently used idle runners of other models that hold bytes where room is
+        short, until they will fit once the runners leaving have exited. With the gateway in the budget, a load that
+        fits logs what the gateway holds besides its runners."""
         share = self.runners_budget_bytes()
         alive = [r for r in [*self.runners.values(), *self.stopping] if r.process is not None]
-        used = sum(r.held_bytes for r in alive)
-        if used + needed_bytes <= share:
+
+        def short_of(runners: list[_Runner]) -> tuple[bool, list[int]]:
+            """Whether memory is short with ``runners`` alive, and the devices where GPU memory is."""
+            memory = share is not None and sum(r.held_bytes for r in runners) + needed_bytes > share
+            return memory, gpu_devices_over(self.gpu_budget_bytes, [r.held_gpu for r in runners], needed_gpu)
+
+        memory, devices = short_of(alive)
+        if not memory and not devices:
             if self.budget_counts_gateway and needed_bytes > 0:  # a load about to start
+                assert self.budget_bytes is not None and share is not None
                 logger.info(
                     "memory budget: the gateway holds %d bytes besides its model runners; the runners may hold %d "
                     "of the %d-byte budget",
@@ -318,7 +340,7 @@ class RunnerPool:
                     self.budget_bytes,
                 )
             return True
-        leaving = sum(r.held_bytes for r in alive if r in self.stopping)
+        staying = [r for r in alive if r not in self.stopping]
         idle = [
             r
             for r in self.runners.values()
@@ -329,27 +351,23 @@ class RunnerPool:
             and r.activity.inflight == 0
         ]
         for runner in sorted(idle, key=lambda r: r.activity.last_used if r.activity is not None else 0.0):
-            if used - leaving + needed_bytes <= share:
+            memory, devices = short_of(staying)
+            if not memory and not devices:
                 break
-            self._evict(runner)
-            leaving += runner.held_bytes
+            if memory or any(runner.held_gpu.get(device) for device in devices):
+                self._evict(runner)
+                staying.remove(runner)
         return False
 
     def _evict(self, runner: _Runner) -> None:
         """Take an idle runner from the front ends to make room: each lets its requests finish, then releases it."""
-        assert self.budget_bytes is not None and runner.activity is not None
+        assert runner.activity is not None
         del self.runners[runner.spec.key]
         self.stopping.append(runner)
         idle_seconds = time.monotonic() - runner.activity.last_used
-        evicted = RunnerEvicted(runner.socket_path, self.budget_bytes, runner.held_bytes, idle_seconds)
-        logger.info(
-            "model runner of %s evicted to make room within the memory budget of %d bytes: it held %d bytes and was "
-            "last used %.1f s ago",
-            runner.label,
-            self.budget_bytes,
-            runner.held_bytes,
-            idle_seconds,
-        )
+        evicted = RunnerEvicted(runner.socket_path, runner.held_bytes, idle_seconds)
+        told = eviction_told(self.budget_bytes, self.gpu_budget_bytes, runner.held_bytes, runner.held_gpu, idle_seconds)
+        logger.info("model runner of %s %s", runner.label, told)
         if runner.connection is not None:
             with contextlib.suppress(OSError):  # it is exiting; its sentinel tells the rest
                 runner.connection.send(evicted)
@@ -360,18 +378,19 @@ class RunnerPool:
     def _no_room(self, runner: _Runner) -> None:
         """A runner that waited too long for room, or that only its own model's runners keep from room: its load
         fails (a restart is tried again later)."""
-        assert self.budget_bytes is not None
         busy = sorted(
             r.label
             for r in self.runners.values()
             if r.spec.model != runner.spec.model and r.activity is not None and r.activity.inflight > 0
         )
         held_by = f"model runners that stayed busy ({', '.join(busy)})" if busy else "its own model's runners"
-        share = budget_share(self.runners_budget_bytes(), self.budget_bytes)
-        message = (
-            f"model '{runner.spec.model}' needs about {runner.held_bytes} bytes; {share} are held by {held_by}; "
-            "retry later"
-        )
+        share = self.runners_budget_bytes()
+        if share is not None and self.budget_bytes is not None:
+            needs = f"about {runner.held_bytes} bytes; {budget_share(share, self.budget_bytes)}"
+        else:
+            on = ", ".join(f"{bytes_} on GPU {device}" for device, bytes_ in sorted(runner.held_gpu.items()))
+            needs = f"about {on or 'no'} bytes; the GPU memory budget of {self.gpu_budget_bytes} bytes per device"
+        message = f"model '{runner.spec.model}' needs {needs} are held by {held_by}; retry later"
         self._failed(runner, RunnerFailed("NoRoomError", message))
         if runner.users:
             runner.restart_at = time.monotonic() + MAX_RESTART_DELAY_SECONDS
@@ -406,13 +425,13 @@ class RunnerPool:
     def _loaded(self, runner: _Runner, loaded: RunnerLoaded) -> None:
         runner.loaded = loaded
         runner.failed_restarts = 0
-        if self.budget_bytes is not None and not runner.spec.check_only:
+        if (self.budget_bytes is not None or self.gpu_budget_bytes is not None) and not runner.spec.check_only:
             assert runner.activity is not None
             runner.activity.touch()
-            runner.held_bytes = loaded.resident_bytes
+            runner.held_bytes, runner.held_gpu = loaded.resident_bytes, dict(loaded.gpu_bytes)
             self._measured[runner.spec.key] = loaded
             self._overhead_bytes = max(0, loaded.resident_bytes - runner.spec.model_bytes)
-            self._make_room(runner.spec.model, 0)  # it measured more than reserved: back within the budget
+            self._make_room(runner.spec.model, 0, {})  # it measured more than reserved: back within the budget
         restarted = bool(runner.users)
         if restarted:
             logger.info("model runner of %s is back", runner.label)

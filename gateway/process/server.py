@@ -238,6 +238,7 @@ def _model_repository(settings: GatewaySettings, runners: RunnerHost | None) -> 
             load_on_request=settings.model_load_on_request,
             host=runners,
             memory_budget_counts_process=settings.memory_budget_scope is MemoryBudgetScope.GATEWAY,
+            gpu_memory_budget_bytes=settings.worker_gpu_memory_budget_bytes,
         )
     except ValueError as error:  # ModelServerConfigError, or a name both configured and in the repository
         raise StartupError(str(error)) from None

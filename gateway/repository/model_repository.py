@@ -86,6 +86,7 @@ from gateway.runtime.memory_budget import (
     MemoryBudgetError,
     NoRoomError,
     VersionUsage,
+    eviction_told,
     release_freed_memory,
 )
 from gateway.runtime.scheduler import VersionScheduler
@@ -167,6 +168,7 @@ class IndexEntry:
     """One row of the repository index (KServe/Triton repository extension).
 
     ``resident_bytes``: the bytes a READY version holds, measured at its load; None for other rows.
+    ``gpu_bytes``: the bytes a READY version holds on each CUDA device (device number -> bytes), empty on the CPU.
     """
 
     name: str
@@ -174,6 +176,7 @@ class IndexEntry:
     state: ModelState
     reason: str
     resident_bytes: int | None = None
+    gpu_bytes: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +235,7 @@ class ModelRepository:
             :mod:`gateway.runtime.memory_budget`.
         memory_budget_counts_process: whether the budget bounds this process's whole resident set (the
             versions get what the process leaves of it), not the versions' bytes alone.
+        gpu_memory_budget_bytes: bytes the loaded versions may hold together on each CUDA device (None: no limit).
         host: where versions' instances are loaded and run (default: in this process,
             :class:`~gateway.repository.version_loader.InProcessHost`; a front end of several hands
             a host whose versions run in model runner processes).
@@ -253,6 +257,7 @@ class ModelRepository:
         load_on_request: bool = False,
         host: VersionHost | None = None,
         memory_budget_counts_process: bool = False,
+        gpu_memory_budget_bytes: int | None = None,
     ) -> None:
         self.root = root
         self.configured_models = dict(configured_models or {})
@@ -268,17 +273,24 @@ class ModelRepository:
         # gateway_model_resident_bytes is published by the process holding the versions: this one, or each
         # version's model runner (a front end publishing it too would count every version once per front end).
         self.budget = MemoryBudget(
-            memory_budget_bytes, self.metrics if host is None else None, memory_budget_counts_process
+            memory_budget_bytes,
+            self.metrics if host is None else None,
+            memory_budget_counts_process,
+            gpu_memory_budget_bytes,
         )
         self.host: VersionHost = (
             host
             if host is not None
-            else InProcessHost(default_max_batch_size, self.metrics, cpu_cores, memory_budget_bytes)
+            else InProcessHost(
+                default_max_batch_size, self.metrics, cpu_cores, memory_budget_bytes, gpu_memory_budget_bytes
+            )
         )
         self.load_on_request = load_on_request
-        # With a budget, one load at a time: a load's resident bytes are the process's growth over it.
+        # With a budget, one load at a time: a load's bytes are the process's growth over it.
         self._load_lock: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Lock() if memory_budget_bytes is not None else contextlib.nullcontext()
+            asyncio.Lock()
+            if memory_budget_bytes is not None or gpu_memory_budget_bytes is not None
+            else contextlib.nullcontext()
         )
         # Loads started by requests, by model: concurrent requests for a model wait for one load.
         self._request_loads: dict[str, asyncio.Task[None]] = {}
@@ -824,7 +836,10 @@ class ModelRepository:
             if loaded is not None:
                 if reason:
                     reason = f"reload failed, previous files still serving: {reason}"
-                entries.append(IndexEntry(name, str(version), ModelState.READY, reason, loaded.usage.resident_bytes))
+                usage = loaded.usage
+                entries.append(
+                    IndexEntry(name, str(version), ModelState.READY, reason, usage.resident_bytes, usage.gpu_bytes)
+                )
             else:
                 entries.append(IndexEntry(name, str(version), ModelState.UNAVAILABLE, reason or _EVICTED))
         if None in record.failures:
@@ -868,15 +883,10 @@ class ModelRepository:
         if record is None or loaded is None or loaded.usage is not usage:
             return  # no longer serving: it is being released, which frees its bytes
         self.metrics.evictions.labels(usage.model, str(usage.version)).inc()
-        logger.info(
-            "model %s version %d evicted to make room within the memory budget of %s bytes: it held %d bytes and "
-            "was last used %.1f s ago",
-            usage.model,
-            usage.version,
-            self.budget.limit_bytes,
-            usage.resident_bytes,
-            time.monotonic() - usage.last_used,
-        )
+        idle = time.monotonic() - usage.last_used
+        budget = self.budget
+        told = eviction_told(budget.limit_bytes, budget.gpu_limit_bytes, usage.resident_bytes, usage.gpu_bytes, idle)
+        logger.info("model %s version %d %s", usage.model, usage.version, told)
         await self._take_out_evicted(record, loaded)
 
     async def evict_hosted(self, scheduler: VersionScheduler, resident_bytes: int) -> None:
@@ -909,24 +919,24 @@ class ModelRepository:
         self._publish_ready(loaded.name)
         await self._drain(loaded)
 
-    def _reserver(self, name: str, deadline: float | None) -> Callable[[int, int], None] | None:
+    def _reserver(self, name: str, deadline: float | None) -> Callable[[int, int, dict[int, int]], None] | None:
         """With a budget limit, what a loading thread calls before a version loads, with the bytes the
-        version is expected to keep and to hold at its load's peak.
+        version is expected to keep and to hold at its load's peak, and to hold on each CUDA device.
 
         Room is made for the peak (at most the whole budget, or what the process leaves of it when the
         budget counts the process); a version expected to keep more raises :class:`LargerThanBudgetError`.
         The call blocks the thread while the event loop evicts (:meth:`MemoryBudget.make_room`), and
         raises what that raises.
         """
-        if self.budget.limit_bytes is None:
+        if self.budget.limit_bytes is None and self.budget.gpu_limit_bytes is None:
             return None
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = time.perf_counter() + DEFAULT_ROOM_WAIT_SECONDS
 
-        def reserve(kept_bytes: int, peak_bytes: int) -> None:
+        def reserve(kept_bytes: int, peak_bytes: int, gpu_bytes: dict[int, int]) -> None:
             needed_bytes = max(kept_bytes, min(peak_bytes, self.budget.models_limit_bytes() or 0))
-            room = self.budget.make_room(name, needed_bytes, self._evict, deadline)
+            room = self.budget.make_room(name, needed_bytes, self._evict, deadline, gpu_bytes)
             asyncio.run_coroutine_threadsafe(room, loop).result()
 
         return reserve
@@ -996,7 +1006,7 @@ class ModelRepository:
         path: Path,
         current: dict[int, LoadedVersion],
         override: ModelConfig | None,
-        reserve: Callable[[int, int], None] | None = None,
+        reserve: Callable[[int, int, dict[int, int]], None] | None = None,
         room_deadline: float | None = None,
     ) -> _LoadOutcome:
         """Runs in a worker thread: read the config (or take the override) and load each selected version.
@@ -1059,9 +1069,10 @@ class ModelRepository:
                 if reserve is not None and config.pipeline is None:
                     measured = self._measured.get((name, version))
                     if measured is not None and measured[0] == fingerprint:
-                        reserve(measured[1].resident_bytes, measured[1].load_peak_bytes)
-                    else:
-                        reserve(model_bytes, 2 * model_bytes)
+                        usage = measured[1]
+                        reserve(usage.resident_bytes, usage.load_peak_bytes, usage.gpu_bytes)
+                    else:  # a first load's GPU bytes are unknown: a load over the GPU budget evicts after it
+                        reserve(model_bytes, 2 * model_bytes, {})
                 started = time.perf_counter()
                 metrics = self.metrics.for_version(name, version)
                 loaded = self._load_version(
@@ -1133,7 +1144,7 @@ class ModelRepository:
             fingerprint=fingerprint,
             metrics=metrics,
             model_bytes=model_bytes,
-            usage=VersionUsage(name, version, hosted.resident_bytes, hosted.peak_bytes),
+            usage=VersionUsage(name, version, hosted.resident_bytes, hosted.peak_bytes, dict(hosted.gpu_bytes)),
             parity=read_parity_file(path),
             quantization=read_quantization_file(path),
             backend_parameters=hosted.backend_parameters,

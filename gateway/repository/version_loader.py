@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,12 +27,15 @@ from gateway.repository.config import (
     check_instance_kind,
     complete_config,
     full_shape,
+    runs_on_gpu,
 )
 from gateway.repository.mar import served_version
 from gateway.repository.tfserving_warmup import read_tf_serving_warmup
 from gateway.repository.warmup_config import configured_requests
+from gateway.runtime.gpu_memory import read_gpu_memory, version_gpu_bytes
 from gateway.runtime.memory_budget import (
     LargerThanBudgetError,
+    more_than_gpu_budget,
     peak_resident_bytes,
     release_freed_memory,
     reset_peak_resident,
@@ -65,6 +68,7 @@ class HostedVersion:
         scheduler: runs the version's requests (in process, or through its model runner).
         resident_bytes: bytes the version holds once loaded, measured at the load.
         peak_bytes: bytes the load held at its peak above its start (at least ``resident_bytes``).
+        gpu_bytes: bytes the version holds on each CUDA device (device number -> bytes), measured at the load.
         joined: nothing was loaded for this call: it joined the model runner another front end's call had
             started (not counted as a load).
     """
@@ -75,6 +79,7 @@ class HostedVersion:
     scheduler: VersionScheduler
     resident_bytes: int
     peak_bytes: int
+    gpu_bytes: dict[int, int] = field(default_factory=dict)
     joined: bool = False
 
 
@@ -109,7 +114,8 @@ class VersionHost(Protocol):
         Raises:
             ModelLoadError, ModelConfigError: the files do not load, or the config does not fit them.
             WarmupError: a shipped or configured warmup request failed.
-            LargerThanBudgetError: the version holds more than the whole memory budget.
+            LargerThanBudgetError: the version holds more than the whole memory budget, or more than the GPU
+                budget on a device.
         """
         ...
 
@@ -131,6 +137,8 @@ class InProcessHost:
         metrics: where warmup times are recorded.
         cpu_cores: CPU cores the instances of one version share (default: all those of this process).
         budget_limit_bytes: the memory budget (None: none); a version holding more fails its load.
+        gpu_budget_limit_bytes: the GPU memory budget of each device (None: none); a version holding more on a
+            device fails its load.
     """
 
     def __init__(
@@ -139,11 +147,13 @@ class InProcessHost:
         metrics: Metrics,
         cpu_cores: int | None = None,
         budget_limit_bytes: int | None = None,
+        gpu_budget_limit_bytes: int | None = None,
     ) -> None:
         self.default_max_batch_size = default_max_batch_size
         self.metrics = metrics
         self.cpu_cores = cpu_cores if cpu_cores is not None else len(os.sched_getaffinity(0))
         self.budget_limit_bytes = budget_limit_bytes
+        self.gpu_budget_limit_bytes = gpu_budget_limit_bytes
         import_onnx_runtime()  # not counted in the first version's resident bytes
 
     def load(
@@ -164,9 +174,11 @@ class InProcessHost:
 
         The resident bytes are the process's growth over the load, warmup included, each end taken
         once what was freed (e.g. the parsed model file) is handed back to the system; never less
-        than the files' bytes (another thread may have freed memory meanwhile).
+        than the files' bytes (another thread may have freed memory meanwhile). The GPU bytes are the
+        growth of what the process holds on each CUDA device (:func:`~gateway.runtime.gpu_memory.version_gpu_bytes`).
         """
         release_freed_memory()  # pages freed before the load must not lower its measure when they are trimmed
+        gpu_before = read_gpu_memory()
         before = resident_bytes()
         reset_peak_resident()
         instances, completed, parameters = self.create_instances(path, config)
@@ -181,14 +193,28 @@ class InProcessHost:
         peak = max(peak_resident_bytes() - before, 0)
         release_freed_memory()
         measured = max(resident_bytes() - before, model_bytes)
-        limit = self.budget_limit_bytes
+        on_gpu = runs_on_gpu(instances[0].metadata_parameters)
+        gpu_bytes = version_gpu_bytes(gpu_before, read_gpu_memory(), on_gpu)
+        limit, gpu_limit = self.budget_limit_bytes, self.gpu_budget_limit_bytes
         if limit is not None and measured > limit:
             raise LargerThanBudgetError(
                 f"model '{name}' version {version} holds {measured} bytes once loaded, more than the whole memory "
                 f"budget of {limit} bytes"
             )
+        for device, bytes_ in gpu_bytes.items():
+            if gpu_limit is not None and bytes_ > gpu_limit:
+                raise LargerThanBudgetError(
+                    f"model '{name}' version {version} holds {bytes_} bytes on GPU {device} once loaded, "
+                    f"{more_than_gpu_budget(gpu_limit)}"
+                )
+        held_on_gpu = "".join(f", {bytes_} on GPU {device}" for device, bytes_ in sorted(gpu_bytes.items()))
         logger.info(
-            "model %s version %d loaded: %d bytes resident, %d at the load's peak", name, version, measured, peak
+            "model %s version %d loaded: %d bytes resident, %d at the load's peak%s",
+            name,
+            version,
+            measured,
+            peak,
+            held_on_gpu,
         )
         return HostedVersion(
             config=completed,
@@ -197,6 +223,7 @@ class InProcessHost:
             scheduler=version_scheduler(instances, completed, metrics),
             resident_bytes=measured,
             peak_bytes=max(peak, measured),
+            gpu_bytes=gpu_bytes,
         )
 
     def check(self, path: Path, config: ModelConfig) -> None:

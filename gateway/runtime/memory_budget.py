@@ -17,6 +17,13 @@ The budget counts the versions only by default. A budget that counts the process
 versions the limit less what the process holds of its own, measured at each room decision: its
 resident set less the versions' bytes (the interpreter, the libraries, the servers, requests' buffers).
 
+A GPU budget (``--gpu-memory-budget-bytes``) bounds what the versions hold on each CUDA device, the
+same figure for every device: a version's GPU bytes are measured at its load too
+(:mod:`gateway.runtime.gpu_memory`), and a load makes room on a device by evicting the least recently
+used idle versions of other models that hold bytes there. A load is expected to need on each device
+what the same version measured at its last load (nothing before its first: a first load that puts
+the device over the budget evicts right after it, :meth:`MemoryBudget.make_room` with nothing needed).
+
 Busy is counted by :meth:`MemoryBudget.enter` and :meth:`MemoryBudget.leave` around each run of a
 version (:func:`gateway.core.pipeline.run_version`); a request takes its version from the repository
 and enters it with no ``await`` between the two, so an eviction (which runs on the same event loop)
@@ -34,8 +41,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from gateway.metrics import Metrics
 
@@ -69,6 +76,7 @@ class VersionUsage:
         model, version: the version.
         resident_bytes: bytes it holds, measured at load (0 for a pipeline, which holds no instances).
         load_peak_bytes: the most bytes its load held at once above the start (0 when unknown).
+        gpu_bytes: bytes it holds on each CUDA device (device number -> bytes), measured at load; empty on the CPU.
         inflight: its requests queued or running now.
         last_used: when a request last began to run on it (``time.monotonic()`` seconds; its load's end
             before that).
@@ -79,6 +87,7 @@ class VersionUsage:
     version: int
     resident_bytes: int
     load_peak_bytes: int = 0
+    gpu_bytes: dict[int, int] = field(default_factory=dict)
     inflight: int = 0
     last_used: float = 0.0
     serving: bool = True
@@ -103,11 +112,19 @@ class MemoryBudget:
         metrics: where ``gateway_model_resident_bytes`` is published (None: nowhere).
         counts_process: whether ``limit_bytes`` bounds the process's whole resident set: then the
             versions may hold the limit less what the process holds of its own (:meth:`models_limit_bytes`).
+        gpu_limit_bytes: bytes the versions may hold together on each CUDA device (None: no limit).
     """
 
-    def __init__(self, limit_bytes: int | None, metrics: Metrics | None = None, counts_process: bool = False) -> None:
+    def __init__(
+        self,
+        limit_bytes: int | None,
+        metrics: Metrics | None = None,
+        counts_process: bool = False,
+        gpu_limit_bytes: int | None = None,
+    ) -> None:
         self.limit_bytes = limit_bytes
         self.counts_process = counts_process
+        self.gpu_limit_bytes = gpu_limit_bytes
         if limit_bytes is not None:
             mallopt = _libc_function("mallopt")
             if mallopt is not None:
@@ -168,13 +185,16 @@ class MemoryBudget:
         needed_bytes: int,
         evict: Callable[[VersionUsage], Awaitable[None]],
         deadline: float | None,
+        needed_gpu_bytes: Mapping[int, int] | None = None,
     ) -> None:
-        """Evict least recently used idle versions of other models until ``needed_bytes`` more fit the budget.
+        """Evict least recently used idle versions of other models until ``needed_bytes`` more fit the budget,
+        and ``needed_gpu_bytes`` more fit the GPU budget of each device.
 
         Versions of ``model`` itself are left alone (the load replaces or keeps them). A version with
         requests queued or running is never evicted: while only such versions (or versions retired
         and still finishing their requests) could free enough, this waits for them, up to ``deadline``.
-        Without a limit this returns at once.
+        Only a device over its GPU budget makes versions holding nothing there candidates: none is
+        evicted for a device it holds no bytes on. Without limits this returns at once.
 
         Args:
             model: the model being loaded.
@@ -183,23 +203,30 @@ class MemoryBudget:
                 was :meth:`remove`\\ d); called on the event loop.
             deadline: until when to wait for busy versions, in ``time.perf_counter()`` seconds (None:
                 :data:`DEFAULT_ROOM_WAIT_SECONDS` from now).
+            needed_gpu_bytes: the bytes the load is expected to add on each CUDA device (None: none).
 
         When the budget counts the process, the versions' share (:meth:`models_limit_bytes`) is taken
         again after each eviction.
 
         Raises:
             LargerThanBudgetError: ``needed_bytes`` exceeds the whole budget (less what the process holds
-                of its own, when the budget counts it).
+                of its own, when the budget counts it), or the bytes needed on a device its GPU budget.
             NoRoomError: the deadline passed with too few bytes free, or only ``model``'s own versions
                 hold the rest of the budget.
         """
-        budget, limit = self.limit_bytes, self.models_limit_bytes()
-        if budget is None or limit is None:
+        budget, limit, gpu_limit = self.limit_bytes, self.models_limit_bytes(), self.gpu_limit_bytes
+        needed_gpu = dict(needed_gpu_bytes or {})
+        if limit is None and gpu_limit is None:
             return
-        if needed_bytes > limit:
+        if budget is not None and limit is not None and needed_bytes > limit:
             raise LargerThanBudgetError(
                 f"model '{model}' needs about {needed_bytes} bytes, {more_than_share(limit, budget)}"
             )
+        for device, bytes_ in needed_gpu.items():
+            if gpu_limit is not None and bytes_ > gpu_limit:
+                raise LargerThanBudgetError(
+                    f"model '{model}' needs about {bytes_} bytes on GPU {device}, {more_than_gpu_budget(gpu_limit)}"
+                )
         if self.counts_process and needed_bytes > 0:
             logger.info(
                 "memory budget: the gateway holds %d bytes of its own; the models may hold %d of the %d-byte budget",
@@ -209,24 +236,40 @@ class MemoryBudget:
             )
         if deadline is None:
             deadline = time.perf_counter() + DEFAULT_ROOM_WAIT_SECONDS
-        while (used := self.used_bytes()) + needed_bytes > limit:
+        while True:
             with self._lock:
-                others = [usage for usage in self._usages if usage.model != model]
+                usages = list(self._usages)
+            used = sum(usage.resident_bytes for usage in usages)
+            memory_over = limit is not None and used + needed_bytes > limit
+            devices_over = gpu_devices_over(gpu_limit, [usage.gpu_bytes for usage in usages], needed_gpu)
+            if not memory_over and not devices_over:
+                return
+            others = [
+                usage
+                for usage in usages
+                if usage.model != model and (memory_over or any(usage.gpu_bytes.get(d) for d in devices_over))
+            ]
+            if memory_over:
+                assert budget is not None and limit is not None
+                needs, held = f"about {needed_bytes} bytes", f"{used} of {budget_share(limit, budget)}"
+            else:
+                assert gpu_limit is not None
+                device = devices_over[0]
+                used_there = sum(usage.gpu_bytes.get(device, 0) for usage in usages)
+                needs = f"about {needed_gpu.get(device, 0)} bytes on GPU {device}"
+                held = f"{used_there} of the GPU memory budget of {gpu_limit} bytes there"
             idle = [usage for usage in others if usage.serving and usage.inflight == 0]
             if idle:
                 await evict(min(idle, key=lambda usage: usage.last_used))
             elif not others:
-                raise NoRoomError(
-                    f"model '{model}' needs about {needed_bytes} bytes and {used} of {budget_share(limit, budget)} "
-                    f"are held by its own versions"
-                )
+                raise NoRoomError(f"model '{model}' needs {needs} and {held} are held by its own versions")
             elif not await self._wait_for_change(deadline):
                 busy = ", ".join(sorted({f"{usage.model} version {usage.version}" for usage in others}))
                 raise NoRoomError(
-                    f"model '{model}' needs about {needed_bytes} bytes; {used} of {budget_share(limit, budget)} are "
-                    f"held by versions that stayed busy ({busy}); retry later"
+                    f"model '{model}' needs {needs}; {held} are held by versions that stayed busy ({busy}); retry later"
                 )
-            limit = self.models_limit_bytes() or 0  # what the process holds of its own changes as versions go
+            if self.counts_process:  # what the process holds of its own changes as versions go
+                limit = self.models_limit_bytes()
 
     async def _wait_for_change(self, deadline: float) -> bool:
         """Wait until a version goes idle or is released, or until ``deadline``; whether one did."""
@@ -255,6 +298,14 @@ class MemoryBudget:
                 if (other.model, other.version) == (usage.model, usage.version)
             )
         self._metrics.resident_bytes.labels(usage.model, str(usage.version)).set(total)
+        for device in usage.gpu_bytes:
+            with self._lock:
+                on_device = sum(
+                    other.gpu_bytes.get(device, 0)
+                    for other in self._usages
+                    if (other.model, other.version) == (usage.model, usage.version)
+                )
+            self._metrics.gpu_bytes.labels(usage.model, str(usage.version), str(device)).set(on_device)
 
 
 def budget_share(share_bytes: int, budget_bytes: int) -> str:
@@ -270,6 +321,46 @@ def more_than_share(share_bytes: int, budget_bytes: int) -> str:
     if share_bytes >= budget_bytes:
         return f"more than the whole memory budget of {budget_bytes} bytes"
     return f"more than {budget_share(share_bytes, budget_bytes)} (the gateway's own processes hold the rest)"
+
+
+def eviction_told(
+    limit_bytes: int | None, gpu_limit_bytes: int | None, held_bytes: int, gpu_bytes: Mapping[int, int], idle: float
+) -> str:
+    """How an eviction is logged, after what was evicted: "evicted to make room within the memory budget of N bytes:
+    it held M bytes and was last used S s ago", the GPU budget and the GPU bytes held named where there are any.
+
+    Args:
+        limit_bytes, gpu_limit_bytes: the memory budget and the GPU budget per device (None: none).
+        held_bytes, gpu_bytes: what the evicted version (or runner) held: bytes, and bytes by CUDA device.
+        idle: seconds since it last began a request.
+    """
+    budgets = [f"the memory budget of {limit_bytes} bytes"] if limit_bytes is not None else []
+    if gpu_limit_bytes is not None:
+        budgets.append(f"the GPU memory budget of {gpu_limit_bytes} bytes per device")
+    on_gpu = "".join(f", {bytes_} on GPU {device}" for device, bytes_ in sorted(gpu_bytes.items()))
+    return (
+        f"evicted to make room within {' and '.join(budgets)}: it held {held_bytes} bytes{on_gpu} and was last "
+        f"used {idle:.1f} s ago"
+    )
+
+
+def more_than_gpu_budget(gpu_limit_bytes: int) -> str:
+    """The end of the error of a version larger than the GPU budget: "more than the GPU memory budget of N bytes..."."""
+    return f"more than the GPU memory budget of {gpu_limit_bytes} bytes per device"
+
+
+def gpu_devices_over(
+    gpu_limit_bytes: int | None, held: Iterable[Mapping[int, int]], needed: Mapping[int, int]
+) -> list[int]:
+    """The CUDA devices where the bytes ``held`` (one mapping device -> bytes per version or runner) and the bytes
+    ``needed`` do not fit ``gpu_limit_bytes`` together, in order; [] without a limit."""
+    if gpu_limit_bytes is None:
+        return []
+    totals = dict(needed)
+    for holding in held:
+        for device, bytes_ in holding.items():
+            totals[device] = totals.get(device, 0) + bytes_
+    return sorted(device for device, total in totals.items() if total > gpu_limit_bytes)
 
 
 def resident_bytes() -> int:

@@ -72,7 +72,8 @@ class ModelReadyJson(BaseModel):
 class IndexEntryJson(BaseModel):
     """One entry of the repository index (Triton's repository extension).
 
-    ``resident_bytes``, beside Triton's fields: the bytes a READY version holds, measured at its load.
+    ``resident_bytes``, beside Triton's fields: the bytes a READY version holds, measured at its load;
+    ``gpu_bytes``: what it holds on each CUDA device (by device number), present when it holds any.
     """
 
     name: str
@@ -80,6 +81,7 @@ class IndexEntryJson(BaseModel):
     state: str
     reason: str
     resident_bytes: int | None = None
+    gpu_bytes: dict[str, int] | None = None
 
 
 class TritonTensorConfigJson(BaseModel):

@@ -187,9 +187,10 @@ def _tensor_metadata(tensor: TensorMetadata) -> dict[str, Any]:
     return {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
 
 
-def _index_entry(entry: IndexEntry) -> dict[str, str | int]:
-    """Triton's four fields, and ``resident_bytes`` for a READY version (measured at its load)."""
-    json: dict[str, str | int] = {
+def _index_entry(entry: IndexEntry) -> dict[str, Any]:
+    """Triton's four fields, and ``resident_bytes`` for a READY version (measured at its load), with ``gpu_bytes``
+    (CUDA device number -> bytes) when it holds GPU memory."""
+    json: dict[str, Any] = {
         "name": entry.name,
         "version": entry.version,
         "state": entry.state.value,
@@ -197,6 +198,8 @@ def _index_entry(entry: IndexEntry) -> dict[str, str | int]:
     }
     if entry.resident_bytes is not None:
         json["resident_bytes"] = entry.resident_bytes
+    if entry.gpu_bytes:
+        json["gpu_bytes"] = {str(device): bytes_ for device, bytes_ in sorted(entry.gpu_bytes.items())}
     return json
 
 
