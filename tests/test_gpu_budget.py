@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.process.messages import RunnerEvicted, RunnerLoaded, RunnerSpec, SupervisorMessage
+from gateway.process.messages import (
+    RunnerAnswer,
+    RunnerEvicted,
+    RunnerFailed,
+    RunnerLoaded,
+    RunnerSpec,
+    SupervisorMessage,
+)
 from gateway.process.runner_pool import RunnerPool, _Runner
 from gateway.repository.config import ModelConfig
 from gateway.runtime.gpu_memory import GpuMemoryReading, read_gpu_memory, version_gpu_bytes, visible_device_indexes
@@ -186,3 +193,24 @@ def test_the_runner_pool_evicts_only_runners_on_the_device_short_of_room(
     runner_pool.unwanted(0, on_0_old.socket_path)  # its front end has released the version: it is stopped
     on_0_old.process.join(10)
     assert on_0_old.process.exitcode == -15  # stopped with SIGTERM
+
+
+def test_the_runner_pool_never_evicts_a_busy_runner_and_says_what_is_short(
+    pool: tuple[RunnerPool, list[tuple[int, SupervisorMessage]]],
+) -> None:
+    runner_pool, sent = pool
+    busy = standing_in(runner_pool, "busy", {0: 3 * GIB}, used_at=1.0)
+    assert busy.activity is not None
+    busy.activity.enter()
+    spec = RunnerSpec("new", "new", 1, "/nowhere/new", ModelConfig(), 0)
+    new = _Runner(spec, f"{runner_pool.socket_dir}/new.sock", held_gpu={0: 2 * GIB}, waiting=[(0, 7)])
+    assert not runner_pool._make_room("new", 0, new.held_gpu)
+    assert busy.spec.key in runner_pool.runners and not runner_pool.stopping
+    runner_pool._no_room(new)
+    [(worker, answer)] = sent
+    assert worker == 0 and isinstance(answer, RunnerAnswer) and answer.request_id == 7
+    assert isinstance(answer.outcome, RunnerFailed) and answer.outcome.error == "NoRoomError"
+    assert answer.outcome.message == (
+        "model 'new' needs about 2147483648 bytes on GPU 0; the GPU memory budget's 4294967296 bytes there are held "
+        "by model runners that stayed busy (model busy version 1); retry later"
+    )

@@ -321,14 +321,8 @@ class RunnerPool:
         short, until they will fit once the runners leaving have exited. With the gateway in the budget, a load that
         fits logs what the gateway holds besides its runners."""
         share = self.runners_budget_bytes()
-        alive = [r for r in [*self.runners.values(), *self.stopping] if r.process is not None]
-
-        def short_of(runners: list[_Runner]) -> tuple[bool, list[int]]:
-            """Whether memory is short with ``runners`` alive, and the devices where GPU memory is."""
-            memory = share is not None and sum(r.held_bytes for r in runners) + needed_bytes > share
-            return memory, gpu_devices_over(self.gpu_budget_bytes, [r.held_gpu for r in runners], needed_gpu)
-
-        memory, devices = short_of(alive)
+        alive = self._alive()
+        memory, devices = self._short_of(alive, needed_bytes, needed_gpu, share)
         if not memory and not devices:
             if self.budget_counts_gateway and needed_bytes > 0:  # a load about to start
                 assert self.budget_bytes is not None and share is not None
@@ -351,13 +345,25 @@ class RunnerPool:
             and r.activity.inflight == 0
         ]
         for runner in sorted(idle, key=lambda r: r.activity.last_used if r.activity is not None else 0.0):
-            memory, devices = short_of(staying)
+            memory, devices = self._short_of(staying, needed_bytes, needed_gpu, share)
             if not memory and not devices:
                 break
             if memory or any(runner.held_gpu.get(device) for device in devices):
                 self._evict(runner)
                 staying.remove(runner)
         return False
+
+    def _alive(self) -> list[_Runner]:
+        """The runners whose process is alive: those given to front ends, and those stopping."""
+        return [r for r in [*self.runners.values(), *self.stopping] if r.process is not None]
+
+    def _short_of(
+        self, runners: list[_Runner], needed_bytes: int, needed_gpu: dict[int, int], share: int | None
+    ) -> tuple[bool, list[int]]:
+        """Whether ``needed_bytes`` more do not fit ``share`` (the runners' part of the memory budget, None: no
+        budget) beside ``runners``, and the CUDA devices where ``needed_gpu`` more do not fit the GPU budget."""
+        memory = share is not None and sum(r.held_bytes for r in runners) + needed_bytes > share
+        return memory, gpu_devices_over(self.gpu_budget_bytes, [r.held_gpu for r in runners], needed_gpu)
 
     def _evict(self, runner: _Runner) -> None:
         """Take an idle runner from the front ends to make room: each lets its requests finish, then releases it."""
@@ -385,11 +391,15 @@ class RunnerPool:
         )
         held_by = f"model runners that stayed busy ({', '.join(busy)})" if busy else "its own model's runners"
         share = self.runners_budget_bytes()
-        if share is not None and self.budget_bytes is not None:
+        memory, devices = self._short_of(self._alive(), runner.held_bytes, runner.held_gpu, share)
+        if share is not None and self.budget_bytes is not None and (memory or not devices):
             needs = f"about {runner.held_bytes} bytes; {budget_share(share, self.budget_bytes)}"
         else:
-            on = ", ".join(f"{bytes_} on GPU {device}" for device, bytes_ in sorted(runner.held_gpu.items()))
-            needs = f"about {on or 'no'} bytes; the GPU memory budget of {self.gpu_budget_bytes} bytes per device"
+            device = devices[0] if devices else min(runner.held_gpu, default=0)
+            needs = (
+                f"about {runner.held_gpu.get(device, 0)} bytes on GPU {device}; the GPU memory budget's "
+                f"{self.gpu_budget_bytes} bytes there"
+            )
         message = f"model '{runner.spec.model}' needs {needs} are held by {held_by}; retry later"
         self._failed(runner, RunnerFailed("NoRoomError", message))
         if runner.users:

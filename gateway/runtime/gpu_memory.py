@@ -9,7 +9,7 @@ growth of what the driver lists for this process (``nvmlDeviceGetComputeRunningP
 processes loading on the same device at once do not count each other's bytes.
 
 NVML comes with the driver; its Python binding is ``nvidia-ml-py`` (the ``gpu`` extra). Without
-either, or without a GPU, :func:`process_gpu_bytes` returns ``{}`` and versions hold no GPU bytes.
+either, or without a GPU, :func:`read_gpu_memory` reads nothing and versions hold no GPU bytes.
 Devices are numbered as CUDA numbers them in this process, ``CUDA_VISIBLE_DEVICES`` applied (NVML's
 own order is the machine's). In a container that does not share the host's PID namespace, NVML lists
 the host's PIDs and this process never finds its own: then a version that runs on a GPU counts the

@@ -257,7 +257,7 @@ class MemoryBudget:
                 device = devices_over[0]
                 used_there = sum(usage.gpu_bytes.get(device, 0) for usage in usages)
                 needs = f"about {needed_gpu.get(device, 0)} bytes on GPU {device}"
-                held = f"{used_there} of the GPU memory budget of {gpu_limit} bytes there"
+                held = f"{used_there} of the GPU memory budget's {gpu_limit} bytes there"
             idle = [usage for usage in others if usage.serving and usage.inflight == 0]
             if idle:
                 await evict(min(idle, key=lambda usage: usage.last_used))
