@@ -10,6 +10,7 @@ its evictions stop with SIGTERM). What NVML reports on a GPU machine is measured
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import time
@@ -104,6 +105,16 @@ def test_a_busy_version_on_the_device_is_never_evicted() -> None:
     with pytest.raises(NoRoomError, match=r"on GPU 0; .*held by versions that stayed busy \(busy version 1\)"):
         make_room(budget, 0, {0: 2 * GIB})
     assert busy.serving
+
+
+def test_a_gpu_budget_that_cannot_be_kept_here_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    if read_gpu_memory().device:
+        pytest.skip("NVML reads GPU memory on this machine")
+    with caplog.at_level(logging.WARNING, logger="gateway.runtime.gpu_memory"):
+        MemoryBudget(None)
+        assert not caplog.records
+        MemoryBudget(None, gpu_limit_bytes=GIB)
+    assert "NVML cannot read GPU memory here" in caplog.text
 
 
 def test_a_version_larger_than_the_gpu_budget_is_a_clear_error() -> None:

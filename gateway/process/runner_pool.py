@@ -61,6 +61,7 @@ from gateway.process.messages import (
     RunnerWanted,
     SupervisorMessage,
 )
+from gateway.runtime.gpu_memory import warn_if_unreadable
 from gateway.runtime.memory_budget import (
     DEFAULT_ROOM_WAIT_SECONDS,
     budget_share,
@@ -140,6 +141,7 @@ class RunnerPool:
         self.closing = False
         self.budget_bytes = settings.memory_budget_bytes
         self.gpu_budget_bytes = settings.gpu_memory_budget_bytes
+        warn_if_unreadable(self.gpu_budget_bytes)
         self.budget_counts_gateway = settings.memory_budget_scope is MemoryBudgetScope.GATEWAY
         self.waiting_for_room: list[_Runner] = []  # in the order they asked
         self._measured: dict[str, RunnerLoaded] = {}  # by key: its last load's figures

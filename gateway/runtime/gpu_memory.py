@@ -72,6 +72,16 @@ def read_gpu_memory() -> GpuMemoryReading:
     return GpuMemoryReading(process, device)
 
 
+def warn_if_unreadable(gpu_budget_bytes: int | None) -> None:
+    """Log a warning when a GPU budget is set but NVML cannot read GPU memory here (no ``nvidia-ml-py``, no
+    driver, or no GPU): versions then count no GPU bytes, and the budget never evicts."""
+    if gpu_budget_bytes is not None and not _devices():
+        logger.warning(
+            "gpu-memory-budget-bytes is set, but NVML cannot read GPU memory here (it needs nvidia-ml-py, the gpu "
+            "extra, an NVIDIA driver and a GPU): versions count no GPU bytes and the GPU budget evicts nothing"
+        )
+
+
 def version_gpu_bytes(before: GpuMemoryReading, after: GpuMemoryReading, runs_on_gpu: bool) -> dict[int, int]:
     """The GPU bytes a load added, by device: the growth of what NVML lists for this process; where it lists
     nothing for it after the load (a container's PID namespace hides it), the growth of the devices' used

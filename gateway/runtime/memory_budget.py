@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.metrics import Metrics
+from gateway.runtime.gpu_memory import warn_if_unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class MemoryBudget:
         self.limit_bytes = limit_bytes
         self.counts_process = counts_process
         self.gpu_limit_bytes = gpu_limit_bytes
+        warn_if_unreadable(gpu_limit_bytes)
         if limit_bytes is not None:
             mallopt = _libc_function("mallopt")
             if mallopt is not None:
