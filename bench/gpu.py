@@ -48,6 +48,7 @@ from bench.serving import (  # noqa: E402
     tools_installed,
     write_mlp_repository,
 )
+from gateway.runtime.gpu_memory import processes_gpu_bytes  # noqa: E402
 from gateway.runtime.memory_budget import process_tree  # noqa: E402
 
 CUDA = "CUDAExecutionProvider"
@@ -76,18 +77,7 @@ def gpu_bytes(http: httpx.Client, model: str) -> dict[str, int]:
 
 def gateway_gpu_bytes(pid: int) -> int:
     """The GPU memory, on every device, of the gateway with root process ``pid`` and its children (NVML)."""
-    import pynvml
-
-    pids = set(process_tree(pid))
-    held = 0
-    for index in range(pynvml.nvmlDeviceGetCount()):
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        held += sum(
-            process.usedGpuMemory or 0
-            for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-            if process.pid in pids
-        )
-    return held
+    return sum(processes_gpu_bytes(set(process_tree(pid))).values())
 
 
 def budget_round_robin(folder: Path, repository: Path, budget: int, on_gpu: bool) -> str | None:
@@ -100,10 +90,6 @@ def budget_round_robin(folder: Path, repository: Path, budget: int, on_gpu: bool
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
     peak = 0
     with gateway(folder / "budget", None, *ports, workers=2, extra_args=extra) as (http, pid):
-        if on_gpu:
-            import pynvml
-
-            pynvml.nvmlInit()
         for _ in range(BUDGET_ROUNDS):
             for name in BUDGET_MODELS:
                 response = http.post(f"/v2/models/{name}/infer", json=body)

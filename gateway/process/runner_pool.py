@@ -147,6 +147,11 @@ class RunnerPool:
         self._measured: dict[str, RunnerLoaded] = {}  # by key: its last load's figures
         self._overhead_bytes = 0  # what the last load held above its files' bytes
 
+    @property
+    def has_budget(self) -> bool:
+        """Whether the runners are under a budget: a memory budget, a GPU budget, or both."""
+        return self.budget_bytes is not None or self.gpu_budget_bytes is not None
+
     def __bool__(self) -> bool:
         """Whether any runner process is still alive (the supervisor waits for them before it exits)."""
         return any(r.process is not None for r in [*self.runners.values(), *self.stopping])
@@ -259,24 +264,28 @@ class RunnerPool:
     def _start_within_budget(self, runner: _Runner, room_wait_seconds: float | None = None) -> None:
         """Start ``runner`` now, or, with a budget, once the runners alive leave room for its load (waiting
         ``room_wait_seconds`` at most; None: :data:`DEFAULT_ROOM_WAIT_SECONDS`)."""
-        if self.budget_bytes is None and self.gpu_budget_bytes is None:
+        if not self.has_budget:
             self._start(runner)
             return
         share = self.runners_budget_bytes()
         model, measured = runner.spec.model, self._measured.get(runner.spec.key)
         runner.held_gpu = dict(measured.gpu_bytes) if measured is not None else {}
-        too_large = [
-            f"model '{model}' needs about {bytes_} bytes on GPU {device}, {more_than_gpu_budget(self.gpu_budget_bytes)}"
-            for device, bytes_ in runner.held_gpu.items()
-            if self.gpu_budget_bytes is not None and bytes_ > self.gpu_budget_bytes
-        ]
+        too_large: str | None = None
         if share is not None and self.budget_bytes is not None:
             runner.held_bytes = self._needed_bytes(runner.spec, share)
             if runner.held_bytes > share:
-                too_large.insert(0, f"model '{model}' needs about {runner.held_bytes} bytes, ")
-                too_large[0] += more_than_share(share, self.budget_bytes)
-        if too_large:
-            self._failed(runner, RunnerFailed("LargerThanBudgetError", too_large[0]))
+                too_large = f"model '{model}' needs about {runner.held_bytes} bytes, "
+                too_large += more_than_share(share, self.budget_bytes)
+        larger_on = gpu_devices_over(self.gpu_budget_bytes, [], runner.held_gpu)  # a device alone cannot hold it
+        if too_large is None and larger_on:
+            assert self.gpu_budget_bytes is not None
+            device = larger_on[0]
+            too_large = (
+                f"model '{model}' needs about {runner.held_gpu[device]} bytes on GPU {device}, "
+                f"{more_than_gpu_budget(self.gpu_budget_bytes)}"
+            )
+        if too_large is not None:
+            self._failed(runner, RunnerFailed("LargerThanBudgetError", too_large))
             return
         runner.room_deadline = _room_deadline(room_wait_seconds)
         self.waiting_for_room.append(runner)
@@ -437,7 +446,7 @@ class RunnerPool:
     def _loaded(self, runner: _Runner, loaded: RunnerLoaded) -> None:
         runner.loaded = loaded
         runner.failed_restarts = 0
-        if (self.budget_bytes is not None or self.gpu_budget_bytes is not None) and not runner.spec.check_only:
+        if self.has_budget and not runner.spec.check_only:
             assert runner.activity is not None
             runner.activity.touch()
             runner.held_bytes, runner.held_gpu = loaded.resident_bytes, dict(loaded.gpu_bytes)

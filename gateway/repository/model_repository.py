@@ -288,9 +288,7 @@ class ModelRepository:
         self.load_on_request = load_on_request
         # With a budget, one load at a time: a load's bytes are the process's growth over it.
         self._load_lock: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Lock()
-            if memory_budget_bytes is not None or gpu_memory_budget_bytes is not None
-            else contextlib.nullcontext()
+            asyncio.Lock() if self.budget.has_limit else contextlib.nullcontext()
         )
         # Loads started by requests, by model: concurrent requests for a model wait for one load.
         self._request_loads: dict[str, asyncio.Task[None]] = {}
@@ -928,7 +926,7 @@ class ModelRepository:
         The call blocks the thread while the event loop evicts (:meth:`MemoryBudget.make_room`), and
         raises what that raises.
         """
-        if self.budget.limit_bytes is None and self.budget.gpu_limit_bytes is None:
+        if not self.budget.has_limit:
             return None
         loop = asyncio.get_running_loop()
         if deadline is None:

@@ -32,7 +32,7 @@ from gateway.repository.config import (
 from gateway.repository.mar import served_version
 from gateway.repository.tfserving_warmup import read_tf_serving_warmup
 from gateway.repository.warmup_config import configured_requests
-from gateway.runtime.gpu_memory import read_gpu_memory, version_gpu_bytes
+from gateway.runtime.gpu_memory import on_gpus, read_gpu_memory, version_gpu_bytes
 from gateway.runtime.memory_budget import (
     LargerThanBudgetError,
     more_than_gpu_budget,
@@ -207,14 +207,13 @@ class InProcessHost:
                     f"model '{name}' version {version} holds {bytes_} bytes on GPU {device} once loaded, "
                     f"{more_than_gpu_budget(gpu_limit)}"
                 )
-        held_on_gpu = "".join(f", {bytes_} on GPU {device}" for device, bytes_ in sorted(gpu_bytes.items()))
         logger.info(
             "model %s version %d loaded: %d bytes resident, %d at the load's peak%s",
             name,
             version,
             measured,
             peak,
-            held_on_gpu,
+            on_gpus(gpu_bytes),
         )
         return HostedVersion(
             config=completed,

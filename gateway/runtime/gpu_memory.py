@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,23 +53,39 @@ def read_gpu_memory() -> GpuMemoryReading:
         return GpuMemoryReading({}, {})
     import pynvml
 
-    pid = os.getpid()
-    process: dict[int, int] = {}
-    device: dict[int, int] = {}
     try:
-        for number, handle in enumerate(devices):
-            device[number] = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-            used = sum(
-                entry.usedGpuMemory or 0
-                for entry in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-                if entry.pid == pid
-            )
-            if used:
-                process[number] = used
+        device = {number: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used) for number, handle in enumerate(devices)}
+        process = processes_gpu_bytes({os.getpid()})
     except pynvml.NVMLError as error:
         _warn_once(f"NVML cannot tell the GPU memory in use ({error}): versions count no GPU bytes")
         return GpuMemoryReading({}, {})
     return GpuMemoryReading(process, device)
+
+
+def processes_gpu_bytes(pids: Collection[int]) -> dict[int, int]:
+    """The bytes the processes ``pids`` hold together on each CUDA device this process sees, as NVML lists
+    them (devices where they hold nothing are left out; ``{}`` without NVML or a GPU).
+
+    Raises:
+        pynvml.NVMLError: NVML failed to list a device's processes.
+    """
+    import pynvml
+
+    held: dict[int, int] = {}
+    for number, handle in enumerate(_devices()):
+        used = sum(
+            entry.usedGpuMemory or 0
+            for entry in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            if entry.pid in pids
+        )
+        if used:
+            held[number] = used
+    return held
+
+
+def on_gpus(gpu_bytes: Mapping[int, int]) -> str:
+    """How a message or a log line adds GPU bytes after host bytes: ``", N on GPU d"`` per device, in order."""
+    return "".join(f", {bytes_} on GPU {device}" for device, bytes_ in sorted(gpu_bytes.items()))
 
 
 def warn_if_unreadable(gpu_budget_bytes: int | None) -> None:

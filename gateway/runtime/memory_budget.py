@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.metrics import Metrics
-from gateway.runtime.gpu_memory import warn_if_unreadable
+from gateway.runtime.gpu_memory import on_gpus, warn_if_unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,11 @@ class MemoryBudget:
         self._usages: list[VersionUsage] = []
         self._changed = asyncio.Event()
 
+    @property
+    def has_limit(self) -> bool:
+        """Whether the budget limits anything: a memory limit, a GPU limit, or both."""
+        return self.limit_bytes is not None or self.gpu_limit_bytes is not None
+
     def used_bytes(self) -> int:
         """Bytes the accounted versions hold together (those serving, and those retired but not yet released)."""
         with self._lock:
@@ -224,11 +229,14 @@ class MemoryBudget:
             raise LargerThanBudgetError(
                 f"model '{model}' needs about {needed_bytes} bytes, {more_than_share(limit, budget)}"
             )
-        for device, bytes_ in needed_gpu.items():
-            if gpu_limit is not None and bytes_ > gpu_limit:
-                raise LargerThanBudgetError(
-                    f"model '{model}' needs about {bytes_} bytes on GPU {device}, {more_than_gpu_budget(gpu_limit)}"
-                )
+        larger_on = gpu_devices_over(gpu_limit, [], needed_gpu)  # a device alone cannot hold it
+        if larger_on:
+            assert gpu_limit is not None
+            device = larger_on[0]
+            raise LargerThanBudgetError(
+                f"model '{model}' needs about {needed_gpu[device]} bytes on GPU {device}, "
+                f"{more_than_gpu_budget(gpu_limit)}"
+            )
         if self.counts_process and needed_bytes > 0:
             logger.info(
                 "memory budget: the gateway holds %d bytes of its own; the models may hold %d of the %d-byte budget",
@@ -339,10 +347,9 @@ def eviction_told(
     budgets = [f"the memory budget of {limit_bytes} bytes"] if limit_bytes is not None else []
     if gpu_limit_bytes is not None:
         budgets.append(f"the GPU memory budget of {gpu_limit_bytes} bytes per device")
-    on_gpu = "".join(f", {bytes_} on GPU {device}" for device, bytes_ in sorted(gpu_bytes.items()))
     return (
-        f"evicted to make room within {' and '.join(budgets)}: it held {held_bytes} bytes{on_gpu} and was last "
-        f"used {idle:.1f} s ago"
+        f"evicted to make room within {' and '.join(budgets)}: it held {held_bytes} bytes{on_gpus(gpu_bytes)} and "
+        f"was last used {idle:.1f} s ago"
     )
 
 
